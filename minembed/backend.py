@@ -1,0 +1,67 @@
+"""NumPy or CuPy: one code path for both.
+
+Every function in minembed takes its array module from its inputs (``xp_of``)
+instead of importing CuPy, so the package imports and runs where CuPy is
+absent. ``get_xp(device)`` turns a user's ``--device cpu|gpu|auto`` into a
+module; ``to_numpy`` brings any array back to the host.
+"""
+import numpy as np
+
+_cupy = None
+_cupy_checked = False
+
+
+def _try_cupy():
+    """Import CuPy once, lazily; None when it is missing or no GPU is usable."""
+    global _cupy, _cupy_checked
+    if not _cupy_checked:
+        _cupy_checked = True
+        try:
+            import cupy  # noqa: F401  (optional dependency, never imported at top level)
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                _cupy = cupy
+        except Exception:
+            _cupy = None
+    return _cupy
+
+
+def gpu_available():
+    return _try_cupy() is not None
+
+
+def xp_of(*arrays):
+    """The array module (numpy or cupy) of the given arrays."""
+    for a in arrays:
+        mod = type(a).__module__
+        if mod.startswith("cupy"):
+            return _try_cupy()
+    return np
+
+
+def get_xp(device="cpu"):
+    """Map a device name (cpu, gpu, auto) to an array module."""
+    if device == "cpu":
+        return np
+    if device in ("gpu", "cuda"):
+        cp = _try_cupy()
+        if cp is None:
+            raise ValueError("--device gpu: CuPy with a usable GPU was not found "
+                             "(pip install -e '.[gpu]' on a machine with a CUDA GPU)")
+        return cp
+    if device == "auto":
+        return _try_cupy() or np
+    raise ValueError(f"unknown device {device!r} (expected cpu, gpu or auto)")
+
+
+def to_numpy(a):
+    """Host copy of an array (a no-op for NumPy arrays)."""
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def to_device(a, xp):
+    """Move a host array to the module ``xp`` (no copy when already there)."""
+    if xp is np:
+        return to_numpy(a)
+    return xp.asarray(a)

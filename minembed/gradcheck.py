@@ -1,0 +1,63 @@
+"""Finite-difference gradient checks, used by every layer test and by the lessons.
+
+The one idea: for a scalar function f of an array x,
+
+    df/dx[i] ~= (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)      (error O(eps^2))
+
+In float64 with eps ~ 1e-6 this agrees with a correct analytic gradient to
+about 1e-8 relative error; a wrong derivative is off by O(1).
+"""
+import numpy as np
+
+
+def rel_error(a, b):
+    """Relative error ||a - b|| / (||a|| + ||b||); 0 when both are zero."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    denom = np.linalg.norm(a) + np.linalg.norm(b)
+    if denom == 0.0:
+        return 0.0
+    return float(np.linalg.norm(a - b) / denom)
+
+
+def numerical_grad(f, x, eps=1e-6, max_entries=None, rng=None):
+    """Central-difference gradient of the scalar ``f()`` with respect to ``x``.
+
+    ``x`` is perturbed in place (and restored), so ``f`` should read it.
+    With ``max_entries`` only a random subset of entries is probed; the
+    returned array holds NaN elsewhere (compare with ``mask=~isnan``).
+    """
+    grad = np.full(x.shape, np.nan) if max_entries else np.zeros(x.shape)
+    flat = x.reshape(-1)  # a view: writing it writes x
+    gflat = grad.reshape(-1)
+    idx = np.arange(flat.size)
+    if max_entries and flat.size > max_entries:
+        rng = rng or np.random.default_rng(0)
+        idx = rng.choice(flat.size, size=max_entries, replace=False)
+    for i in idx:
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return grad
+
+
+def check_grads(f, params, grads, eps=1e-6, max_entries=None, seed=0):
+    """Relative error of each analytic gradient against finite differences.
+
+    f:       () -> float, the loss computed from the current ``params``
+    params:  dict name -> float64 array, perturbed in place by the checker
+    grads:   dict name -> analytic gradient of f with respect to params[name]
+    Returns dict name -> relative error (compare with e.g. 1e-6).
+    """
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, x in params.items():
+        num = numerical_grad(f, x, eps=eps, max_entries=max_entries, rng=rng)
+        ana = np.asarray(grads[name], dtype=np.float64)
+        mask = ~np.isnan(num)
+        errors[name] = rel_error(ana[mask], num[mask])
+    return errors

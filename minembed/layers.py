@@ -3,10 +3,26 @@
 
 The cache holds exactly what the backward needs. Arrays may be NumPy or CuPy:
 each function takes its module from its inputs (``xp_of``).
+
+Conventions
+-----------
+- Token rows are *packed*: a ragged batch of N views with M real tokens is an
+  (M, C) array, no padding. Position-wise layers (linear, LayerNorm, GELU,
+  dropout, residual add) work on any leading shape and never see padding.
+- Only attention needs a rectangle: ``pad_forward`` scatters the M packed rows
+  into an (N, T, C) grid (zeros elsewhere) and ``unpad_forward`` gathers them
+  back. A boolean key mask (N, T), True on real tokens, tells attention and
+  pooling which grid cells are real.
+- Dropout masks come from a NumPy ``np.random.Generator`` (drawn on the host,
+  moved to the device when the arrays are CuPy), so a test can replay them:
+  the same generator state gives the same mask.
 """
+import math
 from typing import NamedTuple
 
-from .backend import xp_of  # noqa: F401
+import numpy as np
+
+from .backend import xp_of
 
 
 class RowGrad(NamedTuple):
@@ -18,3 +34,323 @@ class RowGrad(NamedTuple):
     """
     rows: object
     values: object
+
+
+# ----------------------------------------------------------------------------
+# linear: y = x @ w + b          x (..., I), w (I, O), b (O,)  ->  y (..., O)
+# ----------------------------------------------------------------------------
+def linear_forward(x, w, b):
+    y = x @ w
+    y += b
+    return y, (x, w)
+
+
+def linear_backward(dy, cache):
+    # dx = dy @ w^T ; dw = sum over rows of x^T dy ; db = sum over rows of dy
+    x, w = cache
+    dx = dy @ w.T
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    dw = x2.T @ dy2  # a transposed view costs nothing in BLAS
+    db = dy2.sum(axis=0)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------
+# LayerNorm over the last dim:   xhat = (x - mean) * rstd,  y = xhat * g + b
+#   rstd = 1 / sqrt(var + eps), var the biased variance (divide by C)
+# ----------------------------------------------------------------------------
+LN_EPS = 1e-5
+
+
+def layernorm_forward(x, g, b, eps=LN_EPS):
+    xp = xp_of(x)
+    xc = x - x.mean(axis=-1, keepdims=True)                     # (..., C)
+    var = (xc * xc).mean(axis=-1, keepdims=True)                # (..., 1)
+    rstd = 1.0 / xp.sqrt(var + eps)
+    xhat = xc
+    xhat *= rstd                                                # in place: xc is ours
+    y = xhat * g
+    y += b
+    return y, (xhat, rstd, g)
+
+
+def layernorm_backward(dy, cache):
+    # With dxhat = dy * g, the mean and the variance both depend on x, giving
+    #   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    # (means over the last dim); dg = sum(dy * xhat), db = sum(dy) over rows.
+    xhat, rstd, g = cache
+    C = xhat.shape[-1]
+    dg = (dy * xhat).reshape(-1, C).sum(axis=0)
+    db = dy.reshape(-1, C).sum(axis=0)
+    dxhat = dy * g
+    dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
+    dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    dx *= rstd
+    return dx, dg, db
+
+
+# ----------------------------------------------------------------------------
+# GELU, tanh approximation (GPT-2; the CUDA twin must use the same formula):
+#   y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+# ----------------------------------------------------------------------------
+GELU_C = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
+
+
+def gelu_forward(x):
+    xp = xp_of(x)
+    x2 = x * x
+    u = x2 * GELU_A
+    u += 1.0
+    u *= x
+    u *= GELU_C                          # u = c (x + a x^3)
+    t = xp.tanh(u, out=u)                # t = tanh(u), reuses u's buffer
+    y = t + 1.0
+    y *= x
+    y *= 0.5
+    return y, (x, t)
+
+
+def gelu_backward(dy, cache):
+    # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)
+    x, t = cache
+    du = x * x
+    du *= 3.0 * GELU_A
+    du += 1.0
+    du *= GELU_C                         # du/dx = c (1 + 3 a x^2)
+    s = t * t
+    s -= 1.0
+    s *= -0.5
+    s *= x
+    s *= du                              # 0.5 x (1 - t^2) du/dx
+    s += 0.5 * (1.0 + t)
+    s *= dy
+    return s
+
+
+# ----------------------------------------------------------------------------
+# softmax over the last dim with a key mask (True = key may be attended to).
+# Masked keys get probability exactly 0; a row whose keys are all masked gets
+# all zeros (not NaN).
+# ----------------------------------------------------------------------------
+def softmax_forward(z, mask=None):
+    xp = xp_of(z)
+    if mask is None:
+        e = z - z.max(axis=-1, keepdims=True)
+    else:
+        e = xp.where(mask, z, -xp.inf)                    # exp(-inf) = 0
+        zmax = e.max(axis=-1, keepdims=True)
+        zmax[~xp.isfinite(zmax)] = 0.0                    # fully masked row
+        e -= zmax
+    xp.exp(e, out=e)
+    s = e.sum(axis=-1, keepdims=True)
+    s[s == 0] = 1.0                                       # 0 / 1 = 0, no NaN
+    e /= s
+    return e, (e,)
+
+
+def softmax_backward(dp, cache):
+    # p_j = e_j / sum_k e_k  =>  dz_j = p_j (dp_j - sum_k dp_k p_k);
+    # masked keys have p_j = 0 so they get dz_j = 0 exactly.
+    (p,) = cache
+    dz = dp * p
+    dz -= p * dz.sum(axis=-1, keepdims=True)
+    return dz
+
+
+# ----------------------------------------------------------------------------
+# dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
+# ----------------------------------------------------------------------------
+def dropout_mask(shape, p, rng, xp=np, dtype=np.float32):
+    """The scaled keep mask keep / (1 - p), drawn from a NumPy Generator.
+
+    Always draws float32 uniforms, so one generator state gives one mask
+    whatever the dtype of the activations."""
+    keep = rng.random(shape, dtype=np.float32) >= p
+    mask = keep.astype(dtype)
+    mask *= 1.0 / (1.0 - p)
+    return xp.asarray(mask)
+
+
+def dropout_forward(x, p, rng=None):
+    """Identity (cache None) when p == 0 or rng is None (evaluation)."""
+    if p == 0.0 or rng is None:
+        return x, None
+    mask = dropout_mask(x.shape, p, rng, xp_of(x), x.dtype)
+    return x * mask, (mask,)
+
+
+def dropout_backward(dy, cache):
+    if cache is None:
+        return dy
+    (mask,) = cache
+    return dy * mask
+
+
+# residual add: y = x + f(x), so dx gets dy directly plus f's backward of dy.
+# It is one line, written inline in the model.
+
+
+# ----------------------------------------------------------------------------
+# pad / unpad: packed rows (M, C) <-> grid (N, T, C)
+#   index (M,) = view * T + position, unique, the flat cell of each packed row
+# ----------------------------------------------------------------------------
+def pad_forward(x, index, N, T):
+    xp = xp_of(x)
+    grid = xp.zeros((N * T,) + x.shape[1:], dtype=x.dtype)
+    grid[index] = x
+    return grid.reshape((N, T) + x.shape[1:]), (index,)
+
+
+def pad_backward(dgrid, cache):
+    (index,) = cache
+    N, T = dgrid.shape[:2]
+    return dgrid.reshape((N * T,) + dgrid.shape[2:])[index]   # padding cells drop out
+
+
+def unpad_forward(grid, index):
+    N, T = grid.shape[:2]
+    return grid.reshape((N * T,) + grid.shape[2:])[index], (index, N, T)
+
+
+def unpad_backward(dx, cache):
+    index, N, T = cache
+    return pad_forward(dx, index, N, T)[0]                  # zeros on padding cells
+
+
+# ----------------------------------------------------------------------------
+# multi-head self-attention on packed rows
+#   x (M, D) packed; index (M,) their grid cells; key_mask (N, T) bool
+#   qkv = x @ w_qkv + b_qkv                      (M, 3D), columns [q | k | v]
+#   per view and head: a = softmax(q k^T / sqrt(Dh), masked keys) ;  a' = drop(a)
+#                      ctx = a' v                 (T, Dh)
+#   y = concat_heads(ctx) @ w_out + b_out        (M, D)
+# ----------------------------------------------------------------------------
+def attention_forward(x, index, key_mask, w_qkv, b_qkv, w_out, b_out, heads,
+                      p_drop=0.0, rng=None):
+    xp = xp_of(x)
+    N, T = key_mask.shape
+    D = x.shape[-1]
+    H, Dh = heads, D // heads
+    scale = 1.0 / math.sqrt(Dh)
+
+    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                 # (M, 3D)
+    qkv_grid, c_pad = pad_forward(qkv, index, N, T)              # (N, T, 3D)
+    # (N, T, 3, H, Dh) -> (3, N, H, T, Dh), one contiguous copy so that the
+    # batched matmuls below run on contiguous (T, Dh) blocks (2x faster).
+    q, k, v = xp.ascontiguousarray(
+        qkv_grid.reshape(N, T, 3, H, Dh).transpose(2, 0, 3, 1, 4))
+    del qkv_grid
+
+    s = q @ k.swapaxes(-1, -2)                                   # (N, H, T, T)
+    s *= scale
+    a, c_sm = softmax_forward(s, key_mask[:, None, None, :])
+    del s
+    a_d, c_drop = dropout_forward(a, p_drop, rng)
+    ctx = xp.empty((N, T, H, Dh), dtype=x.dtype)
+    xp.matmul(a_d, v, out=ctx.transpose(0, 2, 1, 3))             # heads side by side
+    ctx, c_unpad = unpad_forward(ctx.reshape(N, T, D), index)    # (M, D)
+    y, c_out = linear_forward(ctx, w_out, b_out)
+    cache = (c_qkv, c_pad, q, k, v, scale, c_sm, c_drop, c_unpad, c_out)
+    return y, cache
+
+
+def attention_backward(dy, cache):
+    (c_qkv, c_pad, q, k, v, scale, c_sm, c_drop, c_unpad, c_out) = cache
+    xp = xp_of(dy)
+    N, H, T, Dh = q.shape
+    dctx, dw_out, db_out = linear_backward(dy, c_out)            # (M, D)
+    dctx = unpad_backward(dctx, c_unpad)                         # (N, T, D)
+    dctx = dctx.reshape(N, T, H, Dh).transpose(0, 2, 1, 3)       # (N, H, T, Dh) view
+    a = c_sm[0]
+    a_d = a if c_drop is None else a * c_drop[0]                 # recompute a' = a * mask
+
+    dqkv = xp.empty((N, T, 3, H, Dh), dtype=dy.dtype)
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views into dqkv
+    xp.matmul(a_d.swapaxes(-1, -2), dctx, out=dv)                # dv = a'^T dctx
+    del a_d
+    da = dctx @ v.swapaxes(-1, -2)                               # da' = dctx v^T
+    da = dropout_backward(da, c_drop)
+    ds = softmax_backward(da, c_sm)
+    del da
+    ds *= scale                                                  # s = scale q k^T
+    xp.matmul(ds, k, out=dq)                                     # dq = ds k
+    xp.matmul(ds.swapaxes(-1, -2), q, out=dk)                    # dk = ds^T q
+    del ds
+    dqkv = pad_backward(dqkv.reshape(N, T, 3 * H * Dh), c_pad)   # (M, 3D)
+    dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)
+    return dx, dw_qkv, db_qkv, dw_out, db_out
+
+
+# ----------------------------------------------------------------------------
+# embedding lookup: y = table[ids]
+# backward: dtable[r] = sum of dy over the positions whose id is r
+# ----------------------------------------------------------------------------
+def segment_sum(keys, values):
+    """(rows, sums): the sorted distinct keys and the sum of values per key.
+
+    keys (M,) int (host or device), values (M, C). A scatter-add; NumPy's
+    np.add.at takes ~20 ms for 12k x 256 and sort + np.add.reduceat ~38 ms,
+    while a (U, M) 0/1 sparse matrix times values takes ~2 ms."""
+    xp = xp_of(values)
+    if xp is np:
+        import scipy.sparse
+        keys = np.asarray(keys)
+        rows, inv = np.unique(keys, return_inverse=True)
+        onehot = scipy.sparse.csr_matrix(
+            (np.ones(len(keys), values.dtype), (inv, np.arange(len(keys)))),
+            shape=(len(rows), len(keys)))
+        return rows, np.asarray(onehot @ values)
+    keys = xp.asarray(keys)
+    rows, inv = xp.unique(keys, return_inverse=True)
+    sums = xp.zeros((len(rows),) + values.shape[1:], dtype=values.dtype)
+    xp.add.at(sums, inv.ravel(), values)
+    return rows, sums
+
+
+def embedding_forward(table, ids):
+    xp = xp_of(table)
+    return xp.take(table, xp.asarray(ids), axis=0), (ids,)
+
+
+def embedding_backward(dy, cache):
+    """RowGrad with the sorted distinct ids (only rows the batch used)."""
+    (ids,) = cache
+    rows, values = segment_sum(ids, dy)
+    return RowGrad(rows, values)
+
+
+# learned positional embedding: y = table[pos] (pos = position within a view);
+# same lookup, but a small table (max_len, D), so its gradient is dense.
+def positional_forward(table, pos):
+    out, (pos,) = embedding_forward(table, pos)
+    return out, (pos, table.shape)
+
+
+def positional_backward(dy, cache):
+    pos, shape = cache
+    xp = xp_of(dy)
+    rows, values = segment_sum(pos, dy)
+    dtable = xp.zeros(shape, dtype=dy.dtype)
+    dtable[xp.asarray(rows)] = values
+    return dtable
+
+
+# ----------------------------------------------------------------------------
+# masked mean pooling:  y_n = sum_t mask[n,t] x[n,t] / max(1, sum_t mask[n,t])
+#   x (N, T, D), mask (N, T) bool  ->  y (N, D); a view with no tokens -> 0
+# ----------------------------------------------------------------------------
+def mean_pool_forward(x, mask):
+    xp = xp_of(x)
+    count = mask.sum(axis=1, keepdims=True)                       # (N, 1)
+    w = mask / xp.maximum(count, 1)                               # (N, T) weights
+    w = w.astype(x.dtype)
+    y = (w[:, None, :] @ x)[:, 0, :]                              # (N, D)
+    return y, (w,)
+
+
+def mean_pool_backward(dy, cache):
+    # dx[n,t] = w[n,t] dy[n]: exactly zero on padding (w = 0 there)
+    (w,) = cache
+    return w[:, :, None] * dy[:, None, :]

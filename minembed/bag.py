@@ -1,0 +1,80 @@
+"""The bag-of-token-embeddings encoder: a text's vector is the mean of its
+token vectors (an ``EmbeddingBag(mode="mean")`` written by hand).
+
+Batches are *ragged*: one flat id array plus offsets, no padding, so no work
+goes to padding tokens (sentence-transformers' StaticEmbedding does the same).
+
+The layer is a sparse matrix product. For N views over U distinct tokens let
+A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i).
+Then
+
+    forward:   out = A @ table[uniq]            (N, D)
+    backward:  d table[uniq] = A.T @ dout       (U, D); every other row: 0
+
+so the backward touches only the U rows the batch used. scipy's CSR product
+does the scatter-add of the backward far faster than ``np.add.at``
+(see benchmarks/bench_bag.py).
+"""
+import numpy as np
+
+from .backend import xp_of
+from .layers import RowGrad
+
+DEFAULTS = dict(dim=256)
+
+
+def _sparse_module(xp):
+    if xp is np:
+        import scipy.sparse as sp
+    else:  # pragma: no cover - GPU only
+        import cupyx.scipy.sparse as sp
+    return sp
+
+
+def embedding_bag_forward(table, ids, offsets):
+    """Mean of each view's token rows.
+
+    table: (V, D); ids: (M,) int; offsets: (N+1,) int, view i = ids[offsets[i]:offsets[i+1]].
+    Returns out (N, D) in table's dtype (an empty view gives a zero vector) and the cache.
+    """
+    xp = xp_of(table)
+    ids = xp.asarray(ids)
+    offsets = xp.asarray(offsets, dtype=xp.int64)
+    n = offsets.shape[0] - 1
+    lengths = xp.diff(offsets)
+    # sorted distinct ids, and for each occurrence the index of its id in uniq
+    uniq, inv = xp.unique(ids, return_inverse=True)
+    # each occurrence weighs 1/len(its view); repeated tokens add up in the product
+    view_of = xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1  # (M,)
+    weights = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)[view_of]
+    sp = _sparse_module(xp)
+    A = sp.csr_matrix((weights, inv.ravel(), offsets), shape=(n, uniq.shape[0]))
+    out = xp.asarray(A @ table[uniq])
+    return out, (A, uniq)
+
+
+def embedding_bag_backward(dout, cache):
+    """Gradient for the rows the batch touched: d table[uniq] = A.T @ dout."""
+    xp = xp_of(dout)
+    A, uniq = cache
+    values = xp.asarray(A.T @ dout)
+    return RowGrad(uniq, values)
+
+
+# ---------------------------------------------------------------------------
+# the encoder interface (docs/DESIGN.md): the model is just this one layer
+
+def init_params(config, rng):
+    """A random table (vocab_size, dim), std 0.02 as in the paper's bare embedding layer."""
+    v, d = int(config["vocab_size"]), int(config["dim"])
+    table = rng.standard_normal((v, d), dtype=np.float32) * np.float32(0.02)
+    return {"tok_emb": table}
+
+
+def forward(params, ids, offsets, config=None, train=False, rng=None):
+    out, cache = embedding_bag_forward(params["tok_emb"], ids, offsets)
+    return out, cache
+
+
+def backward(demb, cache):
+    return {"tok_emb": embedding_bag_backward(demb, cache)}

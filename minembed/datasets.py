@@ -1,0 +1,507 @@
+"""The built-in corpus: docstrings of the scientific Python stack.
+
+`minembed train` with no corpus argument needs real text that needs no download.
+numpy, scipy and scikit-learn are installed anyway, and their docstrings are
+thousands of carefully written paragraphs about one topic each, so they make a
+corpus with natural class labels for evaluation.
+
+Documents
+    One document = the description of one public object (function, class,
+    ufunc, documented instance such as ``scipy.stats.norm``, or a method that a
+    class defines itself): its summary, extended summary and the prose of its
+    ``Notes``/``Warnings`` sections. Parameters, Returns, Examples, See Also,
+    References, ... are dropped (they are lists of names and types, not
+    prose), and so are doctests, ``.. directive::`` blocks (math, plot,
+    versionadded, deprecated, ...; the content of note/warning admonitions is
+    kept), literal blocks, tables and links. Inline markup is reduced to its
+    text (:func:`~a.b` -> b, ``code`` -> code, [1]_ -> nothing). Sentences that
+    occur in many documents (templates such as sklearn's "Read more in the User
+    Guide." or the boilerplate of every scipy.stats distribution) are removed.
+    A document is one line of text, sentence punctuation intact, because the
+    default corpus format is one document per line and training splits
+    documents into sentences.
+
+Labels
+    The label is the public package that *defines* the object, read from
+    ``obj.__module__`` (not from where it is re-exported): the longest prefix of
+    the module path made of public components (none starting with ``_``) that
+    is a package, e.g. ``sklearn.cluster._kmeans`` -> ``sklearn.cluster``,
+    ``scipy.sparse.linalg._isolve`` -> ``scipy.sparse.linalg``,
+    ``numpy._core.multiarray`` -> ``numpy``, ``numpy.random.mtrand`` ->
+    ``numpy.random``, ``sklearn.pipeline`` (a module) -> ``sklearn``. A label
+    three or more components deep with fewer than `MIN_DOCS_PER_LABEL`
+    documents is folded into its parent (``scipy.sparse.csgraph`` ->
+    ``scipy.sparse``); labels still below the minimum are dropped.
+
+The corpus is built on first use (importing every public module takes some
+seconds) and cached as gzipped JSON lines, one file per package versions, so it
+is deterministic for given versions of numpy, scipy and scikit-learn.
+"""
+import contextlib
+import gzip
+import importlib
+import inspect
+import io
+import json
+import os
+import pkgutil
+import re
+import sys
+import tempfile
+import warnings
+from collections import Counter
+
+FORMAT_VERSION = 1          # bump when the cleaning changes: the cache name carries it
+PACKAGES = ("numpy", "scipy", "sklearn")
+MIN_CHARS = 100             # shorter documents are a summary line at most
+MIN_DOCS_PER_LABEL = 50     # a label needs this many documents to be a class
+BOILERPLATE_DOCS = 5        # a sentence in this many documents is template text
+
+# Modules whose import is skipped: test suites, build tooling (numpy.distutils
+# is deprecated and its compiler classes are not about numerical work) and
+# vendored third-party code (sklearn.externals).
+SKIP_COMPONENTS = {"tests", "testing", "conftest", "setup", "distutils", "externals"}
+
+# numpydoc sections whose body is prose; every other section is dropped.
+KEEP_SECTIONS = {"notes", "warning", "warnings", "extended summary"}
+# Admonitions whose content is prose; every other directive block is dropped.
+# Bold-line pseudo-headings ("**Array API Standard Support**") whose block is
+# generated boilerplate, dropped like a section.
+DROP_BOLD_HEADINGS = {"array api standard support"}
+KEEP_DIRECTIVES = {"note", "warning", "hint", "important", "tip", "attention", "caution"}
+
+
+# ---------------------------------------------------------------------------
+# Cleaning one docstring
+# ---------------------------------------------------------------------------
+
+_UNDERLINE = re.compile(r"^\s*([-=~^\"'`*+#])\1{2,}\s*$")   # "-----", "~~~~" ...
+_TABLE_RULE = re.compile(r"^\s*[-=+|: ]*(==|--|\+-|-\+)[-=+|: ]*$")
+_DIRECTIVE = re.compile(r"^(\s*)\.\.(?:\s+([\w:-]+)::(.*)|\s.*|)$")
+_BOLD_LINE = re.compile(r"^\*\*([^*]+)\*\*:?$")
+_BULLET = re.compile(r"^\s*(?:[-*+\u2022]|\d+[.)]|\(\d+\)|#\.)\s+")
+# A C-level function documents its signature as the first paragraph.
+_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->\s*.*)?$")
+
+_ROLE = re.compile(r":(?:[\w-]+:)*[\w-]+:`([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``")
+_LINK = re.compile(r"`([^`<]*?)\s*<[^>`]*>`__?")
+_REF = re.compile(r"`([^`]+)`__?")
+_DEFAULT_ROLE = re.compile(r"`([^`]+)`")
+_FOOTNOTE = re.compile(r"\s*\[[\w#*.-]+\]_")
+_SUBST = re.compile(r"\|(\w[\w -]*)\|")
+_BOLD = re.compile(r"\*\*([^*\s](?:[^*]*[^*\s])?)\*\*")
+_EMPH = re.compile(r"(?<![\w*])\*([^*\s](?:[^*]*[^*\s])?)\*(?![\w*])")
+_URL = re.compile(r"<?https?://[^\s>]+>?")
+_ESCAPE = re.compile(r"\\([*_`|\\ ])")
+_SPACE_PUNCT = re.compile(r"\s+([.,;:!?)])")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _role_text(content):
+    """Text shown for a role's content: 'title <target>' -> title, '~a.b.c' -> c."""
+    m = re.match(r"^(.*?)\s*<[^>]*>$", content, re.S)
+    if m and m.group(1):
+        return m.group(1)
+    content = content.lstrip("!")
+    if content.startswith("~"):
+        content = content[1:].rsplit(".", 1)[-1]
+    return content
+
+
+def clean_inline(text):
+    """Reduce reStructuredText inline markup in one paragraph to plain text."""
+    text = _ROLE.sub(lambda m: _role_text(m.group(1)), text)
+    text = _LITERAL.sub(r"\1", text)
+    text = _LINK.sub(r"\1", text)
+    text = _REF.sub(lambda m: _role_text(m.group(1)), text)
+    text = _DEFAULT_ROLE.sub(lambda m: _role_text(m.group(1)), text)
+    text = _FOOTNOTE.sub("", text)
+    text = _SUBST.sub(r"\1", text)
+    text = _BOLD.sub(r"\1", text)
+    text = _EMPH.sub(r"\1", text)
+    text = _URL.sub("", text)
+    text = _ESCAPE.sub(r"\1", text)
+    text = " ".join(text.split())
+    text = _SPACE_PUNCT.sub(r"\1", text)
+    # Removed links/markers can leave "()" or "( )" behind.
+    text = re.sub(r"\(\s*\)", "", text)
+    return " ".join(text.split())
+
+
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def _kept_lines(doc):
+    """Lines of the kept sections (preamble, Notes, Warnings) of a cleandoc'd docstring."""
+    lines = doc.splitlines()
+    keep, out, i = True, [], 0
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and _UNDERLINE.match(nxt) and nxt.strip()[0] == "-" and _indent(line) == 0:
+            # A numpydoc section header.
+            keep = line.strip().lower().rstrip(":") in KEEP_SECTIONS
+            i += 2
+            continue
+        bold = _BOLD_LINE.match(line.strip())
+        if bold and bold.group(1).strip().lower() in DROP_BOLD_HEADINGS:
+            keep = False
+        if keep:
+            out.append(line)
+        i += 1
+    return out
+
+
+def _paragraphs(lines):
+    """Drop directives, literal blocks, doctests and headings; yield prose paragraphs."""
+    paragraphs, current = [], []
+    skip_deeper = None          # skip lines indented deeper than this (a dropped block)
+    in_doctest = False
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        stripped = line.strip()
+        i += 1
+        if skip_deeper is not None:
+            if not stripped or _indent(line) > skip_deeper:
+                continue
+            skip_deeper = None
+        if in_doctest:
+            if stripped:
+                continue
+            in_doctest = False
+        if not stripped:
+            if current:
+                paragraphs.append(current)
+                current = []
+            continue
+        if stripped.startswith(">>>"):
+            # A doctest runs to the next blank line (its "..." lines and output).
+            in_doctest = True
+            continue
+        m = _DIRECTIVE.match(line)
+        if m:
+            name = (m.group(2) or "").lower()
+            if name in KEEP_DIRECTIVES:
+                # Keep the admonition's text; its indented body is read as usual.
+                if m.group(3).strip():
+                    current.append(m.group(3).strip())
+            else:
+                # math, plot, versionadded, deprecated, citations, comments ...
+                skip_deeper = _indent(line)
+            continue
+        if i < len(lines) and _UNDERLINE.match(lines[i]) and not _TABLE_RULE.match(line):
+            # A heading inside a kept section: not a sentence.
+            i += 1
+            continue
+        if _BOLD_LINE.match(stripped) and not current:
+            continue            # a bold line on its own is a heading too
+        if stripped.endswith("::"):
+            # "Text::" introduces an indented literal block (code, formulas).
+            text = stripped[:-2].rstrip()
+            if text:
+                current.append(text + ("" if stripped[-3] == " " else ":"))
+            skip_deeper = _indent(line)
+            continue
+        current.append(line)
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def _is_table(paragraph):
+    return any(_TABLE_RULE.match(l) or (l.strip().startswith("|") and l.strip().endswith("|"))
+               for l in paragraph)
+
+
+def clean_docstring(doc):
+    """One object's docstring -> one line of descriptive prose ('' if none)."""
+    if not doc or not isinstance(doc, str):
+        return ""
+    doc = inspect.cleandoc(doc)
+    texts = []
+    for n, paragraph in enumerate(_paragraphs(_kept_lines(doc))):
+        if _is_table(paragraph):
+            continue
+        # List items become sentences of their own.
+        items, item = [], []
+        for line in paragraph:
+            if _BULLET.match(line) and item:
+                items.append(item)
+                item = []
+            item.append(_BULLET.sub("", line) if _BULLET.match(line) else line)
+        items.append(item)
+        for item in items:
+            text = " ".join(l.strip() for l in item)
+            if n == 0 and _SIGNATURE.match(text):
+                continue
+            text = clean_inline(text)
+            # Mostly symbols: a formula or a code fragment, not prose.
+            if not text or sum(c.isalpha() for c in text) < 0.5 * len(text):
+                continue
+            # A paragraph ends a sentence; without this, a list would run into
+            # one long "sentence" when training splits documents.
+            if text[-1].isalnum() or text[-1] in ")]\"'":
+                text += "."
+            texts.append(text)
+    return " ".join(texts)
+
+
+def split_sentences(text):
+    """Split on sentence-ending punctuation followed by whitespace."""
+    return [s for s in _SENTENCE_END.split(text) if s]
+
+
+# ---------------------------------------------------------------------------
+# Finding public objects
+# ---------------------------------------------------------------------------
+
+def _skip_module(name):
+    parts = name.split(".")
+    return any(p.startswith("_") or p in SKIP_COMPONENTS for p in parts)
+
+
+def _public_modules(package):
+    """Import `package` and its public submodules; return {name: module}, sorted.
+
+    Like pkgutil.walk_packages, but it does not descend into private or test
+    packages (walk_packages imports every package it passes, to find its path).
+    """
+    modules = {}
+    todo = [package]
+    while todo:
+        name = todo.pop()
+        try:
+            module = importlib.import_module(name)
+        except BaseException:       # optional dependencies, platform modules, SystemExit ...
+            continue
+        modules[name] = module
+        path = getattr(module, "__path__", None)
+        if path is None:
+            continue
+        for info in pkgutil.iter_modules(path, name + "."):
+            if not _skip_module(info.name):
+                todo.append(info.name)
+    return dict(sorted(modules.items()))
+
+
+def _public_names(module):
+    names = getattr(module, "__all__", None)
+    if names is None or not isinstance(names, (list, tuple)):
+        names = dir(module)
+    return sorted({n for n in names if isinstance(n, str) and not n.startswith("_")})
+
+
+def _is_documented_object(obj):
+    """Functions, classes, ufuncs, C functions and instances with their own doc."""
+    if inspect.ismodule(obj):
+        return False
+    doc = getattr(obj, "__doc__", None)
+    if not isinstance(doc, str):
+        return False
+    if inspect.isclass(obj) or inspect.isroutine(obj) or callable(obj):
+        return True
+    # A documented instance such as scipy.stats.norm; constants (np.pi) carry
+    # their type's docstring and are skipped.
+    return doc != getattr(type(obj), "__doc__", None)
+
+
+def _defining_module(obj):
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        module = getattr(type(obj), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+def _label(module_name):
+    """Longest public package prefix of the defining module's name."""
+    parts = module_name.split(".")
+    label = parts[0]
+    for k in range(2, len(parts) + 1):
+        if parts[k - 1].startswith("_") or parts[k - 1] in SKIP_COMPONENTS:
+            break
+        prefix = ".".join(parts[:k])
+        module = sys.modules.get(prefix)
+        if module is None or not hasattr(module, "__path__"):
+            break
+        label = prefix
+    return label
+
+
+def _methods(cls):
+    """(owner class, name, function) for the public methods reachable on `cls`.
+
+    The owner is the class in the MRO that defines the method, so a method
+    inherited by many public classes (sklearn's get_params, a private base
+    class's fit) is one object, reached once however many classes inherit it.
+    Methods defined outside numpy/scipy/sklearn (object, abc) are skipped.
+    """
+    out = []
+    for name in sorted(dir(cls)):
+        if name.startswith("_"):
+            continue
+        owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+        if owner is None or (getattr(owner, "__module__", None) or "").split(".")[0] not in PACKAGES:
+            continue
+        attr = vars(owner)[name]
+        func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        # Python, C and Cython methods; properties and other descriptors
+        # (sklearn's set_*_request, not callable) describe attributes.
+        if not (inspect.isroutine(func) and callable(func)):
+            continue
+        if isinstance(getattr(func, "__doc__", None), str):
+            out.append((owner, name, func))
+    return out
+
+
+def _collect_objects():
+    """[(qualified name, label, docstring)] for every public object, sorted by name."""
+    found = {}                  # id(obj) -> (obj, sorted list of public paths)
+    for package in PACKAGES:
+        for module_name, module in _public_modules(package).items():
+            for name in _public_names(module):
+                try:
+                    obj = getattr(module, name)
+                except BaseException:
+                    continue
+                if not _is_documented_object(obj):
+                    continue
+                defining = _defining_module(obj)
+                if defining is None or defining.split(".")[0] not in PACKAGES:
+                    continue    # re-exported from elsewhere (builtins, joblib ...)
+                entry = found.setdefault(id(obj), (obj, []))
+                entry[1].append(module_name + "." + name)
+
+    records = {}
+    for obj, paths in found.values():
+        defining = _defining_module(obj)
+        qualname = getattr(obj, "__qualname__", None)
+        if isinstance(qualname, str) and (inspect.isclass(obj) or inspect.isroutine(obj)):
+            qname = defining + "." + qualname
+        else:                   # instances: the first public path by name
+            qname = min(paths)
+        label = _label(defining)
+        records.setdefault(qname, (label, obj.__doc__))
+        if inspect.isclass(obj):
+            for owner, mname, func in _methods(obj):
+                mq = f"{owner.__module__}.{owner.__qualname__}.{mname}"
+                records.setdefault(mq, (_label(owner.__module__), func.__doc__))
+    return [(q, lab, doc) for q, (lab, doc) in sorted(records.items())]
+
+
+# ---------------------------------------------------------------------------
+# Building the corpus
+# ---------------------------------------------------------------------------
+
+def _fold_labels(labels):
+    """Fold small labels 3+ components deep into their parent, deepest first."""
+    labels = list(labels)
+    for depth in range(max(l.count(".") + 1 for l in labels), 2, -1):
+        counts = Counter(labels)
+        labels = [l.rsplit(".", 1)[0]
+                  if l.count(".") + 1 == depth and counts[l] < MIN_DOCS_PER_LABEL else l
+                  for l in labels]
+    return labels
+
+
+def build():
+    """Build the corpus from the installed packages: (texts, labels, names)."""
+    with warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        objects = _collect_objects()
+        cleaned = [(q, lab, clean_docstring(doc)) for q, lab, doc in objects]
+
+    # Template sentences are counted once per document they occur in.
+    counts = Counter()
+    for _, _, text in cleaned:
+        counts.update(set(split_sentences(text)))
+    names, labels, texts, seen = [], [], [], set()
+    for qname, label, text in cleaned:
+        text = " ".join(s for s in split_sentences(text) if counts[s] < BOILERPLATE_DOCS)
+        if len(text) < MIN_CHARS or text in seen:   # identical texts count once
+            continue
+        seen.add(text)
+        names.append(qname)
+        labels.append(label)
+        texts.append(text)
+
+    labels = _fold_labels(labels)
+    counts = Counter(labels)
+    keep = [i for i, l in enumerate(labels) if counts[l] >= MIN_DOCS_PER_LABEL]
+    return [texts[i] for i in keep], [labels[i] for i in keep], [names[i] for i in keep]
+
+
+def _versions():
+    from importlib.metadata import version
+    return {"numpy": version("numpy"), "scipy": version("scipy"),
+            "sklearn": version("scikit-learn")}
+
+
+def cache_path(cache_dir=None):
+    """Where the corpus for the installed package versions is cached."""
+    cache_dir = (cache_dir or os.environ.get("MINEMBED_CACHE")
+                 or os.path.join(os.path.expanduser("~"), ".cache", "minembed"))
+    tag = "-".join(f"{k}{v}" for k, v in _versions().items())
+    return os.path.join(cache_dir, f"docstrings-v{FORMAT_VERSION}-{tag}.jsonl.gz")
+
+
+def _write(path, texts, labels, names):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Temp file in the same directory + os.replace: readers never see half a file.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:   # mtime=0: same bytes every build
+            for text, label, name in zip(texts, labels, names):
+                line = json.dumps({"label": label, "name": name, "text": text}, ensure_ascii=False)
+                gz.write(line.encode("utf-8") + b"\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _read(path):
+    texts, labels, names = [], [], []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            texts.append(record["text"])
+            labels.append(record["label"])
+            names.append(record["name"])
+    return texts, labels, names
+
+
+def docstrings(cache_dir=None, refresh=False, return_names=False):
+    """The built-in corpus: (texts, labels), or (texts, labels, names).
+
+    Built from the installed numpy/scipy/scikit-learn on first use and cached in
+    `cache_dir` (default: $MINEMBED_CACHE or ~/.cache/minembed); `refresh`
+    rebuilds. `names` are the objects' qualified names, e.g.
+    'sklearn.cluster._kmeans.KMeans'.
+    """
+    path = cache_path(cache_dir)
+    if refresh or not os.path.exists(path):
+        texts, labels, names = build()
+        _write(path, texts, labels, names)
+    else:
+        texts, labels, names = _read(path)
+    return (texts, labels, names) if return_names else (texts, labels)
+
+
+def stats(texts, labels):
+    """Counts for README/CLI: documents, labels, docs per label, lengths."""
+    lengths = sorted(len(t) for t in texts)
+    n = len(lengths)
+    per_label = Counter(labels)
+    return {
+        "documents": n,
+        "labels": len(per_label),
+        "docs_per_label": dict(sorted(per_label.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "mean_chars": sum(lengths) / n if n else 0.0,
+        "median_chars": (lengths[(n - 1) // 2] + lengths[n // 2]) / 2 if n else 0.0,
+    }

@@ -1,0 +1,231 @@
+"""Subword tokenizers and the tokenised corpus.
+
+A corpus is tokenised once into flat arrays saved as ``.npy`` files that are
+memory-mapped when training (llm.c's and nanoGPT's layout):
+
+    ids.npy          (n_tokens,) int32   every document's token ids, one after another
+    doc_offsets.npy  (n_docs+1,) int64   document d = ids[doc_offsets[d]:doc_offsets[d+1]]
+    sent_offsets.npy (n_sents+1,) int64  sentence s = ids[sent_offsets[s]:sent_offsets[s+1]]
+    doc_sents.npy    (n_docs+1,) int64   document d holds sentences doc_sents[d]:doc_sents[d+1]
+    sent_chars.npy   (n_sents,) int32    each sentence's length in characters
+    meta.json                            counts, the tokenizer's fingerprint
+
+Documents are split into sentences *before* tokenising (a sentence ends at
+. ! or ? followed by whitespace), and each sentence is tokenised on its own:
+word-level pre-tokenisation splits at whitespace anyway, so the ids are those
+of the whole document, and sentence boundaries in token space come for free.
+
+The arrays are written as they are produced, so memory stays bounded whatever
+the corpus size; the directory appears under its final name only when complete.
+"""
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+
+from .errors import MinembedError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]
+DEFAULT_VOCAB_SIZE = 8192
+# a sentence ends at . ! ? (possibly followed by closing quotes/brackets) and whitespace
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+
+
+def split_sentences(text):
+    """The document's sentences, covering all of its text (stripped)."""
+    parts = _SENTENCE_END.split(text)
+    return [p.strip() for p in parts if p.strip()]
+
+
+# ---------------------------------------------------------------------------
+# tokenizers
+
+def train_tokenizer(texts, vocab_size=DEFAULT_VOCAB_SIZE, min_frequency=2):
+    """A lower-cased subword tokenizer trained on an iterable of strings.
+
+    BPE over words marked SentencePiece-style ("▁" starts a word), with BERT's
+    normalisation (lower-case, accents stripped) and punctuation split off.
+    Why not WordPiece or "##" continuation pieces: with those, the `tokenizers`
+    trainer breaks ties in hash-map order, which changes from one process to
+    the next, and the same corpus would give different vocabularies (and
+    models). This set-up trains the same tokenizer every time.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if vocab_size < len(SPECIAL_TOKENS) + 32:
+        raise MinembedError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 32}, got {vocab_size}")
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True,
+                                                handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                  pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path):
+    """A tokenizer from a ``tokenizer.json`` file, ready to encode raw text."""
+    from tokenizers import Tokenizer
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MinembedError(f"tokenizer file not found: {path}")
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises plain Exceptions
+        raise MinembedError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def tokenizer_from_str(text, where="tokenizer.json"):
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as e:
+        raise MinembedError(f"{where} is not a valid tokenizer ({str(e).splitlines()[0]})") from None
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def fingerprint(tok):
+    """A short hash of a tokenizer's full definition (vocabulary and settings)."""
+    return hashlib.sha1(tok.to_str().encode("utf-8")).hexdigest()[:16]
+
+
+def mask_token_id(tok):
+    for name in ("[MASK]", "<mask>"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    return None
+
+
+def encode_texts(tok, texts):
+    """Token ids of each text as a ragged batch: (ids (M,) int32, offsets (N+1,) int64)."""
+    encs = tok.encode_batch(list(texts), add_special_tokens=False)
+    seqs = [e.ids for e in encs]
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
+    return ids, offsets
+
+
+# ---------------------------------------------------------------------------
+# the tokenised corpus on disk
+
+class _NpyWriter:
+    """Append to a 1-D ``.npy`` file whose length is known only at the end.
+
+    The .npy v1.0 format is a 128-byte header (magic, version, a Python-literal
+    dict with dtype and shape, space padding) followed by the raw data. We
+    reserve the header, stream the data, then write the real header in place.
+    """
+    HEADER = 128
+
+    def __init__(self, path, dtype):
+        self.path, self.dtype, self.count = path, np.dtype(dtype), 0
+        self.f = open(path, "wb")
+        self.f.write(b"\0" * self.HEADER)
+
+    def append(self, arr):
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self.f.write(arr.tobytes())
+        self.count += arr.size
+
+    def close(self):
+        d = {"descr": self.dtype.str, "fortran_order": False, "shape": (self.count,)}
+        body = repr(d).encode("latin1")
+        pad = self.HEADER - 10 - len(body) - 1
+        header = b"\x93NUMPY\x01\x00" + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"
+        self.f.seek(0)
+        self.f.write(header)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+class TokenizedCorpus:
+    """Memory-mapped views of a tokenised corpus directory (see the module docstring)."""
+
+    FILES = ("ids", "doc_offsets", "sent_offsets", "doc_sents", "sent_chars")
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            with open(os.path.join(self.path, "meta.json")) as f:
+                self.meta = json.load(f)
+            for name in self.FILES:
+                setattr(self, name, np.load(os.path.join(self.path, name + ".npy"),
+                                            mmap_mode="r", allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise MinembedError(f"tokenised corpus at {self.path} is unreadable ({e}); delete it to rebuild") from None
+
+    @property
+    def n_docs(self):
+        return len(self.doc_offsets) - 1
+
+    @property
+    def n_tokens(self):
+        return len(self.ids)
+
+
+def tokenize_corpus(tok, docs, out_dir, chunk_docs=8192, progress=None):
+    """Tokenise an iterable of document strings into ``out_dir`` (see module docstring).
+
+    Streams: memory holds one chunk of documents at a time. Written into a
+    temporary directory renamed into place at the end, so an interrupted run
+    never leaves a half-written corpus under the final name.
+    """
+    out_dir = os.fspath(out_dir)
+    tmp = out_dir + ".tmp-%d" % os.getpid()
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    w = {name: _NpyWriter(os.path.join(tmp, name + ".npy"), dt) for name, dt in
+         [("ids", np.int32), ("doc_offsets", np.int64), ("sent_offsets", np.int64),
+          ("doc_sents", np.int64), ("sent_chars", np.int32)]}
+    w["doc_offsets"].append([0])
+    w["sent_offsets"].append([0])
+    w["doc_sents"].append([0])
+    n_tok = n_sent = n_docs = 0
+    it = iter(docs)
+    while True:
+        chunk = list(itertools.islice(it, chunk_docs))
+        if not chunk:
+            break
+        sents = [split_sentences(doc) for doc in chunk]
+        n_per_doc = np.fromiter((len(s) for s in sents), dtype=np.int64, count=len(sents))
+        flat = list(itertools.chain.from_iterable(sents))
+        ids, offsets = encode_texts(tok, flat)  # offsets: sentence boundaries in this chunk
+        chars = np.fromiter((len(s) for s in flat), dtype=np.int32, count=len(flat))
+        sent_ends = np.cumsum(n_per_doc)  # index of each doc's last sentence + 1, in this chunk
+        w["ids"].append(ids)
+        w["sent_offsets"].append(offsets[1:] + n_tok)
+        w["sent_chars"].append(chars)
+        w["doc_sents"].append(sent_ends + n_sent)
+        w["doc_offsets"].append(offsets[sent_ends] + n_tok)
+        n_tok += len(ids)
+        n_sent += len(flat)
+        n_docs += len(chunk)
+        if progress is not None:
+            progress(n_docs, n_tok)
+    for writer in w.values():
+        writer.close()
+    meta = {"n_docs": n_docs, "n_tokens": n_tok, "n_sents": n_sent,
+            "tokenizer": fingerprint(tok), "vocab_size": tok.get_vocab_size()}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return TokenizedCorpus(out_dir)

@@ -1,0 +1,311 @@
+"""The custom CUDA kernels (minembed/kernels/kernels.cu, wrappers in minembed/cuda.py).
+
+Three kinds of test:
+- everywhere (CI has no GPU): the source compiles with ``nvcc -ptx`` and every
+  kernel a wrapper launches is an ``.entry`` of the PTX; the source is fit for
+  NVRTC; ``minembed.cuda`` imports without CuPy; each wrapper has its NumPy
+  twin's signature;
+- with a GPU: every wrapper against its NumPy twin (the package's own layer
+  function run on NumPy arrays) on fresh random inputs, over the available
+  backends; skipped with the reason where CuPy or a GPU is missing.
+
+``CASES`` is also used by benchmarks/gpu_check.py to print the max errors.
+"""
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minembed import bag, cuda, layers, optim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------
+# no GPU needed
+# ---------------------------------------------------------------------------
+def find_nvcc():
+    path = shutil.which("nvcc")
+    if path:
+        return path
+    for cand in (os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"):
+        p = Path(cand) / "bin" / "nvcc"
+        if cand and p.exists():
+            return str(p)
+    return None
+
+
+def test_nvcc_compiles_every_kernel_to_ptx(tmp_path):
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
+    ptx = tmp_path / "kernels.ptx"
+    res = subprocess.run([nvcc, "-ptx", "-arch=sm_80", "-Werror", "all-warnings",
+                          "-o", str(ptx), str(cuda.KERNEL_FILE)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"nvcc -ptx failed:\n{res.stdout}\n{res.stderr}"
+    entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.read_text()))
+    missing = set(cuda.KERNEL_NAMES) - entries
+    assert not missing, f"kernels used by minembed/cuda.py but not in the PTX: {sorted(missing)}"
+
+
+def test_kernel_source_fits_nvrtc_and_wrappers():
+    src = cuda.kernel_source()
+    # NVRTC (cupy.RawModule) compiles with no host headers
+    assert not re.search(r"^\s*#\s*include", src, re.M)
+    declared = set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', src))
+    assert declared == set(cuda.KERNEL_NAMES), "KERNEL_NAMES and kernels.cu disagree"
+    piece = re.search(r"#define\s+SEG_PIECE\s+(\d+)", src)
+    assert piece and int(piece.group(1)) == cuda.SEG_PIECE
+
+
+def test_nvrtc_compiles_kernels_if_available():
+    """The compiler CuPy really uses; runs where CuPy and libnvrtc exist (no GPU needed)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        prog = nvrtc.createProgram(cuda.kernel_source(), "kernels.cu", [], [])
+    except Exception as e:  # CuPy or libnvrtc missing
+        pytest.skip(f"NVRTC not usable here: {type(e).__name__}: {e}")
+    try:
+        nvrtc.compileProgram(prog, ["-arch=compute_80"])
+    except Exception as e:
+        pytest.fail(f"NVRTC failed: {e}\n{nvrtc.getProgramLog(prog)}")
+
+
+def test_import_without_cupy():
+    code = ("import sys; sys.modules['cupy'] = None\n"
+            "import numpy as np, minembed.cuda as c, minembed.layers, minembed.bag, minembed.optim\n"
+            "assert not c.use_kernels(np.zeros(3, np.float32))\n"
+            "assert 'embedding_bag_forward' in c.kernel_source()\n"
+            "print('ok')")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_use_kernels_only_for_cupy_float32():
+    assert not cuda.use_kernels(np.zeros(3, np.float32))
+    assert not cuda.use_kernels(np.zeros(3, np.float32), None)
+
+
+TWINS = [
+    (cuda.embedding_bag_forward, bag.embedding_bag_forward),
+    (cuda.embedding_bag_backward, bag.embedding_bag_backward),
+    (cuda.segment_sum, layers.segment_sum),
+    (cuda.adam_update, optim.adam_update),
+    (cuda.adam_update_rows, optim.adam_update_rows),
+    (cuda.layernorm_forward, layers.layernorm_forward),
+    (cuda.layernorm_backward, layers.layernorm_backward),
+    (cuda.gelu_forward, layers.gelu_forward),
+    (cuda.gelu_backward, layers.gelu_backward),
+    (cuda.softmax_forward, layers.softmax_forward),
+    (cuda.softmax_backward, layers.softmax_backward),
+]
+
+
+@pytest.mark.parametrize("wrapper,twin", TWINS, ids=[w.__name__ for w, _ in TWINS])
+def test_wrapper_signature_matches_twin(wrapper, twin):
+    ws, ts = inspect.signature(wrapper), inspect.signature(twin)
+    assert list(ws.parameters) == list(ts.parameters)
+    for name, prm in ts.parameters.items():   # same defaults (eps, betas, ...)
+        if prm.default is not inspect.Parameter.empty:
+            assert ws.parameters[name].default == prm.default, name
+
+
+# ---------------------------------------------------------------------------
+# comparisons with the NumPy twins (GPU). Each case returns a list of
+# (label, got: CuPy array, want: NumPy array, exact: bool).
+# ---------------------------------------------------------------------------
+def _ragged(rng, n_views, max_len, vocab, heavy=None):
+    lengths = rng.integers(0, max_len + 1, n_views)
+    lengths[: min(3, n_views)] = [0, 1, max_len][: min(3, n_views)]  # empty, single, full
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, vocab, offsets[-1]).astype(np.int32)
+    if heavy is not None:  # a Zipf-like head: one id takes ~30% of the tokens (many pieces)
+        ids[rng.random(ids.shape[0]) < 0.3] = heavy
+    return ids, offsets
+
+
+def case_bag(rng, cp):
+    out = []
+    for V, D in ((1000, 64), (300, 100)):
+        table = rng.standard_normal((V, D)).astype(np.float32)
+        ids, offsets = _ragged(rng, 120, 60, V, heavy=7)
+        want, wc = bag.embedding_bag_forward(table, ids, offsets)
+        got, gc = cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(ids), cp.asarray(offsets))
+        out.append((f"bag forward D={D}", got, want, False))
+        dout = rng.standard_normal(want.shape).astype(np.float32)
+        w = bag.embedding_bag_backward(dout, wc)
+        g = cuda.embedding_bag_backward(cp.asarray(dout), gc)
+        out.append((f"bag backward rows D={D}", g.rows, np.asarray(w.rows), True))
+        out.append((f"bag backward values D={D}", g.values, np.asarray(w.values), False))
+    return out
+
+
+def case_segment_sum(rng, cp):
+    keys = rng.integers(0, 50, 3000)
+    keys[rng.random(3000) < 0.5] = 3                      # a run of ~1500: many pieces
+    values = rng.standard_normal((3000, 3, 5)).astype(np.float32)
+    wr, wv = layers.segment_sum(keys, values)
+    gr, gv = cuda.segment_sum(cp.asarray(keys), cp.asarray(values))
+    hr, hv = cuda.segment_sum(keys, cp.asarray(values))   # keys on the host
+    return [("segment_sum rows", gr, wr, True), ("segment_sum values", gv, wv, False),
+            ("segment_sum host keys", hv, wv, False)]
+
+
+def case_adam(rng, cp):
+    out = []
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+    p, g, m = (rng.standard_normal((300, 40)).astype(np.float32) for _ in range(3))
+    v = rng.random((300, 40)).astype(np.float32)
+    dev = [cp.asarray(a) for a in (p, g, m, v)]
+    optim.adam_update(p, g, m, v, 3, **kw)
+    cuda.adam_update(dev[0], dev[1], dev[2], dev[3], 3, **kw)
+    out += [("adam p", dev[0], p, False), ("adam m", dev[2], m, False), ("adam v", dev[3], v, False)]
+    # lazy rows, no weight decay
+    p, m = (rng.standard_normal((500, 48)).astype(np.float32) for _ in range(2))
+    v = rng.random((500, 48)).astype(np.float32)
+    rows = np.sort(rng.choice(500, 120, replace=False)).astype(np.int32)
+    g_rows = rng.standard_normal((120, 48)).astype(np.float32)
+    dev = [cp.asarray(a) for a in (p, m, v)]
+    optim.adam_update_rows(p, rows, g_rows, m, v, 1, lr=1e-3)
+    cuda.adam_update_rows(dev[0], cp.asarray(rows), cp.asarray(g_rows), dev[1], dev[2], 1, lr=1e-3)
+    out += [("adam_rows p", dev[0], p, False), ("adam_rows m", dev[1], m, False),
+            ("adam_rows v", dev[2], v, False)]
+    return out
+
+
+def case_layernorm(rng, cp):
+    x = (rng.standard_normal((7, 13, 96)) * 3 + 1).astype(np.float32)
+    g = rng.standard_normal(96).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    want, wc = layers.layernorm_forward(x, g, b)
+    got, gc = cuda.layernorm_forward(cp.asarray(x), cp.asarray(g), cp.asarray(b))
+    wdx, wdg, wdb = layers.layernorm_backward(dy, wc)
+    gdx, gdg, gdb = cuda.layernorm_backward(cp.asarray(dy), gc)
+    # the backward also takes the NumPy twin's cache (xhat, rstd, g)
+    tdx, tdg, tdb = cuda.layernorm_backward(cp.asarray(dy), tuple(cp.asarray(a) for a in wc))
+    return [("layernorm y", got, want, False), ("layernorm dx", gdx, wdx, False),
+            ("layernorm dg", gdg, wdg, False), ("layernorm db", gdb, wdb, False),
+            ("layernorm dx (twin cache)", tdx, wdx, False),
+            ("layernorm dg (twin cache)", tdg, wdg, False)]
+
+
+def case_gelu(rng, cp):
+    x = (rng.standard_normal((33, 257)) * 3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    want, wc = layers.gelu_forward(x)
+    got, gc = cuda.gelu_forward(cp.asarray(x))
+    wdx = layers.gelu_backward(dy, wc)
+    gdx = cuda.gelu_backward(cp.asarray(dy), gc)
+    tdx = cuda.gelu_backward(cp.asarray(dy), tuple(cp.asarray(a) for a in wc))
+    return [("gelu y", got, want, False), ("gelu dx", gdx, wdx, False),
+            ("gelu dx (twin cache)", tdx, wdx, False)]
+
+
+def case_softmax(rng, cp):
+    out = []
+    N, H, T = 4, 3, 37
+    z = (rng.standard_normal((N, H, T, T)) * 4).astype(np.float32)
+    key_mask = rng.random((N, T)) < 0.7
+    key_mask[1] = False                                     # a view with no keys
+    key_mask[2] = True
+    causal = np.tril(np.ones((T, T), bool))                 # a mask of another shape
+    dp = rng.standard_normal(z.shape).astype(np.float32)
+    for label, m in (("key mask", key_mask[:, None, None, :]), ("no mask", None),
+                     ("causal mask", causal)):
+        want, wc = layers.softmax_forward(z, m)
+        got, gc = cuda.softmax_forward(cp.asarray(z), None if m is None else cp.asarray(m))
+        out.append((f"softmax p ({label})", got, want, False))
+        out.append((f"softmax dz ({label})", cuda.softmax_backward(cp.asarray(dp), gc),
+                    layers.softmax_backward(dp, wc), False))
+    # masked keys exactly 0, the fully masked view all 0
+    got, _ = cuda.softmax_forward(cp.asarray(z), cp.asarray(key_mask[:, None, None, :]))
+    zero = np.where(np.broadcast_to(key_mask[:, None, None, :], z.shape), 1.0, 0.0).astype(np.float32)
+    out.append(("softmax masked keys == 0", got * cp.asarray(1.0 - zero), np.zeros_like(z), True))
+    return out
+
+
+CASES = {"bag": case_bag, "segment_sum": case_segment_sum, "adam": case_adam,
+         "layernorm": case_layernorm, "gelu": case_gelu, "softmax": case_softmax}
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def max_errors(results):
+    """[(label, max abs error, max error relative to max |want|)] for printing."""
+    rows = []
+    for label, got, want, _ in results:
+        got = got.get() if hasattr(got, "get") else np.asarray(got)
+        want = np.asarray(want)
+        if got.shape != want.shape:
+            rows.append((label, float("inf"), float("inf")))
+            continue
+        err = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+        scale = float(np.abs(want).max()) if want.size else 1.0
+        rows.append((label, err, err / max(scale, 1e-30)))
+    return rows
+
+
+def gpu_skip_reason():
+    try:
+        import cupy
+    except Exception as e:
+        return f"CuPy is not importable ({type(e).__name__}: {e})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return f"no usable CUDA GPU ({type(e).__name__}: {e})"
+    return None if n > 0 else "no CUDA GPU found"
+
+
+_REASON = gpu_skip_reason()
+# Backends with custom kernels; the NumPy twin is the reference for each.
+BACKENDS = [pytest.param("cupy", marks=pytest.mark.skipif(_REASON is not None,
+                                                          reason=str(_REASON)))]
+
+
+@pytest.fixture(params=BACKENDS)
+def xp(request):
+    import cupy
+    return cupy
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernel_matches_numpy_twin(xp, case, seed):
+    rng = np.random.default_rng(seed)
+    results = CASES[case](rng, xp)
+    for label, got, want, exact in results:
+        got = xp.asnumpy(got)
+        assert got.shape == np.asarray(want).shape, label
+        if exact:
+            np.testing.assert_array_equal(got, want, err_msg=label)
+        else:
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=label)
+
+
+def test_kernels_deterministic(xp):
+    """The segmented sums use no atomics: two runs give identical bits."""
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 20, 5000)
+    values = xp.asarray(rng.standard_normal((5000, 64)).astype(np.float32))
+    a = cuda.segment_sum(xp.asarray(keys), values)[1]
+    b = cuda.segment_sum(xp.asarray(keys), values)[1]
+    assert bool((a == b).all())
+
+
+def test_empty_inputs(xp):
+    table = xp.ones((10, 8), dtype=xp.float32)
+    out, c = cuda.embedding_bag_forward(table, xp.zeros(0, xp.int32), xp.zeros(3, xp.int64))
+    assert out.shape == (2, 8) and float(abs(out).max()) == 0.0
+    g = cuda.embedding_bag_backward(xp.ones((2, 8), xp.float32), c)
+    assert g.rows.shape == (0,) and g.values.shape == (0, 8)

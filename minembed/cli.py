@@ -66,6 +66,8 @@ _DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), de
               help="vocabulary of the tokenizer trained on the corpus")
 @click.option("--dim", type=int, default=256, show_default=True, help="embedding dimension")
 @click.option("--epochs", type=int, help="passes over the corpus [bag: 3, transformer: 3]")
+@click.option("--max-steps", type=int, default=0,
+              help="stop after this many steps (the schedule ends there too); 0: all epochs")
 @click.option("--batch-size", type=int, help="positive pairs per step [bag: 256, transformer: 64]")
 @click.option("--lr", type=float, help="peak learning rate [bag: 0.5, transformer: 5e-4]")
 @click.option("--warmup", type=float, default=0.1, show_default=True,

@@ -50,6 +50,7 @@ class TrainConfig:
     model: str = "bag"
     dim: int = 256
     epochs: int = None
+    max_steps: int = 0  # stop (and end the schedule) after this many steps; 0 = all epochs
     batch_size: int = None  # pairs per step
     lr: float = None
     warmup: float = 0.1  # warm-up steps, as a fraction of the first epoch
@@ -95,6 +96,7 @@ class TrainConfig:
         need(self.batch_size >= 2, f"--batch-size must be at least 2 (in-batch negatives), got {self.batch_size}")
         need(self.dim >= 1, f"--dim must be at least 1, got {self.dim}")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        need(self.max_steps >= 0, f"--max-steps must be >= 0, got {self.max_steps}")
         need(self.scale > 0 and math.isfinite(self.scale), f"--scale must be positive, got {self.scale}")
         need(0 <= self.warmup <= 1, f"--warmup must be a fraction in [0, 1], got {self.warmup}")
         need(self.optimizer in ("adam", "adamw"), f"--optimizer must be adam or adamw, got {self.optimizer}")
@@ -317,6 +319,8 @@ def _train_loop(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every
     state = optim.adam_init(params)
     steps_per_epoch = len(sampler.usable) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
     warmup = int(round(cfg.warmup * steps_per_epoch))
     wd = cfg.weight_decay if cfg.optimizer == "adamw" else 0.0
     log = open(out.file("log.jsonl"), "w")
@@ -326,7 +330,7 @@ def _train_loop(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every
     try:
         for epoch in range(cfg.epochs):
             order = np.random.default_rng([cfg.seed, 1, epoch]).permutation(sampler.usable)
-            for i in range(steps_per_epoch):
+            for i in range(min(steps_per_epoch, total - step)):
                 step += 1
                 ts = time.perf_counter()
                 rng = np.random.default_rng([cfg.seed, 2, step])

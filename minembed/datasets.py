@@ -7,9 +7,10 @@ corpus with natural class labels for evaluation.
 
 Documents
     One document = the description of one public object (function, class,
-    ufunc, documented instance such as ``scipy.stats.norm``, or a method that a
-    class defines itself): its summary, extended summary and the prose of its
-    ``Notes``/``Warnings`` sections. Parameters, Returns, Examples, See Also,
+    ufunc, documented instance such as ``scipy.stats.norm``, or a public
+    method of a public class, counted once under the class that defines it,
+    however many classes inherit it): its summary, extended summary and the
+    prose of its ``Notes``/``Warnings`` sections. Parameters, Returns, Examples, See Also,
     References, ... are dropped (they are lists of names and types, not
     prose), and so are doctests, ``.. directive::`` blocks (math, plot,
     versionadded, deprecated, ...; the content of note/warning admonitions is
@@ -19,7 +20,9 @@ Documents
     Guide." or the boilerplate of every scipy.stats distribution) are removed.
     A document is one line of text, sentence punctuation intact, because the
     default corpus format is one document per line and training splits
-    documents into sentences.
+    documents into sentences. Documents under `MIN_CHARS` characters are
+    dropped (mostly one-line summaries), and identical texts count once (the
+    first by qualified name).
 
 Labels
     The label is the public package that *defines* the object, read from
@@ -28,10 +31,13 @@ Labels
     is a package, e.g. ``sklearn.cluster._kmeans`` -> ``sklearn.cluster``,
     ``scipy.sparse.linalg._isolve`` -> ``scipy.sparse.linalg``,
     ``numpy._core.multiarray`` -> ``numpy``, ``numpy.random.mtrand`` ->
-    ``numpy.random``, ``sklearn.pipeline`` (a module) -> ``sklearn``. A label
-    three or more components deep with fewer than `MIN_DOCS_PER_LABEL`
-    documents is folded into its parent (``scipy.sparse.csgraph`` ->
-    ``scipy.sparse``); labels still below the minimum are dropped.
+    ``numpy.random``, ``sklearn.pipeline`` (a module) -> ``sklearn``.
+    Instances (ufuncs, distributions) have no module of their own (scipy's
+    ufuncs would be ``numpy``'s): they are labelled from their shortest public
+    path (``scipy.special.gamma`` -> ``scipy.special``). A label three or more
+    components deep with fewer than `MIN_DOCS_PER_LABEL` documents is folded
+    into its parent (``scipy.sparse.csgraph`` -> ``scipy.sparse``); labels
+    still below the minimum are dropped (``numpy.f2py``, ``sklearn.svm``).
 
 The corpus is built on first use (importing every public module takes some
 seconds) and cached as gzipped JSON lines, one file per package versions, so it
@@ -51,10 +57,12 @@ import tempfile
 import warnings
 from collections import Counter
 
-FORMAT_VERSION = 1          # bump when the cleaning changes: the cache name carries it
+FORMAT_VERSION = 2          # bump when the cleaning changes: the cache name carries it
 PACKAGES = ("numpy", "scipy", "sklearn")
 MIN_CHARS = 100             # shorter documents are a summary line at most
-MIN_DOCS_PER_LABEL = 50     # a label needs this many documents to be a class
+# A label needs this many documents to be a class. At 50 only 17 labels are
+# left and scikit-learn keeps 3 (its subpackages have 30-45 documents each).
+MIN_DOCS_PER_LABEL = 30
 BOILERPLATE_DOCS = 5        # a sentence in this many documents is template text
 
 # Modules whose import is skipped: test suites, build tooling (numpy.distutils
@@ -64,10 +72,10 @@ SKIP_COMPONENTS = {"tests", "testing", "conftest", "setup", "distutils", "extern
 
 # numpydoc sections whose body is prose; every other section is dropped.
 KEEP_SECTIONS = {"notes", "warning", "warnings", "extended summary"}
-# Admonitions whose content is prose; every other directive block is dropped.
-# Bold-line pseudo-headings ("**Array API Standard Support**") whose block is
-# generated boilerplate, dropped like a section.
+# Bold-line pseudo-headings ("**Array API Standard Support**", added by scipy)
+# whose block is generated boilerplate: dropped like a section.
 DROP_BOLD_HEADINGS = {"array api standard support"}
+# Admonitions whose content is prose; every other directive block is dropped.
 KEEP_DIRECTIVES = {"note", "warning", "hint", "important", "tip", "attention", "caution"}
 
 
@@ -94,7 +102,9 @@ _BOLD = re.compile(r"\*\*([^*\s](?:[^*]*[^*\s])?)\*\*")
 _EMPH = re.compile(r"(?<![\w*])\*([^*\s](?:[^*]*[^*\s])?)\*(?![\w*])")
 _URL = re.compile(r"<?https?://[^\s>]+>?")
 _ESCAPE = re.compile(r"\\([*_`|\\ ])")
-_SPACE_PUNCT = re.compile(r"\s+([.,;:!?)])")
+# Space left before punctuation by a removed marker ("paper [2]_." -> "paper ."),
+# but not before "..." or slices ("with ::-1").
+_SPACE_PUNCT = re.compile(r"\s+([,;!?)]|:(?=\s|$)|\.(?!\.))")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -122,11 +132,10 @@ def clean_inline(text):
     text = _EMPH.sub(r"\1", text)
     text = _URL.sub("", text)
     text = _ESCAPE.sub(r"\1", text)
+    # Removed links/markers can leave "()" behind: "the paper ([2]_)".
+    text = re.sub(r"\s*\(\s*\)", "", text)
     text = " ".join(text.split())
-    text = _SPACE_PUNCT.sub(r"\1", text)
-    # Removed links/markers can leave "()" or "( )" behind.
-    text = re.sub(r"\(\s*\)", "", text)
-    return " ".join(text.split())
+    return _SPACE_PUNCT.sub(r"\1", text)
 
 
 def _indent(line):
@@ -191,6 +200,8 @@ def _paragraphs(lines):
             else:
                 # math, plot, versionadded, deprecated, citations, comments ...
                 skip_deeper = _indent(line)
+                paragraphs.append(current)
+                current = []
             continue
         if i < len(lines) and _UNDERLINE.match(lines[i]) and not _TABLE_RULE.match(line):
             # A heading inside a kept section: not a sentence.
@@ -204,11 +215,14 @@ def _paragraphs(lines):
             if text:
                 current.append(text + ("" if stripped[-3] == " " else ":"))
             skip_deeper = _indent(line)
+            # The block breaks the paragraph: what follows it is a new one.
+            paragraphs.append(current)
+            current = []
             continue
         current.append(line)
     if current:
         paragraphs.append(current)
-    return paragraphs
+    return [p for p in paragraphs if p]
 
 
 def _is_table(paragraph):
@@ -221,19 +235,27 @@ def clean_docstring(doc):
     if not doc or not isinstance(doc, str):
         return ""
     doc = inspect.cleandoc(doc)
-    texts = []
+    texts, listed = [], []      # paragraphs or list items; is it a list item?
     for n, paragraph in enumerate(_paragraphs(_kept_lines(doc))):
         if _is_table(paragraph):
             continue
-        # List items become sentences of their own.
-        items, item = [], []
-        for line in paragraph:
-            if _BULLET.match(line) and item:
-                items.append(item)
-                item = []
-            item.append(_BULLET.sub("", line) if _BULLET.match(line) else line)
+        # List items become sentences of their own. A bullet starts an item
+        # only at the start of the paragraph, after a line ending in ":" or
+        # beside an earlier item: "7 * 5\n* 3 * 1" wraps a formula.
+        items, item, bullet_indent = [], [], None
+        for k, line in enumerate(paragraph):
+            is_item = _BULLET.match(line) and (
+                k == 0 or paragraph[k - 1].rstrip().endswith(":") or _indent(line) == bullet_indent)
+            if is_item:
+                bullet_indent = _indent(line)
+                if item:
+                    items.append(item)
+                item = [_BULLET.sub("", line)]
+            else:
+                item.append(line)
         items.append(item)
         for item in items:
+            in_list = len(items) > 1
             text = " ".join(l.strip() for l in item)
             if n == 0 and _SIGNATURE.match(text):
                 continue
@@ -241,11 +263,22 @@ def clean_docstring(doc):
             # Mostly symbols: a formula or a code fragment, not prose.
             if not text or sum(c.isalpha() for c in text) < 0.5 * len(text):
                 continue
-            # A paragraph ends a sentence; without this, a list would run into
-            # one long "sentence" when training splits documents.
-            if text[-1].isalnum() or text[-1] in ")]\"'":
-                text += "."
             texts.append(text)
+            listed.append(in_list)
+    # A paragraph or list item ends a sentence; without this, a list would run
+    # into one long "sentence" when training splits documents. But a paragraph
+    # cut short by a dropped formula ("... is obtained by substituting" [math]
+    # "into H(s) ...") goes on in lower case: no full stop there. A colon whose
+    # formula was dropped ("The log loss is:" [math] "Read more ...") ends the
+    # sentence too.
+    for k in range(len(texts)):
+        nxt = texts[k + 1] if k + 1 < len(texts) else "A"
+        nxt_listed = k + 1 < len(texts) and listed[k + 1]
+        goes_on = nxt[0].islower() and not listed[k] and not nxt_listed
+        if (texts[k][-1].isalnum() or texts[k][-1] in ")]\"'") and not goes_on:
+            texts[k] += "."
+        elif texts[k][-1] == ":" and not goes_on and not nxt_listed:
+            texts[k] = texts[k][:-1] + "."
     return " ".join(texts)
 
 
@@ -308,11 +341,20 @@ def _is_documented_object(obj):
     return doc != getattr(type(obj), "__doc__", None)
 
 
-def _defining_module(obj):
+def _defining_module(obj, paths):
+    """Module that defines `obj`; `paths` are the public paths it was found at."""
     module = getattr(obj, "__module__", None)
-    if not isinstance(module, str):
-        module = getattr(type(obj), "__module__", None)
-    return module if isinstance(module, str) else None
+    if isinstance(module, str) and (inspect.isclass(obj) or inspect.isroutine(obj)
+                                    or module != getattr(type(obj), "__module__", None)):
+        return module
+    # An instance (a ufunc, scipy.stats.norm, an array) has no module or only
+    # its type's: scipy.special's ufuncs would all be "numpy". It is defined
+    # where it is publicly exposed: the module of its shortest public path.
+    return _shortest(paths).rsplit(".", 1)[0]
+
+
+def _shortest(paths):
+    return min(paths, key=lambda p: (p.count("."), p))
 
 
 def _label(module_name):
@@ -358,32 +400,35 @@ def _methods(cls):
 
 def _collect_objects():
     """[(qualified name, label, docstring)] for every public object, sorted by name."""
-    found = {}                  # id(obj) -> (obj, sorted list of public paths)
+    # Import everything first, so no module's namespace is read before or
+    # after another package's import has touched it.
+    modules = {}
     for package in PACKAGES:
-        for module_name, module in _public_modules(package).items():
-            for name in _public_names(module):
-                try:
-                    obj = getattr(module, name)
-                except BaseException:
-                    continue
-                if not _is_documented_object(obj):
-                    continue
-                defining = _defining_module(obj)
-                if defining is None or defining.split(".")[0] not in PACKAGES:
-                    continue    # re-exported from elsewhere (builtins, joblib ...)
-                entry = found.setdefault(id(obj), (obj, []))
-                entry[1].append(module_name + "." + name)
+        modules.update(_public_modules(package))
+    found = {}                  # id(obj) -> (obj, public paths)
+    for module_name, module in sorted(modules.items()):
+        for name in _public_names(module):
+            try:
+                obj = getattr(module, name)
+            except BaseException:
+                continue
+            if not _is_documented_object(obj):
+                continue
+            # scipy's ufuncs have no __module__; their type's is numpy.
+            origin = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+            if not isinstance(origin, str) or origin.split(".")[0] not in PACKAGES:
+                continue    # re-exported from elsewhere (builtins, joblib ...)
+            found.setdefault(id(obj), (obj, []))[1].append(module_name + "." + name)
 
     records = {}
     for obj, paths in found.values():
-        defining = _defining_module(obj)
+        defining = _defining_module(obj, paths)
         qualname = getattr(obj, "__qualname__", None)
         if isinstance(qualname, str) and (inspect.isclass(obj) or inspect.isroutine(obj)):
             qname = defining + "." + qualname
-        else:                   # instances: the first public path by name
-            qname = min(paths)
-        label = _label(defining)
-        records.setdefault(qname, (label, obj.__doc__))
+        else:                   # instances have no qualified name of their own
+            qname = _shortest(paths)
+        records.setdefault(qname, (_label(defining), obj.__doc__))
         if inspect.isclass(obj):
             for owner, mname, func in _methods(obj):
                 mq = f"{owner.__module__}.{owner.__qualname__}.{mname}"
@@ -414,13 +459,20 @@ def build():
         objects = _collect_objects()
         cleaned = [(q, lab, clean_docstring(doc)) for q, lab, doc in objects]
 
-    # Template sentences are counted once per document they occur in.
+    # Template sentences are counted once per document they occur in, with the
+    # object's own name masked ("As an instance of the rv_continuous class,
+    # <name> object inherits ..." is one template for 100 distributions).
+    def key(sentence, qname):
+        name = qname.rsplit(".", 1)[-1]
+        return sentence.replace(name, "\0") if len(name) >= 3 else sentence
+
     counts = Counter()
-    for _, _, text in cleaned:
-        counts.update(set(split_sentences(text)))
+    for qname, _, text in cleaned:
+        counts.update({key(s, qname) for s in split_sentences(text)})
     names, labels, texts, seen = [], [], [], set()
     for qname, label, text in cleaned:
-        text = " ".join(s for s in split_sentences(text) if counts[s] < BOILERPLATE_DOCS)
+        text = " ".join(s for s in split_sentences(text)
+                        if counts[key(s, qname)] < BOILERPLATE_DOCS)
         if len(text) < MIN_CHARS or text in seen:   # identical texts count once
             continue
         seen.add(text)
@@ -458,6 +510,7 @@ def _write(path, texts, labels, names):
             for text, label, name in zip(texts, labels, names):
                 line = json.dumps({"label": label, "name": name, "text": text}, ensure_ascii=False)
                 gz.write(line.encode("utf-8") + b"\n")
+        os.chmod(tmp, 0o644)    # mkstemp makes it private; the cache is not secret
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -32,7 +32,7 @@ from .errors import MinembedError
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]
 DEFAULT_VOCAB_SIZE = 8192
 # a sentence ends at . ! ? (possibly followed by closing quotes/brackets) and whitespace
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
 
 
 def split_sentences(text):

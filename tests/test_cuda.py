@@ -152,7 +152,7 @@ def case_bag(rng, cp):
 def case_segment_sum(rng, cp):
     keys = rng.integers(0, 50, 3000)
     keys[rng.random(3000) < 0.5] = 3                      # a run of ~1500: many pieces
-    values = rng.standard_normal((3000, 3, 5)).astype(np.float32)
+    values = rng.standard_normal((3000, 24)).astype(np.float32)
     wr, wv = layers.segment_sum(keys, values)
     gr, gv = cuda.segment_sum(cp.asarray(keys), cp.asarray(values))
     hr, hv = cuda.segment_sum(keys, cp.asarray(values))   # keys on the host
@@ -309,3 +309,128 @@ def test_empty_inputs(xp):
     assert out.shape == (2, 8) and float(abs(out).max()) == 0.0
     g = cuda.embedding_bag_backward(xp.ones((2, 8), xp.float32), c)
     assert g.rows.shape == (0,) and g.values.shape == (0, 8)
+
+
+# ---------------------------------------------------------------------------
+# kernel logic without a GPU: kernels.cu compiled for the host by g++ with a
+# small emulator (one std::thread per CUDA thread, a block at a time; C++20
+# barriers for __syncthreads and the warp shuffles) behind a NumPy stand-in
+# for the few CuPy calls minembed.cuda makes. It runs the real wrappers and
+# the real kernel code against the NumPy twins, so CI checks the kernels'
+# arithmetic and indexing; it cannot see races or GPU-only behaviour.
+# ---------------------------------------------------------------------------
+EMU_SHIM = r'''
+#include <math.h>
+#include <string.h>
+#include <thread>
+#include <vector>
+#include <barrier>
+#include <functional>
+struct dim3_ { unsigned x = 0, y = 0, z = 0; };
+static thread_local dim3_ threadIdx, blockIdx;
+static dim3_ blockDim, gridDim;
+static std::barrier<>* g_bar = nullptr;
+static std::barrier<>* g_wbar[64];
+static float g_wbuf[64][32];
+static float g_dyn_shared[1 << 16];
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __shared__ static
+static inline void __syncthreads() { g_bar->arrive_and_wait(); }
+static inline float __shfl_xor_sync(unsigned, float v, int o) {
+  int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  g_wbuf[w][l] = v; g_wbar[w]->arrive_and_wait();
+  float r = g_wbuf[w][l ^ o]; g_wbar[w]->arrive_and_wait(); return r; }
+static inline float __int_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static void run_grid(unsigned gx, unsigned bx, std::function<void()> body) {
+  gridDim.x = gx; blockDim.x = bx;
+  for (unsigned b = 0; b < gx; ++b) {
+    std::barrier<> bar(bx); g_bar = &bar;
+    std::vector<std::barrier<>*> wb;
+    for (unsigned w = 0; w < (bx + 31) / 32; ++w) { g_wbar[w] = new std::barrier<>(32); }
+    std::vector<std::thread> th;
+    for (unsigned t = 0; t < bx; ++t)
+      th.emplace_back([=]() { blockIdx.x = b; threadIdx.x = t; body(); });
+    for (auto& x : th) x.join();
+    for (unsigned w = 0; w < (bx + 31) / 32; ++w) delete g_wbar[w];
+  }
+}
+'''
+
+
+def _emu_build(src, workdir):
+    src = re.sub(r"//[^\n]*", "", src)
+    src = src.replace("extern __shared__ float sh[];", "float* sh = g_dyn_shared;")
+    stubs = []
+    for m in re.finditer(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\((.*?)\)\s*\{', src, re.S):
+        name, params = m.group(1), m.group(2)
+        types_ = [re.sub(r"\b\w+\s*$", "", prm.replace("__restrict__", "").strip()).strip()
+                  for prm in params.split(",")]
+        call = ", ".join(f"*({t}*)a[{i}]" for i, t in enumerate(types_))
+        stubs.append(f'extern "C" void launch_{name}(unsigned gx, unsigned bx, void** a) '
+                     f'{{ run_grid(gx, bx, [=]() {{ {name}({call}); }}); }}')
+    cpp, so = Path(workdir) / "kernels_emu.cpp", Path(workdir) / "kernels_emu.so"
+    cpp.write_text(EMU_SHIM + src + "\n" + "\n".join(stubs) + "\n")
+    res = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+                          str(cpp), "-o", str(so)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"g++ failed on the emulated kernels:\n{res.stderr[-3000:]}"
+    import ctypes
+    return ctypes.CDLL(str(so))
+
+
+def _fake_cupy(workdir):
+    import ctypes
+    import types
+
+    class Fn:
+        def __init__(self, lib, name):
+            self.f, self.name = getattr(lib, "launch_" + name), name
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            keep = []
+            for a in args:
+                if isinstance(a, np.ndarray):
+                    assert a.flags.c_contiguous, self.name
+                    keep.append(ctypes.c_void_p(a.ctypes.data))
+                else:
+                    ctype = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64,
+                             np.float32: ctypes.c_float}[type(a)]
+                    keep.append(ctype(a.item()))
+            ptrs = (ctypes.c_void_p * len(keep))(*[ctypes.addressof(c) for c in keep])
+            assert shared_mem <= 4 << 16 and block[0] <= 2048
+            self.f(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]), ptrs)
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            self.lib = _emu_build(code, workdir)
+
+        def get_function(self, name):
+            return Fn(self.lib, name)
+
+    cp = types.ModuleType("cupy")
+    for n in ("asarray ascontiguousarray empty empty_like zeros argsort not_equal flatnonzero "
+              "cumsum maximum bool_ int32 int64 float32 broadcast_to").split():
+        setattr(cp, n, getattr(np, n))
+    cp.asnumpy, cp.RawModule = np.asarray, RawModule
+    dev = types.SimpleNamespace(attributes={"MultiProcessorCount": 2})
+    cp.cuda = types.SimpleNamespace(Device=lambda *a: dev)
+    return cp
+
+
+def test_kernels_emulated_on_cpu_match_numpy_twins(tmp_path, monkeypatch):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: cannot emulate the kernels on the CPU")
+    fake = _fake_cupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda, "_module", None)     # compile the emulated module, then
+    monkeypatch.setattr(cuda, "_functions", {})    # restore the real one afterwards
+    rng = np.random.default_rng(0)
+    for name in sorted(CASES):
+        for label, got, want, exact in CASES[name](rng, fake):
+            assert np.shape(got) == np.shape(want), label
+            if exact:
+                np.testing.assert_array_equal(got, want, err_msg=label)
+            else:
+                np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=label)

@@ -1,0 +1,151 @@
+"""Training end to end: determinism, quality gain, divergence, the model
+directory and the Python API."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import minembed
+import minembed.train as train_mod
+from minembed.errors import MinembedError
+from minembed.evaluate import knn_accuracy
+from minembed.model import Model, load, load_npz
+from minembed.train import TrainConfig, train
+
+FAST = dict(dim=32, epochs=2, batch_size=32, vocab_size=500)
+
+
+def weights(path):
+    return load_npz(os.path.join(path, "model.npz"))
+
+
+def test_same_seed_same_model_bit_for_bit(tmp_path, topic_txt):
+    a = train(topic_txt, tmp_path / "a", TrainConfig(seed=3, **FAST), quiet=True)
+    b = train(topic_txt, tmp_path / "b", TrainConfig(seed=3, **FAST), quiet=True)
+    c = train(topic_txt, tmp_path / "c", TrainConfig(seed=4, **FAST), quiet=True)
+    wa, wb, wc = weights(a.path), weights(b.path), weights(c.path)
+    assert np.array_equal(wa["tok_emb"], wb["tok_emb"])
+    assert not np.array_equal(wa["tok_emb"], wc["tok_emb"])
+    # the logs agree too, apart from timing
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("time", "pairs_per_s")}  # noqa
+                       for l in open(os.path.join(p, "log.jsonl"))]
+    assert strip(a.path) == strip(b.path)
+
+
+def test_training_beats_untrained_on_the_builtin_corpus(tmp_path):
+    """The issue's quality check on real text, in a small fast configuration."""
+    from minembed.datasets import docstrings
+    texts, labels = docstrings()
+    cfg = TrainConfig(dim=64, epochs=2, batch_size=128, vocab_size=4000)
+    model = train(None, tmp_path / "m", cfg, quiet=True)
+    untrained = Model(model.config, model.encoder.init_params(model.config, np.random.default_rng([0, 0])),
+                      model.tokenizer)
+    acc = knn_accuracy(model.encode(texts), labels, metric="cosine")
+    acc0 = knn_accuracy(untrained.encode(texts), labels, metric="cosine")
+    assert acc > acc0 + 0.05, (acc, acc0)
+
+
+def test_loss_goes_down_and_log_is_complete(tmp_path, topic_txt):
+    m = train(topic_txt, tmp_path / "m", TrainConfig(**dict(FAST, epochs=6)), quiet=True)
+    recs = [json.loads(l) for l in open(os.path.join(m.path, "log.jsonl"))]
+    assert [r["step"] for r in recs] == list(range(1, len(recs) + 1))
+    assert set(recs[0]) >= {"step", "epoch", "loss", "lr", "pairs_per_s"}
+    first, last = np.mean([r["loss"] for r in recs[:3]]), np.mean([r["loss"] for r in recs[-3:]])
+    assert last < first - 0.3
+    cfg = json.load(open(os.path.join(m.path, "config.json")))
+    assert cfg["model"] == "bag" and cfg["training"]["steps"] == len(recs)
+    assert cfg["corpus"]["documents"] == 240
+
+
+def test_divergence_stops_and_keeps_the_last_good_weights(tmp_path, topic_txt, monkeypatch):
+    cfg = TrainConfig(max_steps=5, **FAST)
+    real_loss, real_adam = train_mod.infonce_forward, train_mod.optim.adam_step
+    n_loss, n_adam = [0], [0]
+
+    def nan_at_step_3(a, p, **kw):
+        n_loss[0] += 1
+        loss, cache = real_loss(a, p, **kw)
+        return (float("nan") if n_loss[0] == 3 else loss), cache
+
+    def only_two_updates(*a, **kw):
+        n_adam[0] += 1
+        if n_adam[0] <= 2:
+            real_adam(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "infonce_forward", nan_at_step_3)
+    with pytest.raises(MinembedError, match="diverged.*nan at step 3.*lower --lr"):
+        train(topic_txt, tmp_path / "bad", cfg, quiet=True)
+    saved = weights(tmp_path / "bad")["tok_emb"]
+    monkeypatch.setattr(train_mod, "infonce_forward", real_loss)
+    # the same run, but with the optimiser frozen after two steps: the weights after step 2
+    monkeypatch.setattr(train_mod.optim, "adam_step", only_two_updates)
+    after2 = weights(train(topic_txt, tmp_path / "two", cfg, quiet=True).path)["tok_emb"]
+    monkeypatch.setattr(train_mod.optim, "adam_step", real_adam)
+    after5 = weights(train(topic_txt, tmp_path / "five", cfg, quiet=True).path)["tok_emb"]
+    assert np.array_equal(saved, after2) and not np.array_equal(saved, after5)
+    assert np.all(np.isfinite(saved))
+
+
+def test_load_and_encode(tmp_path, topic_txt, topic_docs):
+    train(topic_txt, tmp_path / "m", TrainConfig(**FAST), quiet=True)
+    model = minembed.load(tmp_path / "m")
+    texts = topic_docs[0][:10] + ["", "star planet"]
+    X = model.encode(texts, batch_size=3)
+    assert X.shape == (12, 32) and X.dtype == np.float32
+    assert np.all(X[10] == 0)  # an empty text: a zero vector
+    # batching and order do not change a text's vector
+    np.testing.assert_allclose(model.encode([texts[4]])[0], X[4], rtol=1e-5, atol=1e-6)
+    Xn = model.encode(texts, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(Xn[:10], axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(MinembedError, match="list of texts"):
+        model.encode("one string")
+
+
+def test_output_dir_is_not_overwritten_without_force(tmp_path, topic_txt):
+    train(topic_txt, tmp_path / "m", TrainConfig(max_steps=2, **FAST), quiet=True)
+    before = weights(tmp_path / "m")["tok_emb"]
+    with pytest.raises(MinembedError, match="already holds a model.*--force"):
+        train(topic_txt, tmp_path / "m", TrainConfig(seed=1, **FAST), quiet=True)
+    assert np.array_equal(before, weights(tmp_path / "m")["tok_emb"])
+    train(topic_txt, tmp_path / "m", TrainConfig(seed=1, max_steps=2, **FAST), quiet=True, force=True)
+    assert not np.array_equal(before, weights(tmp_path / "m")["tok_emb"])
+
+
+def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monkeypatch):
+    train(topic_txt, tmp_path / "m", TrainConfig(max_steps=2, **FAST), quiet=True)
+    before = weights(tmp_path / "m")["tok_emb"]
+    import minembed.model as model_mod
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("model.npz"):
+            raise OSError("disk full (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_mod.os, "replace", crash)
+    with pytest.raises(OSError):
+        train(topic_txt, tmp_path / "m", TrainConfig(seed=9, max_steps=2, **FAST), quiet=True, force=True)
+    monkeypatch.setattr(model_mod.os, "replace", real_replace)
+    # no temporary file left behind, and the weights on disk are the old ones, whole
+    assert not [f for f in os.listdir(tmp_path / "m") if f.endswith(".tmp")]
+    assert np.array_equal(before, weights(tmp_path / "m")["tok_emb"])
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(lr=0.0), "--lr"), (dict(lr=-1.0), "--lr"), (dict(batch_size=1), "--batch-size"),
+    (dict(dim=0), "--dim"), (dict(epochs=0), "--epochs"), (dict(model="lstm"), "--model"),
+    (dict(positives="dropout"), "dropout needs an encoder with dropout"),
+    (dict(model="transformer", dim=30, heads=4), "multiple of --heads"),
+])
+def test_invalid_settings(tmp_path, topic_txt, kw, msg):
+    with pytest.raises(MinembedError, match=msg):
+        train(topic_txt, tmp_path / "m", TrainConfig(**kw), quiet=True)
+    assert not (tmp_path / "m").exists()
+
+
+def test_too_few_documents_for_a_batch(tmp_path):
+    p = tmp_path / "small.txt"
+    p.write_text("\n".join(f"document number {i} has a few words in it." for i in range(10)))
+    with pytest.raises(MinembedError, match="only 10 usable documents.*--batch-size 256"):
+        train(str(p), tmp_path / "m", TrainConfig(vocab_size=100), quiet=True)

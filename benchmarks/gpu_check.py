@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+TORCH_DEVICE = "cuda"   # the PyTorch reference's device ("cpu" only to try the script out)
 SUMMARY = []        # rows of the final table
 PROBLEMS = []       # sections that failed
 
@@ -241,6 +242,15 @@ def to_dev(tree):
     return {k: cp.asarray(v) for k, v in tree.items()}
 
 
+def dev_batch(encoder, ids, offsets):
+    """The batch as the step gets it: on the device for the bag; the transformer's
+    layout() is host NumPy by design, so its ids stay on the host."""
+    import cupy as cp
+    if encoder.__name__.endswith("transformer"):
+        return ids, offsets
+    return cp.asarray(ids), cp.asarray(offsets)
+
+
 def compare_step(label, encoder, enc_cfg, params_np, ids, offsets, n_steps=2, lr=1e-2):
     """Run n_steps of the NumPy step and the GPU (kernels) step from the same
     weights on the same batch; compare the losses and the final weights."""
@@ -250,7 +260,7 @@ def compare_step(label, encoder, enc_cfg, params_np, ids, offsets, n_steps=2, lr
     p_np = {k: v.copy() for k, v in params_np.items()}
     p_gpu = to_dev(params_np)
     s_np, s_gpu = optim.adam_init(p_np), optim.adam_init(p_gpu)
-    ids_d, off_d = cp.asarray(ids), cp.asarray(offsets)
+    ids_d, off_d = dev_batch(encoder, ids, offsets)
     losses = []
     with kernels(True):
         for _ in range(n_steps):
@@ -316,11 +326,15 @@ def time_minembed(encoder, enc_cfg, params_np, ids, offsets, warmup, n, kernels_
     step = step_fn()
     params = to_dev(params_np)
     state = optim.adam_init(params)
-    ids_d, off_d = cp.asarray(ids), cp.asarray(offsets)
+    ids_d, off_d = dev_batch(encoder, ids, offsets)
     sync = cp.cuda.Device().synchronize
     with kernels(kernels_on):
         return timeit(lambda: step(encoder, params, state, ids_d, off_d, enc_cfg),
                       sync, warmup, n)
+
+
+def torch_sync(torch):
+    return torch.cuda.synchronize if TORCH_DEVICE == "cuda" else (lambda: None)
 
 
 def torch_infonce(F, a, p, scale=20.0):
@@ -333,7 +347,7 @@ def torch_infonce(F, a, p, scale=20.0):
 def time_torch_bag(V, D, ids, offsets, warmup, n, sparse):
     import torch
     import torch.nn.functional as F
-    dev = torch.device("cuda")
+    dev = torch.device(TORCH_DEVICE)
     model = torch.nn.EmbeddingBag(V, D, mode="mean", include_last_offset=True,
                                   sparse=sparse).to(dev)
     opt = (torch.optim.SparseAdam(model.parameters(), lr=1e-3) if sparse
@@ -349,7 +363,7 @@ def time_torch_bag(V, D, ids, offsets, warmup, n, sparse):
         loss.backward()
         opt.step()
         return loss
-    return timeit(step, torch.cuda.synchronize, warmup, n)
+    return timeit(step, torch_sync(torch), warmup, n)
 
 
 def time_torch_transformer(V, cfg, ids, offsets, warmup, n):
@@ -357,7 +371,7 @@ def time_torch_transformer(V, cfg, ids, offsets, warmup, n):
     import torch.nn as nn
     import torch.nn.functional as F
     from minembed.transformer import layout
-    dev = torch.device("cuda")
+    dev = torch.device(TORCH_DEVICE)
     D, T_max = cfg["dim"], cfg["max_len"]
     ids_k, pos, index, key_mask, T = layout(ids, offsets, T_max)
     N = key_mask.shape[0]
@@ -394,7 +408,7 @@ def time_torch_transformer(V, cfg, ids, offsets, warmup, n):
         loss.backward()
         opt.step()
         return loss
-    return timeit(step, torch.cuda.synchronize, warmup, n)
+    return timeit(step, torch_sync(torch), warmup, n)
 
 
 def timings(quick):

@@ -114,18 +114,50 @@ _DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), de
               help="with a labelled corpus: record kNN accuracy in the log every N steps")
 @_DEVICE
 @click.option("--force", is_flag=True, help="overwrite a model already in the output directory")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="save a checkpoint (weights, optimiser state, position) every N steps; "
+                   "0: only on Ctrl-C  [default: every 5 minutes]")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="continue the interrupted run in this model directory, with its settings "
+                   "and its corpus (give CORPUS only if the file moved)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or messages")
-def train(corpus, out, fmt, tokenizer_path, max_doc_chars, eval_every, device, force, quiet, **opts):
+def train(corpus, out, fmt, tokenizer_path, max_doc_chars, eval_every, device, force, quiet,
+          checkpoint_every, resume_dir, **opts):
     """Train an encoder on CORPUS (default: the built-in corpus of numpy, scipy and
-    scikit-learn docstrings) and write a model directory."""
+    scikit-learn docstrings) and write a model directory.
+
+    \b
+    Ctrl-C saves a checkpoint and stops; continue with
+        minembed train --resume MODEL_DIR
+    which ends with exactly the model an uninterrupted run gives."""
+    from .checkpoint import TrainingInterrupted, read_info
     from .train import TrainConfig, train as run
 
-    cfg = TrainConfig(**opts)
+    if resume_dir is not None:
+        ctx = click.get_current_context()
+        fixed = [max(p.opts, key=len) for p in ctx.command.params if p.name not in
+                 ("corpus", "device", "quiet", "checkpoint_every", "resume_dir")
+                 and ctx.get_parameter_source(p.name) not in
+                 (click.core.ParameterSource.DEFAULT, None)]
+        if fixed:
+            raise MinembedError(f"--resume continues a run with its own settings; "
+                                f"{', '.join(fixed)} cannot be given with it")
+        info = read_info(resume_dir)
+        out, cfg, fmt = resume_dir, None, info["corpus"]["format"]
+        max_doc_chars, eval_every = info["corpus"]["max_doc_chars"], info.get("eval_every", 0)
+    else:
+        cfg = TrainConfig(**opts)
     eval_fn = None
     if eval_every:
-        eval_fn = _eval_fn(corpus, fmt, max_doc_chars)
-    run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force, quiet=quiet,
-        device=device, max_doc_chars=max_doc_chars, eval_every=eval_every, eval_fn=eval_fn)
+        eval_corpus = corpus if corpus is not None or resume_dir is None else info["corpus"]["path"]
+        eval_fn = _eval_fn(eval_corpus, fmt, max_doc_chars)
+    try:
+        run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force, quiet=quiet,
+            device=device, max_doc_chars=max_doc_chars, eval_every=eval_every, eval_fn=eval_fn,
+            checkpoint_every=checkpoint_every, resume=resume_dir is not None)
+    except TrainingInterrupted as e:
+        click.echo(f"\n{e}", err=True)
+        sys.exit(130)
 
 
 def _labelled(corpus, fmt="auto", max_doc_chars=None):

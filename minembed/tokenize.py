@@ -24,6 +24,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 
 import numpy as np
 
@@ -181,24 +183,68 @@ class TokenizedCorpus:
         return len(self.ids)
 
 
+class TokenizeProgress:
+    """``progress`` for tokenize_corpus: documents, tokens, text read and throughput
+    on one stderr line, redrawn at most every ``every`` seconds; with the corpus
+    file's size, an approximate percentage (characters of text against bytes)."""
+
+    def __init__(self, total_bytes=None, file=None, every=0.5):
+        self.total, self.file, self.every = total_bytes, file or sys.stderr, every
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, n_docs, n_tokens, n_chars=0, final=False):
+        now = time.perf_counter()
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        dt = max(now - self.t0, 1e-9)
+        pct = ""
+        if self.total:
+            pct = " ~%d%%," % min(99, 100 * n_chars // self.total) if not final else " 100%,"
+        self.file.write(f"\rtokenising:{pct} {n_docs:,} documents, {n_tokens:,} tokens, "
+                        f"{n_chars / 1e6:,.1f} MB of text, {n_chars / 1e6 / dt:.1f} MB/s, "
+                        f"{dt:.0f} s   ")
+        self.file.flush()
+        self.shown = True
+        self.state = (n_docs, n_tokens, n_chars)
+
+    def close(self):
+        if self.shown:
+            self(*self.state, final=True)
+            self.file.write("\n")
+            self.file.flush()
+
+
 def tokenize_corpus(tok, docs, out_dir, chunk_docs=8192, progress=None):
     """Tokenise an iterable of document strings into ``out_dir`` (see module docstring).
 
     Streams: memory holds one chunk of documents at a time. Written into a
     temporary directory renamed into place at the end, so an interrupted run
-    never leaves a half-written corpus under the final name.
+    never leaves a half-written corpus under the final name (nor, unless
+    killed, the temporary one). ``progress(n_docs, n_tokens, n_chars)`` is
+    called after each chunk (TokenizeProgress shows it).
     """
     out_dir = os.fspath(out_dir)
     tmp = out_dir + ".tmp-%d" % os.getpid()
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        return _tokenize_into(tok, docs, out_dir, tmp, chunk_docs, progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _tokenize_into(tok, docs, out_dir, tmp, chunk_docs, progress):
     w = {name: _NpyWriter(os.path.join(tmp, name + ".npy"), dt) for name, dt in
          [("ids", np.int32), ("doc_offsets", np.int64), ("sent_offsets", np.int64),
           ("doc_sents", np.int64), ("sent_chars", np.int32)]}
     w["doc_offsets"].append([0])
     w["sent_offsets"].append([0])
     w["doc_sents"].append([0])
-    n_tok = n_sent = n_docs = 0
+    n_tok = n_sent = n_docs = n_chars = 0
     it = iter(docs)
     while True:
         chunk = list(itertools.islice(it, chunk_docs))
@@ -218,8 +264,9 @@ def tokenize_corpus(tok, docs, out_dir, chunk_docs=8192, progress=None):
         n_tok += len(ids)
         n_sent += len(flat)
         n_docs += len(chunk)
+        n_chars += sum(map(len, chunk))
         if progress is not None:
-            progress(n_docs, n_tok)
+            progress(n_docs, n_tok, n_chars)
     for writer in w.values():
         writer.close()
     meta = {"n_docs": n_docs, "n_tokens": n_tok, "n_sents": n_sent,

@@ -93,20 +93,24 @@ def verify_manifest(model_dir):
     """Raise MinembedError naming the first file that is missing or does not match."""
     mpath = os.path.join(model_dir, "manifest.json")
     try:
-        with open(mpath) as f:
-            entries = json.load(f)["files"]
+        with open(mpath, "rb") as f:
+            entries = json.loads(f.read().decode("utf-8"))["files"]
+        entries = {name: (int(want["size"]), str(want["sha256"])) for name, want in entries.items()}
     except FileNotFoundError:
         raise MinembedError(f"{model_dir}: manifest.json is missing (not a complete minembed model)") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise MinembedError(f"{model_dir}: manifest.json is damaged") from None
-    for name, want in entries.items():
+    for name in MODEL_FILES:
+        if name not in entries:
+            raise MinembedError(f"{model_dir}: manifest.json does not list {name} (damaged)")
+    for name, (size, sha) in entries.items():
         p = os.path.join(model_dir, name)
         if not os.path.isfile(p):
             raise MinembedError(f"{model_dir}: {name} is missing")
-        if os.path.getsize(p) != want["size"]:
+        if os.path.getsize(p) != size:
             raise MinembedError(f"{model_dir}: {name} has {os.path.getsize(p)} bytes, "
-                                f"the manifest says {want['size']} (truncated or replaced)")
-        if _sha256(p) != want["sha256"]:
+                                f"the manifest says {size} (truncated or replaced)")
+        if _sha256(p) != sha:
             raise MinembedError(f"{model_dir}: {name} does not match its checksum (corrupted)")
 
 

@@ -15,6 +15,8 @@ line of gigabytes is refused without being loaded), malformed JSON.
 import gzip
 import json
 import os
+import re
+import zlib
 
 from .errors import MinembedError
 
@@ -44,11 +46,16 @@ def _open_binary(path):
     return open(path, "rb")
 
 
-def _raw_lines(path, max_doc_chars):
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _raw_lines(path, max_doc_chars, lone_cr=True):
     """Yield (line_number, str) for each line, decoded and checked.
 
     readline(limit) returns at most ``limit`` bytes, so an endless line is
-    detected after reading max bytes, not after reading all of it.
+    detected after reading max bytes, not after reading all of it. Lines end
+    at \\n, \\r\\n, and with ``lone_cr`` at a lone \\r too (old Mac files, and
+    files that mix them; not in JSON Lines, where \\r is whitespace).
     """
     limit = 4 * max_doc_chars + 1  # a UTF-8 character is at most 4 bytes
     try:
@@ -60,9 +67,7 @@ def _raw_lines(path, max_doc_chars):
                     return
                 n += 1
                 if len(raw) == limit and not raw.endswith(b"\n"):
-                    raise MinembedError(
-                        f"{path}: line {n} is longer than {max_doc_chars:,} characters "
-                        f"(not a document per line? try --format paragraphs, or raise --max-doc-chars)")
+                    raise _too_long(path, n, max_doc_chars)
                 if b"\x00" in raw:
                     raise MinembedError(f"{path}: line {n} contains NUL bytes: "
                                         f"this looks like a binary file, not UTF-8 text")
@@ -73,8 +78,12 @@ def _raw_lines(path, max_doc_chars):
                                         f"(byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
                 if n == 1:
                     line = line.lstrip("\ufeff")  # a byte-order mark is not text
-                yield n, line
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+                if lone_cr and "\r" in line and _LONE_CR.search(line):
+                    for part in _LONE_CR.split(line):
+                        yield n, part
+                else:
+                    yield n, line
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise MinembedError(f"cannot read {path}: {e}") from None
 
 
@@ -83,14 +92,21 @@ def _clean(text):
     return " ".join(text.split())
 
 
+def _too_long(path, n, max_doc_chars):
+    return MinembedError(f"{path}: line {n} is longer than {max_doc_chars:,} characters "
+                         f"(not a document per line? try --format paragraphs, or raise --max-doc-chars)")
+
+
 def iter_documents(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS):
     """Yield (text, label) for every non-empty document; label is None unless
     the corpus is jsonl with a "label" field."""
     fmt = resolve_format(path, fmt)
-    lines = _raw_lines(path, max_doc_chars)
+    lines = _raw_lines(path, max_doc_chars, lone_cr=fmt != "jsonl")
     if fmt == "lines":
-        for _, line in lines:
+        for n, line in lines:
             text = _clean(line)
+            if len(text) > max_doc_chars:
+                raise _too_long(path, n, max_doc_chars)
             if text:
                 yield text, None
     elif fmt == "paragraphs":
@@ -113,11 +129,20 @@ def iter_documents(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS):
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MinembedError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # ValueError: also numbers of 1000s of digits
+                why = e.msg if isinstance(e, json.JSONDecodeError) else \
+                    "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+                raise MinembedError(f"{path}: line {n} is not valid JSON ({why})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise MinembedError(f'{path}: line {n} has no "text" string field')
             text = _clean(obj["text"])
+            if len(text) > max_doc_chars:
+                raise _too_long(path, n, max_doc_chars)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MinembedError(f'{path}: line {n}: "text" holds a lone surrogate escape '
+                                    f'(\\ud800-\\udfff), which is not a character') from None
             label = obj.get("label")
             if text:
                 yield text, (None if label is None else str(label))

@@ -41,6 +41,10 @@ def main():
     minembed train corpus.txt -o model     train (no corpus: the built-in one)
     minembed embed model texts.txt -o x.npy   embed texts with a trained model
     minembed eval model [labelled.jsonl]   kNN accuracy vs TF-IDF and untrained
+    minembed compare [labelled.jsonl]      the paper's configurations, one table
+    minembed search model corpus "query"   nearest documents to a query
+    minembed map model [corpus] -o map.png    t-SNE map of the corpus
+    minembed plot-log model -o curve.png   loss and kNN accuracy against steps
     """
 
 
@@ -234,6 +238,132 @@ def eval_(model_dir, corpus, fmt, as_json, device):
     click.echo(f"{'':16s} {'euclidean':>10s} {'cosine':>10s}")
     for name, r in rows.items():
         click.echo(f"{name:16s} {100 * r['knn_euclidean']:9.1f}% {100 * r['knn_cosine']:9.1f}%")
+
+
+@main.command()
+@click.argument("corpus", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", default="compare_results", show_default=True,
+              help="directory for compare.json/.md (and sweep-NAME.json/.md)")
+@_FORMAT
+@click.option("--fast", is_flag=True,
+              help="smoke test: small models on <= 800 documents, ~1-2 minutes")
+@click.option("--budget", "budget_minutes", type=float,
+              help="time budget in minutes for everything requested; training runs get shares "
+                   "of it (timed first) [default 30, --fast 1.25]")
+@click.option("--sweep", "sweeps", multiple=True,
+              type=click.Choice(["temperature", "crop-sentences", "lr", "mask-frac"]),
+              help="also sweep one setting, as in the paper's figures: temperature "
+                   "(0.005-5), sentences per crop (1-4), learning rate, masking fraction "
+                   "(0.1-0.8); repeatable, each writes its own table")
+@click.option("--sweep-model", type=click.Choice(["bag", "transformer"]), default="bag",
+              show_default=True, help="the encoder the sweeps train")
+@click.option("--no-main", is_flag=True, help="only the sweeps, not the main comparison")
+@click.option("--max-docs", type=int, help="use a random subset of this many documents")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-models", is_flag=True, help="keep the trained models (in OUT/models)")
+@click.option("-q", "--quiet", is_flag=True, help="no progress messages")
+def compare(corpus, out_dir, fmt, fast, budget_minutes, sweeps, sweep_model, no_main, max_docs,
+            seed, keep_models, quiet):
+    """Train and evaluate the paper's configurations on a labelled CORPUS (.jsonl
+    with "text" and "label"; default: the built-in corpus) and print one table:
+    untrained bag model, bag + crops, transformer from scratch + crops / + dropout
+    positives / + masking, TF-IDF and TF-IDF + SVD + L2 baselines; kNN accuracy
+    (k = 10, Euclidean and cosine, 90/10 split, fixed seed), linear probe
+    (standardise + logistic regression), training steps and time.
+
+    \b
+    minembed compare                      the built-in corpus, ~30 minutes
+    minembed compare --fast               a smoke test, under 2 minutes
+    minembed compare data.jsonl --budget 60 --sweep temperature --sweep lr
+    """
+    import shlex
+    from .compare import format_table, run_comparison, write_tables
+
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    result = run_comparison(corpus, fast=fast, budget_minutes=budget_minutes, fmt=fmt,
+                            sweeps=sweeps, sweep_model=sweep_model, main=not no_main,
+                            max_docs=max_docs, seed=seed, keep_models=keep_models, say=say,
+                            work_dir=os.path.join(out_dir, "models") if keep_models else None)
+    args = ([corpus] if corpus else []) + (["--fast"] if fast else []) + \
+        (["--budget", f"{budget_minutes:g}"] if budget_minutes is not None else []) + \
+        [a for s in sweeps for a in ("--sweep", s)] + (["--no-main"] if no_main else []) + \
+        (["--max-docs", str(max_docs)] if max_docs else [])
+    command = " ".join(["minembed compare"] + [shlex.quote(a) for a in args])
+    m = result["meta"]
+    click.echo(f"{m['corpus']}: {m['documents']:,} documents, {m['labels']} labels, kNN k=10, "
+               f"{m['split']} split; {m['total_seconds']:.0f} s")
+    if result["rows"]:
+        click.echo(format_table(result["rows"]))
+    for name, rows in result["sweeps"].items():
+        click.echo(f"\nsweep: {name} ({sweep_model} model)")
+        click.echo(format_table(rows))
+    paths = write_tables(result, out_dir, command=command)
+    click.echo(f"\nwrote {', '.join(paths)}", err=True)
+
+
+@main.command("map")
+@click.argument("model_dir", type=click.Path())
+@click.argument("corpus", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", default="map.png", show_default=True, type=click.Path(dir_okay=False),
+              help="the PNG; the coordinates go next to it (.npy and .csv)")
+@_FORMAT
+@click.option("--perplexity", type=float, help="t-SNE perplexity [30, lower for tiny corpora]")
+@click.option("--max-docs", type=int, help="map a random subset of this many documents")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--title", help="the picture's title")
+def map_(model_dir, corpus, out, fmt, perplexity, max_docs, seed, title):
+    """A 2-D map of CORPUS (default: the built-in corpus) embedded by the model in
+    MODEL_DIR: t-SNE (PCA initialisation) of the document embeddings, drawn as a
+    scatter coloured by label when the corpus has labels (jsonl "label"). Needs
+    matplotlib (pip install 'minembed[plot]')."""
+    from .viz import map_corpus
+
+    _, _, paths = map_corpus(model_dir, corpus, out, fmt=fmt, perplexity=perplexity, seed=seed,
+                             max_docs=max_docs, title=title)
+    click.echo(f"wrote {', '.join(paths)}", err=True)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.argument("query")
+@click.option("-k", type=int, default=10, show_default=True, help="how many documents to show")
+@_FORMAT
+@click.option("--no-cache", is_flag=True,
+              help="do not read or write the corpus embeddings cached in MODEL_DIR")
+@click.option("--width", type=int, default=160, show_default=True,
+              help="cut each document to this many characters (0: whole)")
+@click.option("--json", "as_json", is_flag=True, help="print the hits as JSON lines")
+def search(model_dir, corpus, query, k, fmt, no_cache, width, as_json):
+    """The K documents of CORPUS nearest to QUERY (cosine similarity of the
+    embeddings by the model in MODEL_DIR), with their scores and labels. The
+    corpus embeddings are cached in MODEL_DIR, so the next query is instant."""
+    import dataclasses
+    from .search import CorpusIndex
+
+    index = CorpusIndex.build(model_dir, corpus, fmt=fmt, cache=not no_cache)
+    for hit in index.search(query, k=k):
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
+            continue
+        text = hit.text if not width or len(hit.text) <= width else hit.text[:width - 3] + "..."
+        label = f"  [{hit.label}]" if hit.label is not None else ""
+        click.echo(f"{hit.rank:3d}. {hit.score:.3f}  #{hit.index}{label}  {text}")
+
+
+@main.command("plot-log")
+@click.argument("model_dir", type=click.Path())
+@click.option("-o", "--out", default="curve.png", show_default=True,
+              type=click.Path(dir_okay=False), help="the PNG")
+def plot_log(model_dir, out):
+    """Draw the training curves of the model in MODEL_DIR (its log.jsonl): loss,
+    and kNN accuracy when it was recorded (train --eval-every N on a labelled
+    corpus), against steps. Needs matplotlib (pip install 'minembed[plot]')."""
+    from .viz import plot_log as draw
+
+    n = draw(model_dir, out)
+    click.echo(f"wrote {out}" + ("" if n else " (no kNN accuracy in the log: train with "
+                                             "--eval-every N on a labelled corpus)"), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

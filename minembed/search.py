@@ -1,0 +1,149 @@
+"""Semantic search over a corpus: the documents nearest to a query by cosine similarity.
+
+    index = CorpusIndex.build("model_dir", "corpus.txt")   # embeds the corpus (or loads the cache)
+    for hit in index.search("sparse eigenvalue solver", k=5):
+        print(hit.score, hit.label, hit.text)
+
+The corpus embeddings (L2-normalised, float32) are cached next to the model as
+``search-<corpus>-<fingerprint>.npy``. The fingerprint covers the corpus file
+(absolute path, size, modification time, format) and the model (its
+manifest.json, which holds the SHA-256 of the weights), so a changed corpus or
+retrained model is embedded again and a second query on the same pair is
+instant. The cache is written atomically and read with ``allow_pickle=False``;
+a cache that does not match (shape, dtype, damaged) is silently rebuilt, and a
+model directory that is not writable just means no cache.
+"""
+import dataclasses
+import glob
+import hashlib
+import io
+import os
+
+import numpy as np
+
+from .errors import MinembedError
+from .model import Model, atomic_write_bytes, load
+
+CACHE_PREFIX = "search-"
+
+
+@dataclasses.dataclass
+class Hit:
+    rank: int      # 1 = nearest
+    index: int     # the document's position in the corpus (0-based, file order)
+    score: float   # cosine similarity in [-1, 1]
+    text: str
+    label: str = None
+
+
+def read_documents(corpus=None, fmt="auto"):
+    """(texts, labels or None, identity) of a corpus file, or of the built-in corpus (None).
+
+    ``identity`` names the file and its version: (absolute path, size, mtime, format)."""
+    if corpus is None:
+        from .datasets import cache_path, docstrings
+        texts, labels = docstrings()
+        path, fmt = cache_path(), "builtin"
+    else:
+        from .corpus import read_corpus
+        texts, labels = read_corpus(corpus, fmt)
+        path = corpus
+    st = os.stat(path)
+    identity = "%s|%d|%d|%s" % (os.path.abspath(path), st.st_size, st.st_mtime_ns, fmt)
+    return list(texts), labels, identity
+
+
+def _model_identity(model):
+    """The model's manifest (checksums of its files); for an unsaved model, its weights."""
+    if model.path and os.path.isfile(os.path.join(model.path, "manifest.json")):
+        with open(os.path.join(model.path, "manifest.json"), "rb") as f:
+            return f.read()
+    h = hashlib.sha256()
+    for k in sorted(model.params):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(np.asarray(model.params[k])).tobytes())
+    return h.hexdigest().encode()
+
+
+def cache_file(model, identity):
+    """Where the embeddings of the corpus ``identity`` under ``model`` are cached (None: nowhere)."""
+    if not model.path:
+        return None
+    corpus_key = hashlib.sha1(identity.split("|")[0].encode("utf-8")).hexdigest()[:10]
+    fp = hashlib.sha1(identity.encode("utf-8") + b"\0" + _model_identity(model)).hexdigest()[:16]
+    return os.path.join(model.path, f"{CACHE_PREFIX}{corpus_key}-{fp}.npy")
+
+
+def _load_cached(path, n, dim):
+    try:
+        X = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if X.dtype != np.float32 or X.shape != (n, dim):
+        return None
+    return X
+
+
+def _store(path, X):
+    """Write the cache atomically, replacing older versions for the same corpus file."""
+    buf = io.BytesIO()
+    np.save(buf, X, allow_pickle=False)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+        stem = os.path.basename(path).rsplit("-", 1)[0]
+        for old in glob.glob(os.path.join(os.path.dirname(path), stem + "-*.npy")):
+            if old != path:
+                os.unlink(old)
+    except OSError:
+        pass  # a read-only model directory: no cache, still correct
+
+
+class CorpusIndex:
+    """A corpus embedded by a model, ready to be searched."""
+
+    def __init__(self, model, texts, labels, embeddings):
+        self.model, self.texts, self.labels = model, texts, labels
+        self.embeddings = embeddings  # (N, dim) float32, unit rows (zero rows stay zero)
+        self.from_cache = False
+
+    @classmethod
+    def build(cls, model, corpus=None, fmt="auto", cache=True, batch_size=256):
+        """Embed a corpus file (None: the built-in corpus) with a model (a Model or a
+        model directory), reusing the cache next to the model when it is up to date."""
+        if not isinstance(model, Model):
+            model = load(model)
+        texts, labels, identity = read_documents(corpus, fmt)
+        path = cache_file(model, identity) if cache else None
+        X = _load_cached(path, len(texts), model.dim) if path and os.path.isfile(path) else None
+        hit = X is not None
+        if X is None:
+            X = model.encode(texts, batch_size=batch_size, normalize=True)
+            if path:
+                _store(path, X)
+        index = cls(model, texts, labels, X)
+        index.from_cache = hit
+        return index
+
+    def search(self, query, k=10):
+        """The k documents most similar to the query text (a list of Hit, best first)."""
+        if not isinstance(query, str):
+            raise MinembedError("the query must be a string")
+        if not query.strip():
+            raise MinembedError("the query is empty")
+        if k < 1:
+            raise MinembedError(f"k must be at least 1, got {k}")
+        q = self.model.encode([query], normalize=True)[0]
+        if not np.any(q):
+            raise MinembedError("the query has no tokens the model knows (its embedding is zero)")
+        scores = self.embeddings @ q  # (N,) cosine similarities
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((top, -scores[top]))]  # best first; ties in corpus order
+        return [Hit(rank=r + 1, index=int(i), score=float(scores[i]), text=self.texts[i],
+                    label=None if self.labels is None else self.labels[i])
+                for r, i in enumerate(top)]
+
+
+def search(model, corpus, query, k=10, fmt="auto", cache=True):
+    """One query: the k nearest documents of the corpus (see CorpusIndex)."""
+    return CorpusIndex.build(model, corpus, fmt=fmt, cache=cache).search(query, k)

@@ -146,9 +146,14 @@ def train(corpus, out, fmt, tokenizer_path, max_doc_chars, eval_every, device, f
         if fixed:
             raise MinembedError(f"--resume continues a run with its own settings; "
                                 f"{', '.join(fixed)} cannot be given with it")
-        info = read_info(resume_dir)
-        out, cfg, fmt = resume_dir, None, info["corpus"]["format"]
-        max_doc_chars, eval_every = info["corpus"]["max_doc_chars"], info.get("eval_every", 0)
+        try:
+            info = read_info(resume_dir)
+        except MinembedError:
+            info = None  # train() says what is wrong (after the lock: "locked" comes first)
+        out, cfg = resume_dir, None
+        if info is not None:
+            fmt, max_doc_chars = info["corpus"]["format"], info["corpus"]["max_doc_chars"]
+            eval_every = info.get("eval_every", 0)
     else:
         cfg = TrainConfig(**opts)
     eval_fn = None

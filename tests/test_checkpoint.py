@@ -129,7 +129,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(env):
     ref, out = str(d / "ref-int"), str(d / "int")
     rc, err = run(e, [corpus, "-o", ref, "-q", *BAG])
     assert rc == 0, err
-    p = start(e, [corpus, "-o", out, "--checkpoint-every", "0", *BAG], delay=0.02)
+    p = start(e, [corpus, "-o", out, "--checkpoint-every", "0", *BAG], delay=0.05)
     t_end = time.time() + 60
     while not os.path.exists(os.path.join(out, "log.jsonl")) or \
             len(open(os.path.join(out, "log.jsonl")).readlines()) < 5:
@@ -181,7 +181,7 @@ def test_resume_refusals(env, tmp_path):
     d, e = env
     corpus = str(d / "corpus.txt")
     out = str(tmp_path / "m")
-    p = start(e, [corpus, "-o", out, "-q", "--checkpoint-every", "0", *BAG], delay=0.02)
+    p = start(e, [corpus, "-o", out, "-q", "--checkpoint-every", "0", *BAG], delay=0.05)
     while len(open(os.path.join(out, "log.jsonl")).readlines() if os.path.exists(
             os.path.join(out, "log.jsonl")) else []) < 3:
         time.sleep(0.01)

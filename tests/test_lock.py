@@ -13,10 +13,16 @@ from minembed.errors import MinembedError
 from minembed.model import load, load_npz
 from minembed.train import OutputDir
 
-SLOW_CLI = ("import time\n"
+# the CLI, its training held before step 7 for as long as the file $HOLD exists
+SLOW_CLI = ("import os, time\n"
             "import minembed.train as t\n"
-            "f = t.train_step\n"
-            "t.train_step = lambda *a: (time.sleep(0.05), f(*a))[1]\n"
+            "f, n = t.train_step, []\n"
+            "def step(*a):\n"
+            "    n.append(1)\n"
+            "    while len(n) >= 7 and os.path.exists(os.environ['HOLD']):\n"
+            "        time.sleep(0.01)\n"
+            "    return f(*a)\n"
+            "t.train_step = step\n"
             "from minembed.cli import main\n"
             "main(prog_name='minembed')\n")
 CONFIG = ["--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "30", "-q"]
@@ -43,7 +49,10 @@ def setup(tmp_path_factory):
 def test_second_training_is_refused_and_the_first_is_intact(setup):
     d, env = setup
     corpus, out, ref = str(d / "corpus.txt"), str(d / "out"), str(d / "ref")
-    first = cli(env, corpus, "-o", out, "--checkpoint-every", "5", *CONFIG, slow=True)
+    hold = d / "hold"
+    hold.touch()
+    first = cli(dict(env, HOLD=str(hold)), corpus, "-o", out, "--checkpoint-every", "5", *CONFIG,
+                slow=True)
     t_end = time.time() + 60
     while not os.path.exists(os.path.join(out, "checkpoint", "state.json")):
         assert first.poll() is None, first.stderr.read()
@@ -57,6 +66,7 @@ def test_second_training_is_refused_and_the_first_is_intact(setup):
         assert second.returncode == 1, err
         assert "is being written by another training run (locked)" in err, (args, err)
         assert first.poll() is None, "the first run must still be running"
+    hold.unlink()
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     # the first run's model is complete, verified, and what a lone run gives

@@ -119,7 +119,8 @@ class TrainConfig:
 
     def encoder_config(self, vocab_size):
         """The hyper-parameters an encoder needs (stored in config.json)."""
-        cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim}
+        cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim,
+               "normalize": True}  # encode() returns unit vectors: see Model.encode
         if self.model == "transformer":
             cfg.update(layers=self.layers, heads=self.heads, ffn=self.ffn, max_len=self.max_len,
                        dropout=self.dropout)
@@ -310,7 +311,7 @@ class _StopSignals:
 
     def restore(self):
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: set outside Python
         self._old = {}
 
 

@@ -195,7 +195,8 @@ def _eval_fn(corpus, fmt, max_doc_chars):
               help="where to write the (N, dim) float32 array (.npy)")
 @_FORMAT
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--normalize", is_flag=True, help="scale every vector to unit length")
+@click.option("--normalize/--no-normalize", default=None,
+              help="unit-length vectors (default: as the model's config says; true for trained models)")
 @_DEVICE
 def embed(model_dir, input_path, output, fmt, batch_size, normalize, device):
     """Embed the documents of INPUT with the model in MODEL_DIR into a .npy file

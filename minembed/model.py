@@ -145,10 +145,18 @@ class Model:
     def dim(self):
         return int(self.config["dim"])
 
-    def encode(self, texts, batch_size=256, normalize=False, progress=None):
+    def encode(self, texts, batch_size=256, normalize=None, progress=None):
         """Embed texts: float32 array (N, dim). Texts are processed in batches of
         similar length (sorted by length, then restored to the input order).
-        An empty text gives a zero vector. ``normalize`` scales rows to unit length."""
+        An empty text gives a zero vector.
+
+        ``normalize`` scales rows to unit length. The default (None) follows the
+        model's config, which is True for trained models: training compares
+        vectors by cosine similarity only, so their direction is what was learned
+        and their length is noise (for the bag model, kNN with Euclidean distance
+        on raw means is 6-12 points worse than on unit vectors)."""
+        if normalize is None:
+            normalize = bool(self.config.get("normalize", True))
         if isinstance(texts, str):
             raise MinembedError("encode() takes a list of texts, not a single string")
         texts = list(texts)

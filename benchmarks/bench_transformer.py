@@ -1,0 +1,248 @@
+"""One training step of the default transformer, ours (NumPy) vs PyTorch CPU eager.
+
+    python benchmarks/bench_transformer.py [--steps 5] [--threads 2] [--no-torch] [--profile]
+
+Workload (docs/DESIGN.md defaults): B = 64 pairs = 128 views of 64-128 random
+tokens, vocab 30,000, d 256, 4 layers, 4 heads, FFN 1024, dropout 0.1, an
+InfoNCE loss on the pooled vectors (minembed.loss when present, else
+sum(emb * R)), Adam (minembed.optim when present, lazy rows for tok_emb; else
+an inline dense Adam). Times forward (+ loss), backward, Adam separately,
+median over steps; encode throughput (train=False); peak RSS.
+
+Ours runs alone first (so the peak RSS is ours), then ours and torch steps
+alternate so that both see the same machine load; the table compares those.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from minembed import transformer as tr  # noqa: E402
+
+try:
+    from minembed.loss import infonce_forward, infonce_backward
+except ImportError:          # not written yet: sum(emb * R) stands in
+    infonce_forward = infonce_backward = None
+try:
+    from minembed.optim import adam_init, adam_step
+except ImportError:
+    adam_init = adam_step = None
+
+B, LO, HI, VOCAB = 64, 64, 128, 30_000
+
+
+def make_batch(rng):
+    lengths = rng.integers(LO, HI + 1, 2 * B)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    ids = rng.integers(0, VOCAB, offsets[-1]).astype(np.int32)
+    return ids, offsets
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- ours
+class Ours:
+    def __init__(self, seed=0):
+        self.cfg = dict(tr.DEFAULTS, vocab_size=VOCAB)
+        self.params = tr.init_params(self.cfg, np.random.default_rng(seed))
+        self.rng = np.random.default_rng(seed + 1)
+        self.R = np.random.default_rng(seed + 2).standard_normal((2 * B, self.cfg["dim"])).astype(np.float32)
+        if adam_init is not None:
+            self.state = adam_init(self.params)
+        else:
+            self.state = {"step": 0, "m": {k: np.zeros_like(p) for k, p in self.params.items()},
+                          "v": {k: np.zeros_like(p) for k, p in self.params.items()}}
+
+    def step(self, ids, offsets):
+        t0 = time.perf_counter()
+        emb, cache = tr.forward(self.params, ids, offsets, self.cfg, train=True, rng=self.rng)
+        if infonce_forward is not None:
+            loss, lcache = infonce_forward(emb[:B], emb[B:])
+        else:
+            loss = float((emb * self.R).sum())
+        t1 = time.perf_counter()
+        if infonce_backward is not None:
+            da, dp = infonce_backward(lcache)
+            demb = np.concatenate([da, dp]).astype(emb.dtype, copy=False)
+        else:
+            demb = self.R
+        grads = tr.backward(demb, cache)
+        del cache
+        t2 = time.perf_counter()
+        self.adam(grads, 1e-4)
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2, loss
+
+    def adam(self, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+        if adam_step is not None:
+            adam_step(self.params, grads, self.state, lr)        # lazy rows for tok_emb
+            return
+        self.state["step"] += 1                                   # inline dense Adam
+        t = self.state["step"]
+        for k, p in self.params.items():
+            g = grads[k]
+            if hasattr(g, "rows"):
+                d = np.zeros_like(p)
+                d[g.rows] = g.values
+                g = d
+            m, v = self.state["m"][k], self.state["v"][k]
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            p -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+
+    def encode(self, ids, offsets):
+        return tr.forward(self.params, ids, offsets, self.cfg)[0]
+
+
+# ----------------------------------------------------------------------------- torch
+class Torch:
+    def __init__(self, threads, seed=0):
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+        self.torch, self.F = torch, F
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        c = tr.DEFAULTS
+
+        class Encoder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.tok = nn.Embedding(VOCAB, c["dim"])
+                self.pos = nn.Embedding(c["max_len"], c["dim"])
+                layer = nn.TransformerEncoderLayer(
+                    c["dim"], c["heads"], c["ffn"], c["dropout"],
+                    activation=lambda x: F.gelu(x, approximate="tanh"),
+                    batch_first=True, norm_first=True)
+                self.enc = nn.TransformerEncoder(layer, c["layers"], norm=nn.LayerNorm(c["dim"]),
+                                                 enable_nested_tensor=False)
+
+            def forward(self, ids, pad):           # ids (N, T), pad (N, T) True on padding
+                T = ids.shape[1]
+                x = self.tok(ids) + self.pos.weight[:T]
+                x = self.enc(x, src_key_padding_mask=pad)
+                keep = (~pad).unsqueeze(-1).to(x.dtype)
+                return (x * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+        self.model = Encoder()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+
+    def pad(self, ids, offsets):
+        lengths = np.diff(offsets)
+        T = int(lengths.max())
+        grid = np.zeros((len(lengths), T), np.int64)
+        mask = np.arange(T)[None, :] >= lengths[:, None]
+        grid[~mask] = ids
+        return self.torch.from_numpy(grid), self.torch.from_numpy(mask)
+
+    def step(self, ids, offsets):
+        torch, F = self.torch, self.F
+        self.model.train()
+        t0 = time.perf_counter()
+        grid, mask = self.pad(ids, offsets)
+        emb = self.model(grid, mask)
+        a, p = F.normalize(emb[:B], dim=1), F.normalize(emb[B:], dim=1)
+        loss = F.cross_entropy(20.0 * a @ p.T, torch.arange(B))
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2, float(loss)
+
+    def encode(self, ids, offsets):
+        self.model.eval()
+        with self.torch.inference_mode():
+            return self.model(*self.pad(ids, offsets))
+
+
+# ----------------------------------------------------------------------------- main
+def median_steps(times):
+    t = np.array(times)                        # (steps, 3): fwd, bwd, adam
+    return np.median(t, axis=0), np.median(t.sum(1))
+
+
+def encode_rate(model, batches):
+    t0 = time.perf_counter()
+    for ids, offsets in batches:
+        model.encode(ids, offsets)
+    return sum(len(o) - 1 for _, o in batches) / (time.perf_counter() - t0)
+
+
+def profile_ours(ours, batch):
+    import cProfile
+    import pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    ours.step(*batch)
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(18)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encode-batches", type=int, default=4)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    batches = [make_batch(rng) for _ in range(args.steps + 1)]
+    enc_batches = batches[:args.encode_batches]
+    print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, {tr.DEFAULTS}")
+    print(f"loss: {'minembed.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
+          f"adam: {'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
+
+    ours = Ours()
+    ours.step(*batches[0])                                   # warm-up
+    if args.profile:
+        profile_ours(ours, batches[1])
+    t_ours = [ours.step(*b)[:3] for b in batches[1:]]
+    enc_ours = encode_rate(ours, enc_batches)
+    rss = peak_rss_mb()
+    (f, b, a), s = median_steps(t_ours)
+    print(f"\nours alone: step {s:.3f} s (fwd {f:.3f} / bwd {b:.3f} / adam {a:.3f}), "
+          f"encode {enc_ours:.0f} texts/s, peak RSS {rss:.0f} MB")
+
+    if args.no_torch:
+        return
+    try:
+        theirs = Torch(args.threads)
+    except ImportError:
+        print("torch not installed: skipping the PyTorch comparison")
+        return
+    theirs.step(*batches[0])
+    t_o, t_t = [], []
+    for bt in batches[1:]:                                   # alternate: same machine load
+        t_o.append(ours.step(*bt)[:3])
+        t_t.append(theirs.step(*bt)[:3])
+    enc_o, enc_t = [], []
+    for _ in range(3):
+        enc_o.append(encode_rate(ours, enc_batches))
+        enc_t.append(encode_rate(theirs, enc_batches))
+    (fo, bo, ao), so = median_steps(t_o)
+    (ft, bt_, at), st = median_steps(t_t)
+    eo, et = np.median(enc_o), np.median(enc_t)
+    print(f"\nside by side, median of {args.steps} alternating steps, {args.threads} threads")
+    print("| | step (s) | fwd (s) | bwd (s) | Adam (s) | encode (texts/s) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| minembed (NumPy) | {so:.3f} | {fo:.3f} | {bo:.3f} | {ao:.3f} | {eo:.0f} |")
+    print(f"| PyTorch eager | {st:.3f} | {ft:.3f} | {bt_:.3f} | {at:.3f} | {et:.0f} |")
+    print(f"| ratio ours/torch | {so / st:.2f} | {fo / ft:.2f} | {bo / bt_:.2f} | {ao / at:.2f} | "
+          f"{et / eo:.2f} (time) |")
+    print(f"peak RSS: ours alone {rss:.0f} MB; process after torch too {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

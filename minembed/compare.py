@@ -205,6 +205,7 @@ class _Budget:
     """Splits the time left among the training runs still to come."""
 
     def __init__(self, seconds, train_path, texts, settings, work_dir, say):
+        self.total = seconds
         self.deadline = time.perf_counter() + seconds
         self.train_path, self.texts, self.settings = train_path, texts, settings
         self.work_dir, self.say = work_dir, say
@@ -250,8 +251,11 @@ class _Budget:
             est.get(k, c["encode_s"]) + self.probe_s for k, _ in later)
         share = weight / (weight + sum(w for _, w in later))
         seconds = max(0.0, self.left() - reserve) * share
-        cap = c["steps_per_epoch"] * cfg.epochs
-        return max(MIN_STEPS, min(cap, int(seconds / c["step_s"]))), c["steps_per_epoch"]
+        spe = c["steps_per_epoch"]
+        cap = spe * cfg.epochs
+        # at least MIN_STEPS; at least one epoch when that is cheap (5 % of the whole budget)
+        floor = max(MIN_STEPS, spe) if spe * c["step_s"] <= 0.05 * self.total else MIN_STEPS
+        return min(cap, max(floor, int(seconds / c["step_s"]))), spe
 
     def train(self, name, kind, cfg, weight, later):
         """Train one budgeted run; returns (model, info dict)."""

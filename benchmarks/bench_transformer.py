@@ -48,8 +48,8 @@ def peak_rss_mb():
 
 # ----------------------------------------------------------------------------- ours
 class Ours:
-    def __init__(self, seed=0):
-        self.cfg = dict(tr.DEFAULTS, vocab_size=VOCAB)
+    def __init__(self, seed=0, buckets=tr.BUCKETS):
+        self.cfg = dict(tr.DEFAULTS, vocab_size=VOCAB, buckets=buckets)
         self.params = tr.init_params(self.cfg, np.random.default_rng(seed))
         self.rng = np.random.default_rng(seed + 1)
         self.R = np.random.default_rng(seed + 2).standard_normal((2 * B, self.cfg["dim"])).astype(np.float32)
@@ -157,7 +157,7 @@ class Torch:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
-        return t1 - t0, t2 - t1, t3 - t2, float(loss)
+        return t1 - t0, t2 - t1, t3 - t2, loss.item()
 
     def encode(self, ids, offsets):
         self.model.eval()
@@ -195,6 +195,8 @@ def main():
     ap.add_argument("--encode-batches", type=int, default=4)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--buckets", default=str(tr.BUCKETS),
+                    help="attention length buckets; a list (1,4) compares them side by side")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -204,16 +206,26 @@ def main():
     print(f"loss: {'minembed.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
           f"adam: {'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
 
-    ours = Ours()
-    ours.step(*batches[0])                                   # warm-up
+    settings = [int(b) for b in args.buckets.split(",")]
+    variants = {nb: Ours(buckets=nb) for nb in settings}
+    ours = variants[settings[-1]]
+    for o in variants.values():
+        o.step(*batches[0])                                  # warm-up
     if args.profile:
         profile_ours(ours, batches[1])
-    t_ours = [ours.step(*b)[:3] for b in batches[1:]]
-    enc_ours = encode_rate(ours, enc_batches)
+    times = {nb: [] for nb in settings}
+    for bt in batches[1:]:                                   # alternate the variants
+        for nb, o in variants.items():
+            times[nb].append(o.step(*bt)[:3])
+    for nb, o in variants.items():
+        (f, b, a), s = median_steps(times[nb])
+        enc = encode_rate(o, enc_batches)
+        print(f"ours alone, {nb} bucket(s): step {s:.3f} s (fwd {f:.3f} / bwd {b:.3f} / "
+              f"adam {a:.3f}), encode {enc:.0f} texts/s")
     rss = peak_rss_mb()
-    (f, b, a), s = median_steps(t_ours)
-    print(f"\nours alone: step {s:.3f} s (fwd {f:.3f} / bwd {b:.3f} / adam {a:.3f}), "
-          f"encode {enc_ours:.0f} texts/s, peak RSS {rss:.0f} MB")
+    print(f"peak RSS (ours only so far): {rss:.0f} MB")
+    for nb in settings[:-1]:
+        del variants[nb]
 
     if args.no_torch:
         return

@@ -223,21 +223,23 @@ def unpad_backward(dx, cache):
 
 # ----------------------------------------------------------------------------
 # multi-head self-attention on packed rows
-#   x (M, D) packed; index (M,) their grid cells; key_mask (N, T) bool
+#   x (M, D) packed rows; grids: a list of (index, key_mask), one per run of
+#   consecutive views padded to a common length T_b (a length bucket), in row
+#   order: index (M_b,) the grid cell of each row, key_mask (N_b, T_b) bool.
 #   qkv = x @ w_qkv + b_qkv                      (M, 3D), columns [q | k | v]
 #   per view and head: a = softmax(q k^T / sqrt(Dh), masked keys) ;  a' = drop(a)
 #                      ctx = a' v                 (T, Dh)
 #   y = concat_heads(ctx) @ w_out + b_out        (M, D)
+# The projections run once on all M rows (large matmuls); only the core
+# (scores, softmax, a' v) runs per grid, on (N_b * H) small matmuls.
 # ----------------------------------------------------------------------------
-def attention_forward(x, index, key_mask, w_qkv, b_qkv, w_out, b_out, heads,
-                      p_drop=0.0, rng=None):
-    xp = xp_of(x)
+def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
+    """qkv (M_b, 3D) packed rows of one grid -> ctx (M_b, D)."""
+    xp = xp_of(qkv)
     N, T = key_mask.shape
-    D = x.shape[-1]
+    D = qkv.shape[-1] // 3
     H, Dh = heads, D // heads
     scale = 1.0 / math.sqrt(Dh)
-
-    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                 # (M, 3D)
     qkv_grid, c_pad = pad_forward(qkv, index, N, T)              # (N, T, 3D)
     # Per view and head, contiguous blocks: q, v (N, H, T, Dh) and k stored
     # transposed, kT (N, H, Dh, T); q @ kT on contiguous blocks is ~2x faster
@@ -253,26 +255,23 @@ def attention_forward(x, index, key_mask, w_qkv, b_qkv, w_out, b_out, heads,
     a, c_sm = softmax_forward(s, key_mask[:, None, None, :])
     del s
     a_d, c_drop = dropout_forward(a, p_drop, rng)
-    ctx = xp.empty((N, T, H, Dh), dtype=x.dtype)
+    ctx = xp.empty((N, T, H, Dh), dtype=qkv.dtype)
     xp.matmul(a_d, v, out=ctx.transpose(0, 2, 1, 3))             # heads side by side
-    ctx, c_unpad = unpad_forward(ctx.reshape(N, T, D), index)    # (M, D)
-    y, c_out = linear_forward(ctx, w_out, b_out)
-    cache = (c_qkv, c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad, c_out)
-    return y, cache
+    ctx, c_unpad = unpad_forward(ctx.reshape(N, T, D), index)    # (M_b, D)
+    return ctx, (c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad)
 
 
-def attention_backward(dy, cache):
-    (c_qkv, c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad, c_out) = cache
-    xp = xp_of(dy)
+def attention_core_backward(dctx, cache):
+    c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad = cache
+    xp = xp_of(dctx)
     N, H, T, Dh = q.shape
-    dctx, dw_out, db_out = linear_backward(dy, c_out)            # (M, D)
     dctx = unpad_backward(dctx, c_unpad)                         # (N, T, D)
     dctx = dctx.reshape(N, T, H, Dh).transpose(0, 2, 1, 3)       # (N, H, T, Dh) view
     a = c_sm[0]
     # recompute a' = a * keep / (1 - p) (the same product as dropout's backward)
     a_d = a if c_drop is None else dropout_backward(a, c_drop)
 
-    dqkv = xp.empty((N, T, 3, H, Dh), dtype=dy.dtype)
+    dqkv = xp.empty((N, T, 3, H, Dh), dtype=dctx.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views into dqkv
     xp.matmul(a_d.swapaxes(-1, -2), dctx, out=dv)                # dv = a'^T dctx
     del a_d
@@ -284,7 +283,35 @@ def attention_backward(dy, cache):
     xp.matmul(ds, kT.swapaxes(-1, -2), out=dq)                   # dq = ds k
     xp.matmul(ds.swapaxes(-1, -2), q, out=dk)                    # dk = ds^T q
     del ds
-    dqkv = pad_backward(dqkv.reshape(N, T, 3 * H * Dh), c_pad)   # (M, 3D)
+    return pad_backward(dqkv.reshape(N, T, 3 * H * Dh), c_pad)   # (M_b, 3D)
+
+
+def attention_forward(x, grids, w_qkv, b_qkv, w_out, b_out, heads, p_drop=0.0, rng=None):
+    xp = xp_of(x)
+    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                 # (M, 3D)
+    ctx, c_core, start = [], [], 0
+    for index, key_mask in grids:
+        stop = start + len(index)
+        c, cache = attention_core_forward(qkv[start:stop], index, key_mask, heads, p_drop, rng)
+        ctx.append(c)
+        c_core.append(cache)
+        start = stop
+    del qkv
+    ctx = ctx[0] if len(ctx) == 1 else xp.concatenate(ctx)      # (M, D)
+    y, c_out = linear_forward(ctx, w_out, b_out)
+    return y, (c_qkv, c_core, c_out)
+
+
+def attention_backward(dy, cache):
+    c_qkv, c_core, c_out = cache
+    xp = xp_of(dy)
+    dctx, dw_out, db_out = linear_backward(dy, c_out)            # (M, D)
+    dqkv, start = [], 0
+    for c in c_core:
+        stop = start + len(c[0][0])                              # rows of this grid
+        dqkv.append(attention_core_backward(dctx[start:stop], c))
+        start = stop
+    dqkv = dqkv[0] if len(dqkv) == 1 else xp.concatenate(dqkv)  # (M, 3D)
     dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)
     return dx, dw_qkv, db_qkv, dw_out, db_out
 

@@ -10,9 +10,10 @@ The encoder interface of docs/DESIGN.md: ``init_params``, ``forward``,
 ``backward``. Views arrive ragged (``ids`` + ``offsets``); views longer than
 ``max_len`` are cut to their first ``max_len`` tokens. Every position-wise
 layer works on the M real tokens only (packed rows, no padding); attention
-pads them into an (N, T) grid, T the longest view of the batch, with a key
-mask, and gathers the real rows back. Padding therefore never gets work
-outside attention, and never gets a gradient.
+pads them into grids with a key mask and gathers the real rows back. The views
+are sorted by length and split into a few buckets, each padded to its own
+longest view, so attention does little work on padding either. Padding never
+gets a gradient.
 """
 import math
 
@@ -22,6 +23,7 @@ from .backend import xp_of
 from . import layers as L
 
 DEFAULTS = dict(dim=256, layers=4, heads=4, ffn=1024, max_len=128, dropout=0.1)
+BUCKETS = 4     # length buckets for attention (config["buckets"] overrides); see layout()
 
 
 def _config(config):
@@ -60,23 +62,41 @@ def init_params(config, rng):
     return p
 
 
-def layout(ids, offsets, max_len):
-    """Cut views to max_len and place each kept token in the (N, T) grid.
+def layout(ids, offsets, max_len, buckets=1):
+    """Cut views to max_len, sort them by length and place their tokens in grids.
 
-    Returns (ids_kept (M,), pos (M,) position within its view, index (M,)
-    flat grid cell view * T + pos, key_mask (N, T) bool, T). Host NumPy."""
+    Views are packed in length order (``order``, stable), so that a run of
+    similar lengths can share a small grid: the sorted views are split into
+    ``buckets`` runs of about equal count, each padded to its own longest
+    view. Host NumPy. Returns a dict:
+      ids, pos   (M,) the kept token ids and their positions, in packed order
+      order      (N,) view order[j] is the j-th packed view
+      grids      [(index (M_b,), key_mask (N_b, T_b))] per bucket, in row order
+      index, key_mask   one (N, T) grid of all packed views (for pooling)
+    """
     ids = np.asarray(ids)
     offsets = np.asarray(offsets, dtype=np.int64)
-    lengths = np.diff(offsets)
-    N = len(lengths)
-    view = np.repeat(np.arange(N), lengths)
-    pos = np.arange(len(ids)) - np.repeat(offsets[:-1], lengths)
-    keep = pos < max_len
-    ids, pos, view = ids[keep], pos[keep], view[keep]
-    cut = np.minimum(lengths, max_len)
-    T = max(1, int(cut.max())) if N else 1
-    key_mask = np.arange(T)[None, :] < cut[:, None]
-    return ids, pos, view * T + pos, key_mask, T
+    cut = np.minimum(np.diff(offsets), max_len)
+    N = len(cut)
+    order = np.argsort(cut, kind="stable")
+    lens = cut[order]                                      # sorted lengths
+    starts = np.r_[0, np.cumsum(lens)]                     # packed row of each view
+    M = int(starts[-1])
+    view = np.repeat(np.arange(N), lens)                   # packed view of each row
+    pos = np.arange(M) - starts[view]
+    ids = ids[offsets[order][view] + pos]
+
+    def grid(v0, v1):                                      # views v0..v1-1 share a grid
+        T = max(1, int(lens[v1 - 1])) if v1 > v0 else 1
+        rows = slice(starts[v0], starts[v1])
+        index = (view[rows] - v0) * T + pos[rows]
+        key_mask = np.arange(T)[None, :] < lens[v0:v1, None]
+        return index, key_mask
+
+    bounds = np.linspace(0, N, max(1, min(buckets, N)) + 1).round().astype(int)
+    grids = [grid(v0, v1) for v0, v1 in zip(bounds[:-1], bounds[1:]) if v1 > v0]
+    index, key_mask = grid(0, N)
+    return dict(ids=ids, pos=pos, order=order, grids=grids, index=index, key_mask=key_mask)
 
 
 def forward(params, ids, offsets, config, train=False, rng=None):
@@ -91,12 +111,12 @@ def forward(params, ids, offsets, config, train=False, rng=None):
     if not train:
         rng = None
     xp = xp_of(params["tok_emb"])
-    ids, pos, index, key_mask, T = layout(ids, offsets, cfg["max_len"])
-    N = key_mask.shape[0]
-    index_x, key_mask_x = xp.asarray(index), xp.asarray(key_mask)
+    lay = layout(ids, offsets, cfg["max_len"], cfg.get("buckets", BUCKETS))
+    grids = [(xp.asarray(i), xp.asarray(m)) for i, m in lay["grids"]]
+    N, T = lay["key_mask"].shape
 
-    x, c_tok = L.embedding_forward(params["tok_emb"], ids)            # (M, D)
-    xpos, c_pos = L.positional_forward(params["pos_emb"], pos)
+    x, c_tok = L.embedding_forward(params["tok_emb"], lay["ids"])     # (M, D)
+    xpos, c_pos = L.positional_forward(params["pos_emb"], lay["pos"])
     x += xpos
     del xpos
 
@@ -105,7 +125,7 @@ def forward(params, ids, offsets, config, train=False, rng=None):
         b = f"blocks.{i}."
         h, c_ln1 = L.layernorm_forward(x, params[b + "ln1.g"], params[b + "ln1.b"])
         h, c_attn = L.attention_forward(
-            h, index_x, key_mask_x, params[b + "attn.qkv.w"], params[b + "attn.qkv.b"],
+            h, grids, params[b + "attn.qkv.w"], params[b + "attn.qkv.b"],
             params[b + "attn.out.w"], params[b + "attn.out.b"], cfg["heads"], p_drop, rng)
         h, c_d1 = L.dropout_forward(h, p_drop, rng)
         x = x + h                                                     # residual
@@ -118,18 +138,21 @@ def forward(params, ids, offsets, config, train=False, rng=None):
         blocks.append((c_ln1, c_attn, c_d1, c_ln2, c_fc, c_gelu, c_proj, c_d2))
 
     x, c_lnf = L.layernorm_forward(x, params["ln_f.g"], params["ln_f.b"])
-    x, c_pad = L.pad_forward(x, index_x, N, T)                        # (N, T, D)
-    emb, c_pool = L.mean_pool_forward(x, key_mask_x)
-    cache = (cfg["layers"], c_tok, c_pos, blocks, c_lnf, c_pad, c_pool)
-    return emb, cache
+    x, c_pad = L.pad_forward(x, xp.asarray(lay["index"]), N, T)     # (N, T, D)
+    emb, c_pool = L.mean_pool_forward(x, xp.asarray(lay["key_mask"]))
+    order = xp.asarray(lay["order"])
+    out = xp.empty_like(emb)
+    out[order] = emb                                                  # back to input order
+    cache = (cfg["layers"], c_tok, c_pos, blocks, c_lnf, c_pad, c_pool, order)
+    return out, cache
 
 
 def backward(demb, cache):
     """Gradients of every parameter: dense arrays, and a RowGrad for tok_emb
     holding only the ids of real (non-padding, kept) tokens."""
-    n_layers, c_tok, c_pos, blocks, c_lnf, c_pad, c_pool = cache
+    n_layers, c_tok, c_pos, blocks, c_lnf, c_pad, c_pool, order = cache
     g = {}
-    dx = L.mean_pool_backward(demb, c_pool)                          # (N, T, D)
+    dx = L.mean_pool_backward(demb[order], c_pool)                   # packed view order                          # (N, T, D)
     dx = L.pad_backward(dx, c_pad)                                    # (M, D)
     dx, g["ln_f.g"], g["ln_f.b"] = L.layernorm_backward(dx, c_lnf)
     for i in reversed(range(n_layers)):

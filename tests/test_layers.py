@@ -154,15 +154,24 @@ def _attn_args(rng, D=6, lengths=(3, 1, 0, 4)):
     return x, index, key_mask, w
 
 
+def _two_grids(lengths):
+    """The same views as one grid, or as two grids (buckets) of their own length."""
+    a, b = lengths[:2], lengths[2:]
+    ga, gb = _ragged(a, 1, _rng())[1:], _ragged(b, 1, _rng())[1:]
+    return [ga, gb]
+
+
 @pytest.mark.parametrize("p_drop", [0.0, 0.3])
-def test_attention_grad(p_drop):
+@pytest.mark.parametrize("buckets", [1, 2])
+def test_attention_grad(p_drop, buckets):
     rng = _rng(11)
     x, index, key_mask, w = _attn_args(rng)
+    grids = [(index, key_mask)] if buckets == 1 else _two_grids([3, 1, 0, 4])
     R = rng.standard_normal(x.shape)
 
     def run():
         r = np.random.default_rng(3) if p_drop else None
-        return L.attention_forward(x, index, key_mask, w["w_qkv"], w["b_qkv"], w["w_out"],
+        return L.attention_forward(x, grids, w["w_qkv"], w["b_qkv"], w["w_out"],
                                    w["b_out"], 2, p_drop, r)
 
     f = lambda: float((run()[0] * R).sum())
@@ -171,14 +180,15 @@ def test_attention_grad(p_drop):
                   {"x": dx, "w_qkv": dwq, "b_qkv": dbq, "w_out": dwo, "b_out": dbo})
 
 
-def test_attention_matches_per_view_reference():
+@pytest.mark.parametrize("buckets", [1, 2])
+def test_attention_matches_per_view_reference(buckets):
     """Each view attends to its own tokens only: compare with a plain loop."""
     rng = _rng(12)
     D, H = 6, 2
     lengths = [3, 1, 0, 4]
     x, index, key_mask, w = _attn_args(rng, D, lengths)
-    y, _ = L.attention_forward(x, index, key_mask, w["w_qkv"], w["b_qkv"], w["w_out"],
-                               w["b_out"], H)
+    grids = [(index, key_mask)] if buckets == 1 else _two_grids(lengths)
+    y, _ = L.attention_forward(x, grids, w["w_qkv"], w["b_qkv"], w["w_out"], w["b_out"], H)
     start = 0
     for n in lengths:
         if n == 0:

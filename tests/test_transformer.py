@@ -158,3 +158,19 @@ def test_init_statistics():
     assert np.all(p["blocks.0.ln1.g"] == 1) and np.all(p["ln_f.b"] == 0)
     assert np.all(p["blocks.0.attn.qkv.b"] == 0) and np.all(p["blocks.3.mlp.fc.b"] == 0)
     assert len(p) == 2 + 12 * 4 + 2
+
+
+def test_length_buckets_do_not_change_the_result():
+    p = _params64()
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(0, 9, 11)
+    ids, offsets = _batch(lengths, seed=4)
+    ref, c1 = tr.forward(p, ids, offsets, dict(CFG, buckets=1))
+    for buckets in (2, 3, 4, 20):
+        emb, c = tr.forward(p, ids, offsets, dict(CFG, buckets=buckets))
+        np.testing.assert_allclose(emb, ref, rtol=1e-12, atol=1e-12)
+    R = rng.standard_normal(ref.shape)
+    g1, g4 = tr.backward(R, c1), tr.backward(R, tr.forward(p, ids, offsets, dict(CFG, buckets=4))[1])
+    for k in g1:
+        a, b = (_dense(g1[k], p[k].shape), _dense(g4[k], p[k].shape))
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -13,7 +13,10 @@ Then
 
 so the backward touches only the U rows the batch used. scipy's CSR product
 does the scatter-add of the backward far faster than ``np.add.at``
-(see benchmarks/bench_bag.py).
+(see benchmarks/bench_bag.py). The forward uses the same entries indexed by
+token id, an (N, V) matrix: the product reads the rows it needs in place (no
+copy of table[uniq]), and the distinct ids are found only by the backward, so
+encoding (forward only) does none of that work.
 """
 import numpy as np
 
@@ -42,21 +45,27 @@ def embedding_bag_forward(table, ids, offsets):
     offsets = xp.asarray(offsets, dtype=xp.int64)
     n = offsets.shape[0] - 1
     lengths = xp.diff(offsets)
-    # sorted distinct ids, and for each occurrence the index of its id in uniq
-    uniq, inv = xp.unique(ids, return_inverse=True)
     # each occurrence weighs 1/len(its view); repeated tokens add up in the product
     view_of = xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1  # (M,)
     weights = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)[view_of]
-    sp = _sparse_module(xp)
-    A = sp.csr_matrix((weights, inv.ravel(), offsets), shape=(n, uniq.shape[0]))
-    out = xp.asarray(A @ table[uniq])
-    return out, (A, uniq)
+    # out = A @ table[uniq], with A's entries indexed by id: (N, V) @ (V, D)
+    A_ids = _sparse_module(xp).csr_matrix((weights, ids, offsets), shape=(n, table.shape[0]))
+    out = xp.asarray(A_ids @ table)
+    return out, (ids, offsets, weights, table.shape[0])
 
 
 def embedding_bag_backward(dout, cache):
     """Gradient for the rows the batch touched: d table[uniq] = A.T @ dout."""
     xp = xp_of(dout)
-    A, uniq = cache
+    ids, offsets, weights, vocab = cache
+    # sorted distinct ids, and for each occurrence the index of its id in uniq:
+    # np.unique(ids, return_inverse=True) without sorting, via a (V,) mask
+    seen = xp.zeros(vocab, dtype=bool)
+    seen[ids] = True
+    uniq = xp.flatnonzero(seen)                # (U,)
+    inv = (xp.cumsum(seen) - 1)[ids]           # (M,) position of each id in uniq
+    A = _sparse_module(xp).csr_matrix((weights, inv, offsets),
+                                      shape=(offsets.shape[0] - 1, uniq.shape[0]))  # (N, U)
     values = xp.asarray(A.T @ dout)
     return RowGrad(uniq, values)
 

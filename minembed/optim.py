@@ -30,14 +30,21 @@ def adam_init(params):
 
 
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-    """One dense AdamW update of p, in place (m and v too)."""
+    """One dense AdamW update of p, in place (m and v too).
+
+    g is a gradient shaped like p, or a RowGrad, zero outside g.rows: there
+    m and v only decay (m <- b1 m, v <- b2 v), so the gradient terms are added
+    to g.rows alone -- the same numbers as with densify(g), without building
+    and streaming through a dense (V, D) gradient.
+    """
     xp = xp_of(p)
+    rows, g = (g.rows, g.values) if isinstance(g, RowGrad) else (..., g)
     if weight_decay:
         p *= 1.0 - lr * weight_decay
     m *= beta1
-    m += (1.0 - beta1) * g
+    m[rows] += (1.0 - beta1) * g  # rows are distinct: gather, add, scatter back
     v *= beta2
-    v += (1.0 - beta2) * (g * g)
+    v[rows] += (1.0 - beta2) * (g * g)
     _apply(xp, p, m, v, step, lr, beta1, beta2, eps)
 
 
@@ -65,9 +72,10 @@ def _apply(xp, p, m, v, step, lr, beta1, beta2, eps):
     # Folding the bias corrections into two scalars saves two passes over memory.
     c2 = math.sqrt(1.0 - beta2 ** step)
     lr_t = lr * c2 / (1.0 - beta1 ** step)
-    denom = xp.sqrt(v)
-    denom += eps * c2
-    upd = m / denom
+    # One scratch array, updated in place: each line is one pass over memory.
+    upd = xp.sqrt(v)
+    upd += eps * c2                # sqrt(v) + eps_t
+    xp.divide(m, upd, out=upd)     # m / (sqrt(v) + eps_t)
     upd *= lr_t
     p -= upd
 
@@ -84,7 +92,6 @@ def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
             if lazy:
                 adam_update_rows(p, g.rows, g.values, m, v, t, lr, beta1, beta2, eps, weight_decay)
                 continue
-            g = densify(g, p.shape)
         adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
 
 

@@ -1,0 +1,239 @@
+"""One training step of the bag model, ours (NumPy) vs PyTorch CPU, and encoding throughput.
+
+    python benchmarks/bench_bag.py [--quick] [--steps 30] [--threads 2] [--ids zipf|uniform|both]
+                                   [--no-torch] [--no-encode]
+
+Workload (the issue's): B = 256 pairs = 512 ragged views of 32-64 token ids,
+vocab V = 30,000, D = 256, InfoNCE (L2-normalise, scale 20, cross-entropy over
+in-batch negatives), Adam. Token ids are drawn either uniformly or Zipf-like
+(p(rank r) ~ 1 / (r + 10), rank = id as in a BPE vocabulary where frequent
+pieces get small ids): real text is Zipf-like, which means fewer distinct
+rows per batch (~6k of 16k tokens instead of ~12k).
+
+Phases, each the median over steps:
+  fwd    encoder forward (ids -> (2B, D) mean vectors)
+  loss   ours: InfoNCE forward + backward (-> d emb); torch: InfoNCE forward only
+  bwd    ours: the bag backward (d emb -> RowGrad); torch: loss.backward() (InfoNCE
+         backward + EmbeddingBag backward)
+  Adam   ours: minembed.optim.adam_step (lazy rows or dense); torch: opt.step()
+         + zero_grad (dense: torch.optim.Adam on sparse=False; sparse:
+         torch.optim.SparseAdam on sparse=True)
+  step   the whole step
+
+Ours and torch run interleaved (one step of each in turn, the order rotated
+every round) so that all see the same machine load; compare ratios, not
+absolute numbers. PyTorch is optional (``pip install torch``); without it only
+our rows are printed.
+
+Encoding: texts/s of ``Model.encode`` on sentences of the built-in corpus with
+a tokenizer trained on it (tokenisation included), and ids -> vectors alone
+(``bag.forward`` on pre-tokenised batches of 256 texts) vs torch's
+EmbeddingBag forward under no_grad.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from minembed import bag, optim  # noqa: E402
+from minembed.loss import infonce_backward, infonce_forward  # noqa: E402
+
+B, LO, HI, V, D, SCALE, LR = 256, 32, 64, 30_000, 256, 20.0, 1e-3
+
+
+def zipf_probs(vocab, shift=10.0):
+    p = 1.0 / (np.arange(vocab) + shift)
+    return p / p.sum()
+
+
+def make_batch(rng, ids_dist):
+    """2B views of LO..HI ids: (ids (M,) int32, offsets (2B+1,) int64)."""
+    lengths = rng.integers(LO, HI + 1, 2 * B)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    m = int(offsets[-1])
+    if ids_dist == "uniform":
+        ids = rng.integers(0, V, m)
+    else:  # inverse CDF of the Zipf-like law
+        ids = np.searchsorted(_ZIPF_CDF, rng.random(m), side="right").clip(0, V - 1)
+    return ids.astype(np.int32), offsets
+
+
+_ZIPF_CDF = np.cumsum(zipf_probs(V))
+
+
+# ----------------------------------------------------------------------------- ours
+class Ours:
+    def __init__(self, lazy, seed=0):
+        self.lazy = lazy
+        self.cfg = dict(bag.DEFAULTS, vocab_size=V, dim=D)
+        self.params = bag.init_params(self.cfg, np.random.default_rng(seed))
+        self.state = optim.adam_init(self.params)
+
+    def step(self, ids, offsets):
+        t0 = time.perf_counter()
+        emb, cache = bag.forward(self.params, ids, offsets, self.cfg, train=True)
+        t1 = time.perf_counter()
+        loss, lcache = infonce_forward(emb[:B], emb[B:], scale=SCALE)
+        da, dp = infonce_backward(lcache)
+        demb = np.concatenate([da, dp])
+        t2 = time.perf_counter()
+        grads = bag.backward(demb, cache)
+        t3 = time.perf_counter()
+        optim.adam_step(self.params, grads, self.state, LR, lazy=self.lazy)
+        t4 = time.perf_counter()
+        assert emb.dtype == demb.dtype == np.float32, (emb.dtype, demb.dtype)
+        return (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), loss
+
+
+# ----------------------------------------------------------------------------- torch
+class Torch:
+    def __init__(self, torch, sparse, seed=0):
+        self.torch, self.sparse = torch, sparse
+        g = torch.Generator().manual_seed(seed)
+        self.bag = torch.nn.EmbeddingBag(V, D, mode="mean", sparse=sparse)
+        with torch.no_grad():
+            self.bag.weight.copy_(torch.randn(V, D, generator=g) * 0.02)
+        opt = torch.optim.SparseAdam if sparse else torch.optim.Adam
+        self.opt = opt(self.bag.parameters(), lr=LR)
+        self.labels = torch.arange(B)
+
+    def step(self, ids, offsets):
+        torch, F = self.torch, self.torch.nn.functional
+        ids_t = torch.from_numpy(ids.astype(np.int64))
+        off_t = torch.from_numpy(offsets[:-1])
+        t0 = time.perf_counter()
+        emb = self.bag(ids_t, off_t)
+        t1 = time.perf_counter()
+        e = F.normalize(emb, dim=1)
+        s = SCALE * (e[:B] @ e[B:].T)
+        loss = F.cross_entropy(s, self.labels)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        return (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), loss.item()
+
+
+# ----------------------------------------------------------------------------- encode
+def encode_bench(torch, reps, n_texts):
+    from minembed.datasets import docstrings
+    from minembed.model import Model
+    from minembed.tokenize import encode_texts, split_sentences, train_tokenizer
+
+    docs, _ = docstrings()
+    t = time.perf_counter()
+    tok = train_tokenizer(docs, vocab_size=V)
+    t_tok = time.perf_counter() - t
+    sents = [s for d in docs for s in split_sentences(d)]
+    texts = (sents * (n_texts // len(sents) + 1))[:n_texts]
+    vocab = tok.get_vocab_size()
+    cfg = dict(model="bag", vocab_size=vocab, dim=D)
+    params = bag.init_params(cfg, np.random.default_rng(0))
+    model = Model(cfg, params, tok)
+    batches = [encode_texts(tok, texts[i:i + 256]) for i in range(0, len(texts), 256)]
+    n_tok = sum(len(ids) for ids, _ in batches)
+    print(f"encode: {len(texts):,} sentences of the built-in corpus, {n_tok / len(texts):.1f} "
+          f"tokens/text on average, tokenizer vocab {vocab:,} (trained in {t_tok:.1f} s)\n")
+
+    def ours_ids():
+        for ids, offsets in batches:
+            bag.forward(params, ids, offsets, cfg)
+
+    fns = {"ours: Model.encode (with tokenisation)": lambda: model.encode(texts),
+           "ours: ids -> vectors (bag.forward)": ours_ids}
+    if torch is not None:
+        eb = torch.nn.EmbeddingBag(vocab, D, mode="mean")
+        tb = [(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(off[:-1])) for ids, off in batches]
+
+        def torch_ids():
+            with torch.no_grad():
+                for ids, off in tb:
+                    eb(ids, off).numpy()
+        fns["torch: ids -> vectors (EmbeddingBag)"] = torch_ids
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    print("| encoding | texts/s |\n|---|---:|")
+    for k, ts in times.items():
+        print(f"| {k} | {len(texts) / statistics.median(ts):,.0f} |")
+    print()
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few steps, zipf ids only, small encode")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per runner")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ids", choices=["zipf", "uniform", "both"], default="both")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-encode", action="store_true")
+    args = ap.parse_args()
+    steps = 8 if args.quick else args.steps
+    dists = ["zipf"] if args.quick or args.ids == "zipf" else (
+        ["uniform"] if args.ids == "uniform" else ["zipf", "uniform"])
+
+    try:  # NumPy's BLAS (the InfoNCE matmuls) gets the same number of threads as torch
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            print("(PyTorch is not installed: `pip install torch` for the comparison; ours only)\n")
+    print(f"NumPy {np.__version__}" + (f", PyTorch {torch.__version__} ({args.threads} threads)"
+                                       if torch is not None else "")
+          + f"; B = {B} pairs ({2 * B} views of {LO}-{HI} ids), V = {V:,}, D = {D}, "
+          f"median of {steps} steps\n")
+
+    for dist in dists:
+        runners = {"ours, lazy Adam (rows)": Ours(lazy=True), "ours, dense Adam": Ours(lazy=False)}
+        if torch is not None:
+            runners["torch EmbeddingBag + Adam (dense)"] = Torch(torch, sparse=False)
+            runners["torch EmbeddingBag(sparse) + SparseAdam"] = Torch(torch, sparse=True)
+        names = list(runners)
+        rng = np.random.default_rng(1)
+        times = {k: [] for k in names}
+        rows, tokens = [], []
+        for i in range(steps + 2):  # 2 warm-up steps
+            ids, offsets = make_batch(rng, dist)
+            rows.append(np.unique(ids).size)
+            tokens.append(ids.size)
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                t, _ = runners[k].step(ids, offsets)
+                if i >= 2:
+                    times[k].append(t)
+        print(f"### {dist} ids: ~{int(np.median(tokens)):,} tokens, "
+              f"~{int(np.median(rows)):,} distinct rows per batch (load average "
+              f"{os.getloadavg()[0]:.1f})\n")
+        print("| step (ms) | fwd | loss | bwd | Adam | **step** | vs torch dense |\n"
+              "|---|---:|---:|---:|---:|---:|---:|")
+        med = {k: [statistics.median(x) * 1e3 for x in zip(*ts)] for k, ts in times.items()}
+        ref = med.get("torch EmbeddingBag + Adam (dense)")
+        for k in names:
+            m = med[k]
+            rel = f"{ref[4] / m[4]:.2f}x" if ref else "-"
+            print(f"| {k} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.1f} | {m[3]:.1f} | **{m[4]:.1f}** | {rel} |")
+        print()
+    if torch is not None:
+        print("torch's loss column is the InfoNCE forward only; its bwd includes the InfoNCE backward.\n")
+
+    if not args.no_encode:
+        encode_bench(torch, reps=3 if args.quick else 7, n_texts=5_000 if args.quick else 20_000)
+
+
+if __name__ == "__main__":
+    main()

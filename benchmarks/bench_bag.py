@@ -149,7 +149,8 @@ def encode_bench(torch, reps, n_texts):
            "ours: ids -> vectors (bag.forward)": ours_ids}
     if torch is not None:
         eb = torch.nn.EmbeddingBag(vocab, D, mode="mean")
-        tb = [(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(off[:-1])) for ids, off in batches]
+        tb = [(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(off[:-1]))
+              for ids, off in batches]
 
         def torch_ids():
             with torch.no_grad():
@@ -226,10 +227,12 @@ def main():
         for k in names:
             m = med[k]
             rel = f"{ref[4] / m[4]:.2f}x" if ref else "-"
-            print(f"| {k} | {m[0]:.1f} | {m[1]:.1f} | {m[2]:.1f} | {m[3]:.1f} | **{m[4]:.1f}** | {rel} |")
+            cells = " | ".join(f"{x:.1f}" for x in m[:4])
+            print(f"| {k} | {cells} | **{m[4]:.1f}** | {rel} |")
         print()
     if torch is not None:
-        print("torch's loss column is the InfoNCE forward only; its bwd includes the InfoNCE backward.\n")
+        print("torch's loss column is the InfoNCE forward only; "
+              "its bwd includes the InfoNCE backward.\n")
 
     if not args.no_encode:
         encode_bench(torch, reps=3 if args.quick else 7, n_texts=5_000 if args.quick else 20_000)

@@ -69,11 +69,13 @@ _DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), de
 @click.option("--vocab-size", type=int, default=8192, show_default=True,
               help="vocabulary of the tokenizer trained on the corpus")
 @click.option("--dim", type=int, default=256, show_default=True, help="embedding dimension")
-@click.option("--epochs", type=int, help="passes over the corpus [bag: 3, transformer: 3]")
+@click.option("--epochs", type=int,
+              help="passes over the corpus [default: enough for 800 steps (bag) or 300 steps "
+                   "(transformer), at least 3 and at most 100 epochs]")
 @click.option("--max-steps", type=int, default=0,
               help="stop after this many steps (the schedule ends there too); 0: all epochs")
-@click.option("--batch-size", type=int, help="positive pairs per step [bag: 256, transformer: 64]")
-@click.option("--lr", type=float, help="peak learning rate [bag: 0.5, transformer: 5e-4]")
+@click.option("--batch-size", type=int, help="positive pairs per step [bag: 128, transformer: 64]")
+@click.option("--lr", type=float, help="peak learning rate [bag: 0.1, transformer: 5e-4]")
 @click.option("--warmup", type=float, default=0.1, show_default=True,
               help="linear warm-up, as a fraction of the first epoch; then linear decay to 0")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw"]),

@@ -147,5 +147,5 @@ def test_invalid_settings(tmp_path, topic_txt, kw, msg):
 def test_too_few_documents_for_a_batch(tmp_path):
     p = tmp_path / "small.txt"
     p.write_text("\n".join(f"document number {i} has a few words in it." for i in range(10)))
-    with pytest.raises(MinembedError, match="only 10 usable documents.*--batch-size 256"):
+    with pytest.raises(MinembedError, match="only 10 usable documents.*--batch-size 128"):
         train(str(p), tmp_path / "m", TrainConfig(vocab_size=100), quiet=True)

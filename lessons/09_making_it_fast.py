@@ -1,0 +1,162 @@
+"""Lesson 9: making it fast: where the time goes, vectorisation, CUDA kernels.
+
+What it teaches
+    - a profile (cProfile) of real training steps of both encoders: which of
+      the package's functions take the time;
+    - vectorisation: the same computation as a Python loop and as the
+      package's array code (the bag forward as a sparse matrix product, the
+      embedding gradient as a segment sum), same numbers, far less time;
+    - the CUDA kernels (minembed/kernels/kernels.cu): one file, each kernel
+      with a NumPy twin that is its reference. Where CuPy and a GPU are
+      present, each kernel is run against its twin and timed; elsewhere the
+      lesson says so and shows the source of one kernel.
+
+Run:  python lessons/09_making_it_fast.py          (add --fast for the quick version)
+"""
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+import numpy as np
+
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
+
+from minembed import backend, bag, cuda, layers, transformer  # noqa: E402
+from minembed.crops import PairSampler  # noqa: E402
+from minembed.train import (CorpusSource, TrainConfig, get_tokenized, get_tokenizer,  # noqa: E402
+                            train_step)
+
+
+def best_time(f, repeat=3):
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+# ---------------------------------------------------------------------------
+# 1. A profile of training steps
+# ---------------------------------------------------------------------------
+source = CorpusSource()
+tok = get_tokenizer(source, 8192)
+tc = get_tokenized(source, tok)
+for model, enc, extra in (("bag", bag, dict(dim=256)),
+                          ("transformer", transformer, dict(dim=64, layers=2, heads=2, ffn=256,
+                                                            max_len=64))):
+    cfg = TrainConfig(model=model, batch_size=64, **extra).resolved()
+    enc_cfg = cfg.encoder_config(tok.get_vocab_size())
+    params = enc.init_params(enc_cfg, np.random.default_rng(0))
+    sampler = PairSampler(tc, max_len=cfg.max_len if model == "transformer" else None)
+    rng = np.random.default_rng(0)
+    steps = 2 if FAST else 5
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for i in range(steps):
+        ids, offsets = sampler.sample(sampler.usable[i * 64:(i + 1) * 64], rng)
+        loss, acc, grads = train_step(enc, params, enc_cfg, ids, offsets, cfg, rng)
+    prof.disable()
+    dt = (time.perf_counter() - t0) / steps
+    assert np.isfinite(loss)
+    s = io.StringIO()
+    st = pstats.Stats(prof, stream=s)
+    # the package's own functions, by time spent inside them (not in callees)
+    rows = [(v[2], f"{os.path.basename(k[0])}:{k[2]}") for k, v in st.stats.items()
+            if "minembed" in k[0]]
+    rows.sort(reverse=True)
+    total = sum(v[2] for v in st.stats.values())
+    print(f"\n{model}: {1e3 * dt:.0f} ms per step of 64 pairs (profiled); the package's functions "
+          "taking the most time (own time):")
+    for t, name in rows[:6]:
+        print(f"   {100 * t / total:5.1f} %  {name}")
+
+# ---------------------------------------------------------------------------
+# 2. Vectorisation
+#    (a) the bag forward: a Python loop over views, vs one sparse product
+# ---------------------------------------------------------------------------
+rng = np.random.default_rng(0)
+V, D, N = 8192, 256, (512 if FAST else 2048)
+table = rng.standard_normal((V, D)).astype(np.float32)
+lengths = rng.integers(5, 60, size=N)
+offsets = np.r_[0, np.cumsum(lengths)]
+ids = rng.integers(0, V, size=offsets[-1]).astype(np.int32)
+
+
+def bag_loop():
+    return np.stack([table[ids[offsets[i]:offsets[i + 1]]].mean(0) for i in range(N)])
+
+
+out_vec, cache = bag.embedding_bag_forward(table, ids, offsets)
+assert np.allclose(bag_loop(), out_vec, atol=1e-5)
+t_loop, t_vec = best_time(bag_loop), best_time(lambda: bag.embedding_bag_forward(table, ids, offsets))
+print(f"\nbag forward, {N} views, {len(ids):,} tokens: Python loop {1e3 * t_loop:.1f} ms, "
+      f"sparse product {1e3 * t_vec:.1f} ms ({t_loop / t_vec:.0f}x)")
+assert t_vec < t_loop
+
+# (b) the embedding gradient: sum the rows of dy that share a token id.
+#     np.add.at is the obvious scatter-add; layers.segment_sum builds a (U, M)
+#     0/1 sparse matrix and multiplies (see its docstring for the measured gap).
+dy = rng.standard_normal((len(ids), D)).astype(np.float32)
+
+
+def add_at():
+    rows = np.unique(ids)
+    dense = np.zeros((V, D), np.float32)
+    np.add.at(dense, ids, dy)
+    return rows, dense[rows]
+
+
+r1, s1 = add_at()
+r2, s2 = layers.segment_sum(ids, dy)
+assert np.array_equal(r1, r2) and np.allclose(s1, s2, atol=1e-4)
+t_add, t_seg = best_time(add_at), best_time(lambda: layers.segment_sum(ids, dy))
+print(f"embedding gradient, {len(ids):,} rows: np.add.at {1e3 * t_add:.1f} ms, "
+      f"layers.segment_sum {1e3 * t_seg:.1f} ms ({t_add / t_seg:.1f}x)")
+
+# ---------------------------------------------------------------------------
+# 3. CUDA kernels: each wrapper in minembed.cuda has a NumPy twin
+# ---------------------------------------------------------------------------
+src = cuda.kernel_source()
+print(f"\n{cuda.KERNEL_FILE.name}: {len(src.splitlines())} lines, kernels {', '.join(cuda.KERNEL_NAMES)}")
+for name in cuda.KERNEL_NAMES:
+    assert f"void {name}(" in src.replace("void  ", "void "), f"kernel {name} missing from the source"
+if not backend.gpu_available():
+    print("no GPU here (CuPy with a usable GPU was not found): the kernels are not run.")
+    start = src.index("layernorm_forward")
+    start = src.rfind("\n\n", 0, start) + 2
+    print("this is one of them, LayerNorm's forward (one warp per row):\n")
+    print("\n".join(src[start:].splitlines()[:30]))
+else:
+    cp = backend.get_xp("gpu")
+    x = rng.standard_normal((8192, 256)).astype(np.float32)
+    g, b = np.ones(256, np.float32), np.zeros(256, np.float32)
+    checks = {
+        "layernorm_forward": (lambda: cuda.layernorm_forward(cp.asarray(x), cp.asarray(g), cp.asarray(b))[0],
+                              lambda: layers.layernorm_forward(x.copy(), g, b)[0]),
+        "gelu_forward": (lambda: cuda.gelu_forward(cp.asarray(x))[0], lambda: layers.gelu_forward(x)[0]),
+        "softmax_forward": (lambda: cuda.softmax_forward(cp.asarray(x))[0],
+                            lambda: layers.softmax_forward(x)[0]),
+        "embedding_bag_forward": (lambda: cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(ids),
+                                                                     cp.asarray(offsets))[0],
+                                  lambda: out_vec),
+    }
+    print(f"GPU: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    for name, (gpu, ref) in checks.items():
+        err = float(np.abs(backend.to_numpy(gpu()) - ref()).max())
+        gpu()
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            gpu()
+        cp.cuda.Device().synchronize()
+        t_gpu = (time.perf_counter() - t0) / 10
+        t_cpu = best_time(ref)
+        print(f"   {name:22s} max |GPU - NumPy| {err:.1e}   GPU {1e3 * t_gpu:.3f} ms, NumPy {1e3 * t_cpu:.2f} ms")
+        assert err < 1e-4
+
+print("\nlesson 9 OK")

@@ -12,7 +12,10 @@ Before a model kind is trained for real, a few steps of it are timed (a
 calibration run) together with the time to embed a sample of the corpus; each
 training run then gets a share of the time that is left (after the evaluations
 still to come) and is given ``max_steps`` = share / seconds-per-step, capped at
-its target number of epochs. A run that ends early leaves its time to the next.
+its target number of epochs. The runs of one table that use the same encoder
+(the three transformer rows; the values of a sweep) train the same number of
+steps, decided at the first of them, so that they are compared fairly; time a
+group leaves unused goes to the runs after it.
 ``max_steps`` ends the learning-rate schedule too, so a short run still decays
 to 0. The steps and epochs actually run are reported in the table.
 
@@ -174,7 +177,7 @@ def measure(X, labels):
 
 def _embed_and_measure(model, texts, labels):
     t = time.perf_counter()
-    X = model.encode(texts, batch_size=256)
+    X = model.encode(texts, batch_size=256, normalize=False)  # raw: Euclidean differs from cosine
     r = measure(X, labels)
     r["eval_seconds"] = round(time.perf_counter() - t, 2)
     return r
@@ -212,6 +215,7 @@ class _Budget:
         self.calibrated = {}  # model kind -> dict(step_s, encode_s, steps_per_epoch, model)
         self.probe_s = 1.0  # seconds per kNN + probe evaluation (updated as they are measured)
         self.n = 0
+        self.group_steps = {}  # group -> (steps, steps per epoch)
 
     def left(self):
         return self.deadline - time.perf_counter()
@@ -241,25 +245,33 @@ class _Budget:
         self.calibrated[kind] = c
         return c
 
-    def steps_for(self, kind, cfg, weight, later):
+    def steps_for(self, kind, cfg, weight, later, n_same=1):
         """Steps for this run: its share of the time left, capped at its epochs.
 
-        ``later``: (kind, weight) of the training runs after this one."""
+        ``later``: (kind, weight) of the training runs after this one; ``n_same``:
+        how many runs (this one and the next n_same - 1) share one step count, so
+        that configurations compared with each other train equally long."""
         c = self.calibrate(kind)
         est = {k: v["encode_s"] for k, v in self.calibrated.items()}
         reserve = c["encode_s"] + self.probe_s + sum(
             est.get(k, c["encode_s"]) + self.probe_s for k, _ in later)
-        share = weight / (weight + sum(w for _, w in later))
-        seconds = max(0.0, self.left() - reserve) * share
+        share = weight * n_same / (weight + sum(w for _, w in later))
+        seconds = max(0.0, self.left() - reserve) * share / n_same
         spe = c["steps_per_epoch"]
         cap = spe * cfg.epochs
         # at least MIN_STEPS; at least one epoch when that is cheap (5 % of the whole budget)
         floor = max(MIN_STEPS, spe) if spe * c["step_s"] <= 0.05 * self.total else MIN_STEPS
         return min(cap, max(floor, int(seconds / c["step_s"]))), spe
 
-    def train(self, name, kind, cfg, weight, later):
-        """Train one budgeted run; returns (model, info dict)."""
-        steps, spe = self.steps_for(kind, cfg, weight, later)
+    def train(self, name, kind, cfg, weight, later, group=None, n_same=1):
+        """Train one budgeted run; returns (model, info dict). Runs of one ``group``
+        train the same number of steps (decided at the first, for ``n_same`` runs)."""
+        if group is not None and group in self.group_steps:
+            steps, spe = self.group_steps[group]
+        else:
+            steps, spe = self.steps_for(kind, cfg, weight, later, n_same)
+            if group is not None:
+                self.group_steps[group] = steps, spe
         cfg = dataclasses.replace(cfg, epochs=max(1, math.ceil(steps / spe)), max_steps=steps)
         self.n += 1
         out = os.path.join(self.work_dir, f"run-{self.n:02d}")
@@ -362,12 +374,14 @@ def run_comparison(corpus=None, fast=False, budget_minutes=None, fmt="auto", swe
                              train_seconds=0.0, final_loss=None, **r))
             say(_row_line(rows[-1]))
 
-        for i, (group, name, kind, cfg, weight) in enumerate(plan):
+        for i, (grp, name, kind, cfg, weight) in enumerate(plan):
             later = [(k, w) for _, _, k, _, w in plan[i + 1:]]
-            model, info = b.train(name, kind, cfg, weight, later)
+            group = (grp, kind)  # one step count for the runs of a table with one encoder
+            n_same = sum(1 for g, _, k, _, _ in plan if (g, k) == group)
+            model, info = b.train(name, kind, cfg, weight, later, group, n_same)
             r = _embed_and_measure(model, texts, labels)
             row = dict(configuration=name, model=kind, settings=_settings(cfg), **info, **r)
-            (rows if group == "main" else sweep_rows[group]).append(row)
+            (rows if grp == "main" else sweep_rows[grp]).append(row)
             say(_row_line(row))
             if not keep_models:
                 shutil.rmtree(model.path, ignore_errors=True)

@@ -21,8 +21,9 @@ def split(n, test_size=TEST_SIZE, seed=SPLIT_SEED):
 
 def _check(X, labels):
     labels = np.asarray(labels)
-    if len(labels) != len(X):
-        raise MinembedError(f"{len(X)} embeddings but {len(labels)} labels")
+    n = X.shape[0]  # not len(X): sparse TF-IDF matrices have no len
+    if len(labels) != n:
+        raise MinembedError(f"{n} embeddings but {len(labels)} labels")
     if len(labels) < 2 * K:
         raise MinembedError(f"evaluation needs at least {2 * K} labelled documents, got {len(labels)}")
     return labels

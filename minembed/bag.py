@@ -11,6 +11,9 @@ Then
     forward:   out = A @ table[uniq]            (N, D)
     backward:  d table[uniq] = A.T @ dout       (U, D); every other row: 0
 
+(The forward indexes A's columns by token id directly, (N, V) @ (V, D), which
+is the same product without gathering table[uniq].)
+
 so the backward touches only the U rows the batch used. scipy's CSR product
 does the scatter-add of the backward far faster than ``np.add.at``
 (see benchmarks/bench_bag.py). The forward uses the same entries indexed by
@@ -20,6 +23,7 @@ encoding (forward only) does none of that work.
 """
 import numpy as np
 
+from . import cuda
 from .backend import xp_of
 from .layers import RowGrad
 
@@ -40,6 +44,8 @@ def embedding_bag_forward(table, ids, offsets):
     table: (V, D); ids: (M,) int; offsets: (N+1,) int, view i = ids[offsets[i]:offsets[i+1]].
     Returns out (N, D) in table's dtype (an empty view gives a zero vector) and the cache.
     """
+    if cuda.use_kernels(table):  # on a GPU: one kernel (minembed/kernels/kernels.cu)
+        return cuda.embedding_bag_forward(table, ids, offsets)
     xp = xp_of(table)
     ids = xp.asarray(ids)
     offsets = xp.asarray(offsets, dtype=xp.int64)
@@ -56,6 +62,8 @@ def embedding_bag_forward(table, ids, offsets):
 
 def embedding_bag_backward(dout, cache):
     """Gradient for the rows the batch touched: d table[uniq] = A.T @ dout."""
+    if isinstance(cache, cuda.BagCache):  # the forward ran the CUDA kernel
+        return cuda.embedding_bag_backward(dout, cache)
     xp = xp_of(dout)
     ids, offsets, weights, vocab = cache
     # sorted distinct ids, and for each occurrence the index of its id in uniq:

@@ -17,6 +17,7 @@ m, v and p for the touched rows only, which costs O(rows used) instead of O(V).
 """
 import math
 
+from . import cuda
 from .backend import xp_of
 from .layers import RowGrad
 
@@ -37,6 +38,8 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     to g.rows alone -- the same numbers as with densify(g), without building
     and streaming through a dense (V, D) gradient.
     """
+    if cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
+        return cuda.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
     xp = xp_of(p)
     rows, g = (g.rows, g.values) if isinstance(g, RowGrad) else (..., g)
     if weight_decay:
@@ -54,6 +57,8 @@ def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, ep
 
     rows must be distinct (a RowGrad's are). Gather, update, scatter back.
     """
+    if cuda.use_kernels(p, g_rows, m, v):  # on a GPU: one fused kernel
+        return cuda.adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
     xp = xp_of(p)
     pr, mr, vr = p[rows], m[rows], v[rows]
     if weight_decay:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import cuda
 from .backend import xp_of
 
 
@@ -64,6 +65,8 @@ LN_EPS = 1e-5
 
 
 def layernorm_forward(x, g, b, eps=LN_EPS):
+    if cuda.use_kernels(x, g, b):  # on a GPU: the CUDA twin (minembed/kernels/kernels.cu)
+        return cuda.layernorm_forward(x, g, b, eps)
     xp = xp_of(x)
     xc = x - x.mean(axis=-1, keepdims=True)                     # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)                # (..., 1)
@@ -79,6 +82,8 @@ def layernorm_backward(dy, cache):
     # With dxhat = dy * g, the mean and the variance both depend on x, giving
     #   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
     # (means over the last dim); dg = sum(dy * xhat), db = sum(dy) over rows.
+    if cuda.use_kernels(dy):
+        return cuda.layernorm_backward(dy, cache)
     xhat, rstd, g = cache
     C = xhat.shape[-1]
     dg = (dy * xhat).reshape(-1, C).sum(axis=0)
@@ -99,6 +104,8 @@ GELU_A = 0.044715
 
 
 def gelu_forward(x):
+    if cuda.use_kernels(x):
+        return cuda.gelu_forward(x)
     xp = xp_of(x)
     u = x * x
     u *= GELU_A * GELU_C
@@ -114,6 +121,8 @@ def gelu_forward(x):
 def gelu_backward(dy, cache):
     # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2)
     # (memory-bound: two temporaries, every other step in place)
+    if cuda.use_kernels(dy):
+        return cuda.gelu_backward(dy, cache)
     x, t = cache
     s = t * t
     s -= 1.0                             # -(1 - t^2)
@@ -135,6 +144,8 @@ def gelu_backward(dy, cache):
 # all zeros (not NaN).
 # ----------------------------------------------------------------------------
 def softmax_forward(z, mask=None):
+    if cuda.use_kernels(z):
+        return cuda.softmax_forward(z, mask)
     xp = xp_of(z)
     if mask is None:
         e = z - z.max(axis=-1, keepdims=True)
@@ -153,6 +164,8 @@ def softmax_forward(z, mask=None):
 def softmax_backward(dp, cache):
     # p_j = e_j / sum_k e_k  =>  dz_j = p_j (dp_j - sum_k dp_k p_k);
     # masked keys have p_j = 0 so they get dz_j = 0 exactly.
+    if cuda.use_kernels(dp, cache[0]):
+        return cuda.softmax_backward(dp, cache)
     (p,) = cache
     dz = dp * p
     dz -= p * dz.sum(axis=-1, keepdims=True)
@@ -326,6 +339,8 @@ def segment_sum(keys, values):
     keys (M,) int (host or device), values (M, C). A scatter-add; NumPy's
     np.add.at takes ~20 ms for 12k x 256 and sort + np.add.reduceat ~38 ms,
     while a (U, M) 0/1 sparse matrix times values takes ~2 ms."""
+    if cuda.use_kernels(values):
+        return cuda.segment_sum(keys, values)
     xp = xp_of(values)
     if xp is np:
         import scipy.sparse

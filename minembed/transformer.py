@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .backend import xp_of
+from .backend import xp_of, to_numpy
 from . import layers as L
 
 DEFAULTS = dict(dim=256, layers=4, heads=4, ffn=1024, max_len=128, dropout=0.1)
@@ -74,8 +74,8 @@ def layout(ids, offsets, max_len, buckets=1):
       grids      [(index (M_b,), key_mask (N_b, T_b))] per bucket, in row order
       index, key_mask   one (N, T) grid of all packed views (for pooling)
     """
-    ids = np.asarray(ids)
-    offsets = np.asarray(offsets, dtype=np.int64)
+    ids = to_numpy(ids)  # the layout is index bookkeeping: done on the host
+    offsets = to_numpy(offsets).astype(np.int64, copy=False)
     cut = np.minimum(np.diff(offsets), max_len)
     N = len(cut)
     order = np.argsort(cut, kind="stable")
@@ -115,8 +115,8 @@ def forward(params, ids, offsets, config, train=False, rng=None):
     grids = [(xp.asarray(i), xp.asarray(m)) for i, m in lay["grids"]]
     N, T = lay["key_mask"].shape
 
-    x, c_tok = L.embedding_forward(params["tok_emb"], lay["ids"])     # (M, D)
-    xpos, c_pos = L.positional_forward(params["pos_emb"], lay["pos"])
+    x, c_tok = L.embedding_forward(params["tok_emb"], xp.asarray(lay["ids"]))   # (M, D)
+    xpos, c_pos = L.positional_forward(params["pos_emb"], xp.asarray(lay["pos"]))
     x += xpos
     del xpos
 

@@ -42,7 +42,7 @@ import numpy as np
 from . import evaluate
 from .errors import MinembedError
 from .model import Model, atomic_write_bytes, atomic_write_json, encoder_module
-from .train import TrainConfig, cache_dir, train
+from .train import TrainConfig, auto_epochs, cache_dir, train
 
 # ---------------------------------------------------------------------------
 # settings
@@ -51,7 +51,8 @@ FULL = dict(
     budget_minutes=30.0,
     max_docs=None,
     vocab_size=8192,
-    bag=dict(model="bag", dim=256, batch_size=256, epochs=10),  # the paper: 10 epochs, lr 0.5
+    # `minembed train`'s defaults (batch 128, lr 0.1, epochs for >= 800 steps; see the README)
+    bag=dict(model="bag", dim=256),
     # small enough to train a few epochs in minutes on a CPU (the paper's is BERT-base)
     transformer=dict(model="transformer", dim=128, layers=2, heads=4, ffn=512, max_len=64,
                      batch_size=64, epochs=10, lr=5e-4),
@@ -258,7 +259,7 @@ class _Budget:
         share = weight * n_same / (weight + sum(w for _, w in later))
         seconds = max(0.0, self.left() - reserve) * share / n_same
         spe = c["steps_per_epoch"]
-        cap = spe * cfg.epochs
+        cap = spe * (cfg.epochs or auto_epochs(cfg.model, spe))
         # at least MIN_STEPS; at least one epoch when that is cheap (5 % of the whole budget)
         floor = max(MIN_STEPS, spe) if spe * c["step_s"] <= 0.05 * self.total else MIN_STEPS
         return min(cap, max(floor, int(seconds / c["step_s"]))), spe

@@ -91,10 +91,10 @@ else:
         print(f"   {k:10s} {s:.3f}")
     print(f"   (majority class {chance:.3f}; lesson 5's bag model gets ~0.75 in 10 epochs)")
     better = "above" if scores["crops"] > scores["dropout"] else "not above"
-    print(f"   here crops end {better} dropout. With longer training (200 steps of this model,\n"
-          "   measured while writing this lesson) crops reached 0.58 while the dropout loss was\n"
-          "   already ~0.002 from step 10 on; the paper (BERT-base, 10 epochs): crops 57.1 vs\n"
-          "   dropout far below (pretrained MPNet + dropout 46.8 vs + crops 58.9).")
+    print(f"   here crops end {better} dropout. For longer training run `minembed compare`: its\n"
+          "   2-layer transformer trains 10 epochs with each kind of positives (the table in\n"
+          "   docs/compare.md); the paper (BERT-base, 10 epochs): crops 57.1, and pretrained\n"
+          "   MPNet + dropout 46.8 vs + crops 58.9.")
     for s in scores.values():
         assert s > 2 * chance
 

@@ -93,5 +93,10 @@ def forward(params, ids, offsets, config=None, train=False, rng=None):
     return out, cache
 
 
+def encode(params, ids, offsets, config=None):
+    """emb (N, dim) for inference (no cache kept)."""
+    return embedding_bag_forward(params["tok_emb"], ids, offsets)[0]
+
+
 def backward(demb, cache):
     return {"tok_emb": embedding_bag_backward(demb, cache)}

@@ -75,6 +75,6 @@ def tfidf(texts, svd_dim=None, l2=False, seed=0):
     return X
 
 
-def evaluate_model(model, texts, labels, batch_size=512):
+def evaluate_model(model, texts, labels, batch_size=256):
     """kNN accuracies of a Model's embeddings of the texts."""
     return knn_scores(model.encode(texts, batch_size=batch_size), labels)

@@ -168,8 +168,8 @@ class Model:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in idx])
-            emb, _ = self.encoder.forward(self.params, to_device(ids, xp), to_device(offsets, xp),
-                                          self.config, train=False)
+            emb = self.encoder.encode(self.params, to_device(ids, xp), to_device(offsets, xp),
+                                      self.config)
             out[idx] = to_numpy(emb)
             if progress is not None:
                 progress(len(idx))

@@ -104,6 +104,16 @@ def forward(params, ids, offsets, config, train=False, rng=None):
 
     train=True turns dropout on (attention weights and residual branches,
     p = config["dropout"]); its masks are drawn from ``rng`` (required)."""
+    return _forward(params, ids, offsets, config, train, rng, keep_cache=True)
+
+
+def encode(params, ids, offsets, config):
+    """emb (N, dim) for inference: forward(train=False) without keeping what the
+    backward would need, so memory holds one layer's activations, not all of them."""
+    return _forward(params, ids, offsets, config, False, None, keep_cache=False)[0]
+
+
+def _forward(params, ids, offsets, config, train, rng, keep_cache):
     cfg = _config(config)
     p_drop = cfg["dropout"] if train else 0.0
     if train and p_drop > 0 and rng is None:
@@ -135,7 +145,8 @@ def forward(params, ids, offsets, config, train=False, rng=None):
         h, c_proj = L.linear_forward(h, params[b + "mlp.proj.w"], params[b + "mlp.proj.b"])
         h, c_d2 = L.dropout_forward(h, p_drop, rng)
         x = x + h                                                     # residual
-        blocks.append((c_ln1, c_attn, c_d1, c_ln2, c_fc, c_gelu, c_proj, c_d2))
+        if keep_cache:
+            blocks.append((c_ln1, c_attn, c_d1, c_ln2, c_fc, c_gelu, c_proj, c_d2))
 
     x, c_lnf = L.layernorm_forward(x, params["ln_f.g"], params["ln_f.b"])
     x, c_pad = L.pad_forward(x, xp.asarray(lay["index"]), N, T)     # (N, T, D)
@@ -143,7 +154,7 @@ def forward(params, ids, offsets, config, train=False, rng=None):
     order = xp.asarray(lay["order"])
     out = xp.empty_like(emb)
     out[order] = emb                                                  # back to input order
-    cache = (cfg["layers"], c_tok, c_pos, blocks, c_lnf, c_pad, c_pool, order)
+    cache = (cfg["layers"], c_tok, c_pos, blocks, c_lnf, c_pad, c_pool, order) if keep_cache else None
     return out, cache
 
 

@@ -174,3 +174,11 @@ def test_length_buckets_do_not_change_the_result():
     for k in g1:
         a, b = (_dense(g1[k], p[k].shape), _dense(g4[k], p[k].shape))
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_encode_is_forward_without_cache():
+    p = _params64()
+    ids, offsets = _batch()
+    emb, cache = tr.forward(p, ids, offsets, CFG)
+    np.testing.assert_array_equal(tr.encode(p, ids, offsets, CFG), emb)
+    assert cache is not None

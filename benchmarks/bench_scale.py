@@ -118,6 +118,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="minembed-scale-", dir=args.dir)
     try:
         corpus = os.path.join(work, "corpus.txt")

@@ -1,0 +1,1 @@
+"""CUDA sources of minembed's GPU kernels (kernels.cu), loaded by minembed.cuda."""

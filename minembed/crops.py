@@ -130,6 +130,9 @@ class PairSampler:
         view_len = lens.sum(axis=1)
         idx = _gather_ranges(starts.ravel(), lens.ravel())
         ids = np.asarray(self.corpus.ids[idx], dtype=np.int32) if len(idx) else np.zeros(0, np.int32)
+        # a random read of a mapped file maps whole page-cache folios (up to MBs each)
+        # into our resident memory: release them, so that memory stays flat in corpus size
+        self.corpus.release_pages()
         offsets = np.zeros(len(view_len) + 1, dtype=np.int64)
         np.cumsum(view_len, out=offsets[1:])
         if self.positives == "mask":

@@ -21,6 +21,7 @@ the corpus size; the directory appears under its final name only when complete.
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import re
 import shutil
@@ -158,21 +159,53 @@ class _NpyWriter:
         self.f.close()
 
 
+def _map_npy(path):
+    """A read-only array over a 1-D ``.npy`` file through an mmap we hold (so that
+    its pages can be released), and that mmap. The header is parsed, never
+    unpickled (the format is a Python-literal dict, see _NpyWriter)."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if len(shape) != 1 or dtype.hasobject:
+            raise ValueError(f"{path}: expected a 1-D numeric array")
+        offset = f.tell()
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(mm, dtype=dtype, count=shape[0], offset=offset), mm
+
+
 class TokenizedCorpus:
-    """Memory-mapped views of a tokenised corpus directory (see the module docstring)."""
+    """Memory-mapped views of a tokenised corpus directory (see the module docstring).
+
+    Pages of a mapped file that training has read count in the process's
+    resident memory until released, and one random read maps a whole
+    page-cache folio (measured: ~280 MB mapped to gather 12k tokens of 256
+    random documents from a 700 MB id file). So the crop sampler calls
+    ``release_pages()`` after each batch: resident memory stays flat in the
+    corpus size. The pages stay in the OS page cache: reading them again costs
+    a minor fault, not disk I/O.
+    """
 
     FILES = ("ids", "doc_offsets", "sent_offsets", "doc_sents", "sent_chars")
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self._mmaps = []
         try:
             with open(os.path.join(self.path, "meta.json")) as f:
                 self.meta = json.load(f)
             for name in self.FILES:
-                setattr(self, name, np.load(os.path.join(self.path, name + ".npy"),
-                                            mmap_mode="r", allow_pickle=False))
+                arr, mm = _map_npy(os.path.join(self.path, name + ".npy"))
+                setattr(self, name, arr)
+                self._mmaps.append(mm)
         except (OSError, ValueError) as e:
             raise MinembedError(f"tokenised corpus at {self.path} is unreadable ({e}); delete it to rebuild") from None
+
+    def release_pages(self):
+        """Drop the mapped pages from this process's resident set (MADV_DONTNEED)."""
+        for mm in self._mmaps:
+            if len(mm):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     @property
     def n_docs(self):

@@ -393,6 +393,7 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
                               span_min=cfg.span_min, span_max=cfg.span_max, positives=cfg.positives,
                               mask_frac=cfg.mask_frac, mask_id=mask_token_id(tok),
                               max_len=cfg.max_len if cfg.model == "transformer" else None)
+        data.release_pages()  # the sampler read whole per-sentence arrays once
         st = sampler.stats
         say(f"{st['documents']:,} documents: {st['sentence_crops']:,} with sentence crops, "
             f"{st['token_spans']:,} with token spans, {st['skipped']:,} skipped (too short)")

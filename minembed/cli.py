@@ -171,22 +171,9 @@ def train(corpus, out, fmt, tokenizer_path, max_doc_chars, eval_every, device, f
         sys.exit(130)
 
 
-def _labelled(corpus, fmt="auto", max_doc_chars=None):
-    """(texts, labels) of a labelled corpus, or of the built-in one."""
-    from . import corpus as corpus_mod
-    if corpus is None:
-        from .datasets import docstrings
-        return docstrings()
-    texts, labels = corpus_mod.read_corpus(corpus, fmt, max_doc_chars or corpus_mod.MAX_DOC_CHARS)
-    if labels is None:
-        raise MinembedError(f"{corpus} has no labels: evaluation needs a .jsonl corpus with a "
-                            f'"label" field on every line')
-    return texts, labels
-
-
 def _eval_fn(corpus, fmt, max_doc_chars):
-    from .evaluate import evaluate_model
-    texts, labels = _labelled(corpus, fmt, max_doc_chars)
+    from .evaluate import evaluate_model, labelled_corpus
+    texts, labels = labelled_corpus(corpus, fmt, max_doc_chars)
     return lambda model: evaluate_model(model, texts, labels)
 
 
@@ -226,11 +213,11 @@ def eval_(model_dir, corpus, fmt, as_json, device):
     """kNN accuracy (k = 10, Euclidean and cosine, 90/10 split, fixed seed) of the
     model on a labelled CORPUS (default: the built-in one), next to the untrained
     model and a TF-IDF -> SVD(100) -> L2 baseline."""
-    from .evaluate import evaluate_model, knn_scores, tfidf
+    from .evaluate import evaluate_model, knn_scores, labelled_corpus, tfidf
     from .model import Model, load
 
     model = load(model_dir, device=device)
-    texts, labels = _labelled(corpus, fmt)
+    texts, labels = labelled_corpus(corpus, fmt)
     untrained = Model(model.config, model.encoder.init_params(
         model.config, np.random.default_rng([model.config.get("training", {}).get("seed", 0), 0])),
         model.tokenizer)

@@ -105,16 +105,10 @@ PAPER_KNN = {
 
 def load_labelled(corpus=None, fmt="auto"):
     """(texts, labels, name) of a labelled corpus file, or of the built-in corpus (None)."""
-    if corpus is None:
-        from .datasets import docstrings
-        texts, labels = docstrings()
-        return list(texts), list(labels), "built-in corpus (numpy/scipy/scikit-learn docstrings)"
-    from .corpus import read_corpus
-    texts, labels = read_corpus(corpus, fmt)
-    if labels is None:
-        raise MinembedError(f"{corpus} has no labels: the comparison needs a .jsonl corpus with a "
-                            f'"label" field on every line')
-    return texts, labels, os.fspath(corpus)
+    texts, labels = evaluate.labelled_corpus(corpus, fmt, purpose="the comparison")
+    name = ("built-in corpus (numpy/scipy/scikit-learn docstrings)" if corpus is None
+            else os.fspath(corpus))
+    return texts, labels, name
 
 
 def _subset(texts, labels, max_docs, seed=0):

@@ -492,10 +492,14 @@ def _versions():
             "sklearn": version("scikit-learn")}
 
 
+def default_cache_dir():
+    """minembed's cache directory: $MINEMBED_CACHE, or ~/.cache/minembed."""
+    return os.environ.get("MINEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minembed")
+
+
 def cache_path(cache_dir=None):
     """Where the corpus for the installed package versions is cached."""
-    cache_dir = (cache_dir or os.environ.get("MINEMBED_CACHE")
-                 or os.path.join(os.path.expanduser("~"), ".cache", "minembed"))
+    cache_dir = cache_dir or default_cache_dir()
     tag = "-".join(f"{k}{v}" for k, v in _versions().items())
     return os.path.join(cache_dir, f"docstrings-v{FORMAT_VERSION}-{tag}.jsonl.gz")
 

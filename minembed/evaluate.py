@@ -12,6 +12,21 @@ TEST_SIZE = 0.1
 SPLIT_SEED = 42
 
 
+def labelled_corpus(corpus=None, fmt="auto", max_doc_chars=None, purpose="evaluation"):
+    """(texts, labels) of a labelled corpus file, or of the built-in corpus (None).
+    A file without labels is a MinembedError naming ``purpose``."""
+    if corpus is None:
+        from .datasets import docstrings
+        texts, labels = docstrings()
+        return list(texts), list(labels)
+    from .corpus import MAX_DOC_CHARS, read_corpus
+    texts, labels = read_corpus(corpus, fmt, max_doc_chars or MAX_DOC_CHARS)
+    if labels is None:
+        raise MinembedError(f"{corpus} has no labels: {purpose} needs a .jsonl corpus with a "
+                            f'"label" field on every line')
+    return texts, labels
+
+
 def split(n, test_size=TEST_SIZE, seed=SPLIT_SEED):
     """Indices (train, test) of a random split, fixed by the seed."""
     perm = np.random.default_rng(seed).permutation(n)

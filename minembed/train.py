@@ -33,7 +33,7 @@ from .backend import get_xp, to_device, xp_of
 from .crops import PairSampler
 from .errors import MinembedError
 from .loss import infonce_backward, infonce_forward
-from .model import Model, atomic_write_json, encoder_module, holds_model, save_model
+from .model import Model, atomic_write_bytes, encoder_module, holds_model, save_model
 from .tokenize import (DEFAULT_VOCAB_SIZE, TokenizedCorpus, TokenizeProgress, fingerprint,
                        load_tokenizer, mask_token_id, tokenize_corpus, tokenizer_from_str,
                        train_tokenizer)
@@ -140,7 +140,8 @@ class TrainConfig:
 
 
 def cache_dir():
-    return os.environ.get("MINEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minembed")
+    from .datasets import default_cache_dir  # standard library only: cheap to import
+    return default_cache_dir()
 
 
 # ---------------------------------------------------------------------------
@@ -205,7 +206,6 @@ def get_tokenizer(source, vocab_size, tokenizer_path=None, say=None):
     texts = (t for i, t in zip(range(TOKENIZER_SAMPLE_DOCS), source.texts()))
     tok = train_tokenizer(texts, vocab_size=vocab_size)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    from .model import atomic_write_bytes
     atomic_write_bytes(path, tok.to_str().encode("utf-8"))
     return tok
 

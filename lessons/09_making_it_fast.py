@@ -145,7 +145,8 @@ else:
                                                                      cp.asarray(offsets))[0],
                                   lambda: out_vec),
     }
-    print(f"GPU: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
+    print(f"GPU: {name.decode() if isinstance(name, bytes) else name}")
     for name, (gpu, ref) in checks.items():
         err = float(np.abs(backend.to_numpy(gpu()) - ref()).max())
         gpu()

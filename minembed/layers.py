@@ -176,11 +176,18 @@ def softmax_backward(dp, cache):
 # dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 # ----------------------------------------------------------------------------
 def dropout_mask(shape, p, rng, xp=np):
-    """The boolean keep mask (True with probability 1 - p), from a NumPy Generator.
+    """The boolean keep mask (True with probability 1 - p), a function of the
+    NumPy Generator ``rng``'s state: one state gives one mask.
 
-    Always draws float32 uniforms, so one generator state gives one mask
-    whatever the dtype of the activations."""
-    return xp.asarray(rng.random(shape, dtype=np.float32) >= p)
+    On the host: float32 uniforms from rng, whatever the activations' dtype.
+    On a GPU the uniforms are drawn there, by a Philox generator seeded from
+    rng (a host mask of every activation would cost more to draw and copy than
+    the step itself), so GPU masks differ from CPU masks for the same seed."""
+    if xp is np:
+        return rng.random(shape, dtype=np.float32) >= p
+    gen = xp.random.RandomState(int(rng.integers(2 ** 63)),
+                                method=xp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+    return gen.random_sample(shape, dtype=np.float32) >= p
 
 
 def dropout_forward(x, p, rng=None):

@@ -18,7 +18,7 @@ m, v and p for the touched rows only, which costs O(rows used) instead of O(V).
 import math
 
 from . import cuda
-from .backend import xp_of
+from .backend import to_numpy, xp_of
 from .layers import RowGrad
 
 
@@ -110,10 +110,13 @@ def densify(g, shape):
 
 def grad_norm(grads):
     """Global L2 norm over all gradients (RowGrads count their rows only)."""
+    sums = [(v * v).sum() for v in (g.values if isinstance(g, RowGrad) else g
+                                    for g in grads.values())]
+    if not sums:
+        return 0.0
     total = 0.0
-    for g in grads.values():
-        vals = g.values if isinstance(g, RowGrad) else g
-        total += float((vals * vals).sum())
+    for s in to_numpy(xp_of(*sums).stack(sums)):  # one copy from a GPU, not one per array
+        total += float(s)
     return math.sqrt(total)
 
 

@@ -68,7 +68,7 @@ class Ours:
             loss = float((emb * self.R).sum())
         t1 = time.perf_counter()
         if infonce_backward is not None:
-            da, dp = infonce_backward(lcache)
+            da, dp = infonce_backward(1.0, lcache)
             demb = np.concatenate([da, dp]).astype(emb.dtype, copy=False)
         else:
             demb = self.R

@@ -200,39 +200,83 @@ def dev_batch(ids, offsets):
     return cp.asarray(ids), cp.asarray(offsets)
 
 
-def compare_step(label, encoder, enc_cfg, params_np, ids, offsets, n_steps=2, lr=1e-2, clip=0.0):
-    """n_steps of the NumPy step and of the GPU step, kernels on and off, from the
-    same weights on the same batch: losses and final weights."""
+def _grad_arrays(grads):
+    """{name: host copy} of a gradient dict (a RowGrad as its rows and values)."""
+    from minembed.backend import to_numpy
+    out = {}
+    for k, g in grads.items():
+        if hasattr(g, "rows"):
+            out[k + ".rows"] = np.array(to_numpy(g.rows))
+            out[k] = np.array(to_numpy(g.values))
+        else:
+            out[k] = np.array(to_numpy(g))
+    return out
+
+
+def _worst(ref, got):
+    """(worst max|diff| / max|ref| over the arrays, its name)."""
+    worst, name = 0.0, ""
+    for k, r in ref.items():
+        r = np.asarray(r, np.float64)
+        g = np.asarray(got[k], np.float64)
+        if r.shape != g.shape:
+            return float("inf"), k + " (shape)"
+        rel = float(np.abs(g - r).max()) / max(float(np.abs(r).max()), 1e-30) if r.size else 0.0
+        if rel >= worst:
+            worst, name = rel, k
+    return worst, name
+
+
+def compare_step(label, encoder, enc_cfg, params_np, ids, offsets, lr=1e-2, clip=0.0):
+    """One training step, NumPy and GPU (kernels on, and the generic CuPy code),
+    from the same weights on the same batch: the loss, every gradient, and the
+    weights after clipping + Adam applied to the same gradient (the NumPy one,
+    copied to the GPU). Adam's update is ~lr * sign(g) where |g| is tiny, so
+    weights after Adam on each side's own gradient differ by up to ~lr where a
+    gradient entry is float32 noise: reported too, for information."""
     import cupy as cp
     from minembed import optim
+    from minembed.train import train_step
+    cfg = types.SimpleNamespace(scale=20.0, symmetric=False)
     p_np = {k: v.copy() for k, v in params_np.items()}
-    s_np = optim.adam_init(p_np)
-    losses_np = [loop_step(encoder, p_np, s_np, ids, offsets, enc_cfg, lr, clip, seed=i)
-                 for i in range(n_steps)]
+    loss_np, acc_np, g_np = train_step(encoder, p_np, enc_cfg, ids, offsets, cfg,
+                                       np.random.default_rng(0))
+    ref_grads = _grad_arrays(g_np)
+    p_own = {k: v.copy() for k, v in params_np.items()}
+    own = loop_step(encoder, p_own, optim.adam_init(p_own), ids, offsets, enc_cfg, lr, clip)
+    assert own == loss_np
+    optim.clip_grads(g_np, clip)
+    optim.adam_step(p_np, g_np, optim.adam_init(p_np), lr, lazy=True)
     for on in (True, False):
-        p_gpu = to_dev(params_np)
-        s_gpu = optim.adam_init(p_gpu)
+        how = "kernels" if on else "generic CuPy"
         ids_d, off_d = dev_batch(ids, offsets)
         with kernels(on):
-            losses = [loop_step(encoder, p_gpu, s_gpu, ids_d, off_d, enc_cfg, lr, clip, seed=i)
-                      for i in range(n_steps)]
-        worst, worst_name = 0.0, ""
-        for k in p_np:
-            ref = p_np[k].astype(np.float64)
-            err = float(np.abs(cp.asnumpy(p_gpu[k]).astype(np.float64) - ref).max())
-            rel = err / max(float(np.abs(ref).max()), 1e-30)
-            if rel >= worst:
-                worst, worst_name = rel, k
-        dl = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses_np, losses))
-        how = "kernels" if on else "generic CuPy"
-        print(f"{label} [{how}]: losses NumPy / GPU per step: "
-              + ", ".join(f"{a:.6f} / {b:.6f}" for a, b in zip(losses_np, losses)))
-        print(f"{label} [{how}]: max relative loss difference {dl:.2e}; updated weights: "
-              f"worst max|diff|/max|w| = {worst:.2e} ({worst_name})")
-        ok = dl < 1e-4 and worst < 1e-3   # Adam divides by sqrt(v): float32 noise in tiny gradients grows
-        RESULTS[f"step {label} {how}"] = {"loss_rel": dl, "weights_rel": worst}
+            p_gpu = to_dev(params_np)
+            loss, acc, g_gpu = train_step(encoder, p_gpu, enc_cfg, ids_d, off_d, cfg,
+                                          np.random.default_rng(0))
+            g_err, g_name = _worst(ref_grads, _grad_arrays(g_gpu))
+            same = {}                                        # the NumPy gradient, on the GPU
+            for k, g in train_step(encoder, {k: v.copy() for k, v in params_np.items()}, enc_cfg,
+                                   ids, offsets, cfg, np.random.default_rng(0))[2].items():
+                same[k] = (type(g)(cp.asarray(g.rows), cp.asarray(g.values)) if hasattr(g, "rows")
+                           else cp.asarray(g))
+            optim.clip_grads(same, clip)
+            optim.adam_step(p_gpu, same, optim.adam_init(p_gpu), lr, lazy=True)
+            w_err, w_name = _worst(p_np, {k: cp.asnumpy(v) for k, v in p_gpu.items()})
+            p_gpu = to_dev(params_np)
+            loop_step(encoder, p_gpu, optim.adam_init(p_gpu), ids_d, off_d, enc_cfg, lr, clip)
+            o_err, o_name = _worst(p_own, {k: cp.asnumpy(v) for k, v in p_gpu.items()})
+        dl = abs(loss - loss_np) / max(abs(loss_np), 1e-12)
+        print(f"{label} [{how}]: loss NumPy {loss_np:.7f} GPU {loss:.7f} (rel {dl:.1e}); "
+              f"accuracy {acc_np:.4f} / {acc:.4f}")
+        print(f"{label} [{how}]: gradients: worst max|diff|/max|g| = {g_err:.1e} ({g_name}); "
+              f"weights after clip + Adam on the same gradient: {w_err:.1e} ({w_name}); "
+              f"after Adam on each side's own gradient: {o_err:.1e} ({o_name})")
+        ok = dl < 1e-5 and g_err < 1e-4 and w_err < 1e-5
+        RESULTS[f"step {label} {how}"] = {"loss_rel": dl, "grad_rel": g_err, "weights_rel": w_err,
+                                          "weights_own_grad_rel": o_err}
         SUMMARY.append((f"{label} step GPU ({how}) vs NumPy",
-                        f"loss rel {dl:.1e}, weights rel {worst:.1e}", "",
+                        f"loss {dl:.1e}, grads {g_err:.1e}, weights {w_err:.1e}", "",
                         "pass" if ok else "FAIL"))
 
 
@@ -317,7 +361,7 @@ def phases(encoder, enc_cfg, params_np, ids, offsets, n, clip=0.0):
         mark()
         b = emb.shape[0] // 2
         loss, lc = infonce_forward(emb[:b], emb[b:], scale=20.0)
-        da, dp = infonce_backward(lc)
+        da, dp = infonce_backward(1.0, lc)
         mark()
         grads = encoder.backward(cp.concatenate([da, dp]), cache)
         mark()
@@ -346,6 +390,117 @@ def profile(step, n=5, top=25):
     s = io.StringIO()
     pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
     print("\n".join(s.getvalue().splitlines()[:top + 12]))
+
+
+BREAKDOWN = {
+    "layers": ["linear_forward", "linear_backward", "layernorm_forward", "layernorm_backward",
+               "gelu_forward", "gelu_backward", "softmax_forward", "softmax_backward",
+               "dropout_forward", "dropout_backward", "pad_forward", "pad_backward",
+               "unpad_forward", "unpad_backward", "attention_core_forward",
+               "attention_core_backward", "attention_forward", "attention_backward",
+               "segment_sum", "embedding_forward", "embedding_backward", "positional_forward",
+               "positional_backward", "mean_pool_forward", "mean_pool_backward"],
+    "loss": ["l2_normalize_forward", "l2_normalize_backward", "infonce_rows"],
+    "train": ["infonce_forward", "infonce_backward"],
+    "optim": ["adam_update", "adam_update_rows", "grad_norm", "adam_step"],
+    "bag": ["embedding_bag_forward", "embedding_bag_backward"],
+    "transformer": ["layout"],
+}
+
+
+def gpu_breakdown(step, n=5, top=30):
+    """Where the GPU time of a step goes: CUDA events recorded around every call
+    of the layer functions (no host waits), read after the steps; 'self' is a
+    function's time minus that of the listed functions it called. Where the host
+    is slower than the GPU, the gaps count too (then the times are host time)."""
+    import importlib
+    import cupy as cp
+    recs, stack, patched = [], [], []
+
+    def wrap(modname, fname, fn):
+        def timed(*a, **k):
+            e0 = cp.cuda.Event()
+            e0.record()
+            me = len(recs)
+            recs.append([fname, e0, None, stack[-1] if stack else None])
+            stack.append(me)
+            try:
+                return fn(*a, **k)
+            finally:
+                stack.pop()
+                e1 = cp.cuda.Event()
+                e1.record()
+                recs[me][2] = e1
+        return timed
+
+    for modname, names in BREAKDOWN.items():
+        mod = importlib.import_module(f"minembed.{modname}")
+        for fname in names:
+            fn = getattr(mod, fname, None)
+            if fn is not None:
+                patched.append((mod, fname, fn))
+                setattr(mod, fname, wrap(modname, fname, fn))
+    try:
+        step()
+        cp_sync()
+        recs.clear()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        cp_sync()
+        wall = (time.perf_counter() - t0) / n
+    finally:
+        for mod, fname, fn in patched:
+            setattr(mod, fname, fn)
+    total = [cp.cuda.get_elapsed_time(r[1], r[2]) for r in recs]
+    child = [0.0] * len(recs)
+    for i, r in enumerate(recs):
+        if r[3] is not None:
+            child[r[3]] += total[i]
+    agg = {}
+    for i, r in enumerate(recs):
+        a = agg.setdefault(r[0], [0, 0.0, 0.0])
+        a[0] += 1
+        a[1] += total[i]
+        a[2] += total[i] - child[i]
+    print(f"wall {wall * 1e3:.2f} ms per step (with the events); per step, ms:")
+    print(f"  {'function':28s} {'calls':>6s} {'total':>8s} {'self':>8s}")
+    for name, (calls, tot, self_) in sorted(agg.items(), key=lambda kv: -kv[1][2])[:top]:
+        print(f"  {name:28s} {calls / n:6.0f} {tot / n:8.3f} {self_ / n:8.3f}")
+    return {k: v[2] / n for k, v in agg.items()}
+
+
+def micro():
+    """GPU and host time of single operations that decide the step times."""
+    import cupy as cp
+    from cupyx.profiler import benchmark
+    from minembed import loss
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def bench(label, fn, *args):
+        r = benchmark(fn, args, n_repeat=20, n_warmup=3)
+        g, c = 1e3 * float(np.median(r.gpu_times[0])), 1e3 * float(np.median(r.cpu_times))
+        rows.append((label, g, c))
+        print(f"  {label:58s} GPU {g:8.3f} ms   host {c:8.3f} ms", flush=True)
+
+    for M, C in ((49152, 256), (49152, 1024)):
+        dy = cp.asarray(rng.standard_normal((M, C), dtype=np.float32))
+        ones = cp.ones((1, M), np.float32)
+        bench(f"db = dy.sum(axis=0), dy ({M}, {C})", lambda d: d.sum(axis=0), dy)
+        bench(f"db = ones(1, M) @ dy, dy ({M}, {C})", lambda d: (ones @ d)[0], dy)
+    x = cp.asarray(rng.standard_normal((49152, 256), dtype=np.float32))
+    w = cp.asarray(rng.standard_normal((256, 1024), dtype=np.float32))
+    bench("GEMM (49152, 256) @ (256, 1024)  [25.8 GFLOP]", lambda a, b: a @ b, x, w)
+    a = cp.asarray(rng.standard_normal((4096, 256), dtype=np.float32))
+    bench("GEMM (4096, 256) @ (256, 4096)  [8.6 GFLOP]", lambda u, v: u @ v.T, a, a)
+    s = (a @ a.T) / 16
+    bench("infonce_rows kernel, 4096 x 4096", loss.infonce_rows, s)
+    with kernels(False):
+        bench("infonce_rows generic CuPy, 4096 x 4096", loss.infonce_rows, s)
+    keys = cp.asarray(zipf_ids(rng, 393216, 30000))
+    bench("argsort of 393k int32 ids", cp.argsort, keys)
+    RESULTS["micro"] = rows
 
 
 def torch_infonce(F, torch, a, p, scale=20.0):
@@ -477,8 +632,9 @@ def timings(quick):
             print(f"{workload}: minembed phases (ms, synchronised after each): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
         if dist == "zipf":
-            with guarded(f"{workload}: profile"):
-                profile(minembed_runner(bag, cfg, params, ids, offsets))
+            with guarded(f"{workload}: GPU breakdown"):
+                RESULTS[workload + " breakdown"] = gpu_breakdown(
+                    minembed_runner(bag, cfg, params, ids, offsets), n)
 
     tcfg = {"vocab_size": V, "dim": 256, "layers": 4, "heads": 4, "ffn": 1024,
             "max_len": 128, "dropout": 0.0}
@@ -497,8 +653,14 @@ def timings(quick):
         ph = phases(transformer, tcfg, tparams, ids, offsets, n, clip=1.0)
         RESULTS[workload + " phases"] = ph
         print(f"{workload}: minembed phases (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
+    with guarded(f"{workload}: GPU breakdown"):
+        RESULTS[workload + " breakdown"] = gpu_breakdown(
+            minembed_runner(transformer, tcfg, tparams, ids, offsets, clip=1.0), n)
     with guarded(f"{workload}: profile"):
         profile(minembed_runner(transformer, tcfg, tparams, ids, offsets, clip=1.0))
+    with guarded("micro-benchmarks"):
+        print("single operations (cupyx.profiler.benchmark, median of 20):")
+        micro()
     dcfg = dict(tcfg, dropout=0.1)
     workload = "transformer step B=256, dropout 0.1"
     run_timed(workload, [

@@ -35,11 +35,12 @@ THREADS = 256         # threads per block for the elementwise and row kernels
 
 # every kernel a wrapper launches (tests check each is an .entry in the PTX)
 KERNEL_NAMES = (
-    "embedding_bag_forward", "segment_sum_partial", "segment_sum_combine",
+    "embedding_bag_forward", "segment_flags", "segment_bounds",
+    "segment_sum_partial", "segment_sum_combine",
     "adam_update", "adam_update_rows",
     "layernorm_forward", "layernorm_backward",
     "gelu_forward", "gelu_backward",
-    "softmax_forward", "softmax_backward",
+    "softmax_forward", "softmax_backward", "infonce_rows",
 )
 
 _module = None
@@ -134,12 +135,8 @@ def embedding_bag_forward(table, ids, offsets):
 
 def embedding_bag_backward(dout, cache):
     """RowGrad(rows, values): d table[rows] = sum over occurrences of dout[view] / len."""
-    cp = _cp()
     ids, offsets, view_of = cache
-    dout = _f32(dout)
-    lengths = offsets[1:] - offsets[:-1]
-    w = (1.0 / cp.maximum(lengths, 1)).astype(cp.float32)       # (N,) 1 / len_i
-    rows, values = _segment_sum(ids, dout, src_row=view_of, src_w=w)
+    rows, values = _segment_sum(ids, _f32(dout), src_row=view_of, w_offsets=offsets)
     from .layers import RowGrad
     return RowGrad(rows, values)
 
@@ -152,47 +149,43 @@ def segment_sum(keys, values):
     keys = cp.asarray(keys)
     tail = values.shape[1:]
     rows, sums = _segment_sum(keys, values.reshape(values.shape[0], -1))
-    return rows, sums.reshape((sums.shape[0],) + tail)
+    return rows.astype(keys.dtype, copy=False), sums.reshape((sums.shape[0],) + tail)
 
 
-def _segment_sum(keys, src, src_row=None, src_w=None):
-    """Sorted distinct keys and values[u] = sum_{t: key_t = rows_u} w[r(t)] src[r(t)],
-    r(t) = src_row[t] (or t). Sort once, then two kernels, no atomics
-    (see segment_sum_partial in kernels.cu)."""
+def _segment_sum(keys, src, src_row=None, w_offsets=None):
+    """Sorted distinct keys (int32) and values[u] = sum_{t: key_t = rows_u} w(r(t)) src[r(t)],
+    r(t) = src_row[t] (or t), w(i) = 1 / len_i from w_offsets (or 1). Sort once,
+    then four small kernels and one number read back (see kernels.cu)."""
     cp = _cp()
     M = keys.shape[0]
     D = int(np.prod(src.shape[1:], dtype=np.int64))
     if M == 0:
-        return keys[:0].copy(), cp.zeros((0, D), dtype=cp.float32)
+        return cp.zeros(0, dtype=cp.int32), cp.zeros((0, D), dtype=cp.float32)
+    keys = cp.ascontiguousarray(keys.astype(cp.int32, copy=False))
     order = cp.argsort(keys).astype(cp.int64, copy=False)        # (M,) radix sort
-    skeys = keys[order]
-    first = cp.empty(M, dtype=cp.bool_)
-    first[0] = True
-    cp.not_equal(skeys[1:], skeys[:-1], out=first[1:])
-    seg_start = cp.flatnonzero(first).astype(cp.int64, copy=False)   # (U,) one sync
-    U = seg_start.shape[0]
-    rows = skeys[seg_start]
-    seg_end = cp.empty_like(seg_start)
-    seg_end[:-1] = seg_start[1:]
-    seg_end[-1] = M
-    pieces = (seg_end - seg_start + (SEG_PIECE - 1)) // SEG_PIECE
+    flag = cp.empty(M, dtype=cp.int32)
+    _kernel("segment_flags")(_grid(M), (THREADS,), (keys, order, np.int64(M), flag))
+    run = cp.cumsum(flag, dtype=cp.int64)                         # run[t] - 1: t's run
+    U = int(run[-1])                                              # the one sync
+    rows = cp.empty(U, dtype=cp.int32)
+    seg_start = cp.empty(U, dtype=cp.int64)
+    seg_end = cp.empty(U, dtype=cp.int64)
+    _kernel("segment_bounds")(_grid(M), (THREADS,),
+                              (keys, order, run, np.int64(M), rows, seg_start, seg_end))
     piece_off = cp.zeros(U + 1, dtype=cp.int64)
-    cp.cumsum(pieces, out=piece_off[1:])
-    n_pieces = int(piece_off[-1])
+    cp.cumsum((seg_end - seg_start + (SEG_PIECE - 1)) // SEG_PIECE, out=piece_off[1:])
+    max_pieces = U + M // SEG_PIECE          # >= the number of pieces, known without a sync
     values = cp.empty((U, D), dtype=cp.float32)
-    multi = n_pieces > U                     # some run has several pieces
-    partial = cp.empty((n_pieces if multi else 1, D), dtype=cp.float32)
-    has_row = src_row is not None
-    has_w = src_w is not None
+    partial = cp.empty((max_pieces, D), dtype=cp.float32)
     dummy_i = cp.empty(1, dtype=cp.int32)
-    dummy_f = cp.empty(1, dtype=cp.float32)
+    dummy_l = cp.empty(1, dtype=cp.int64)
     block = _row_block(D)
     _kernel("segment_sum_partial")(
-        (n_pieces,), block,
-        (order, src_row if has_row else dummy_i, np.int32(has_row),
-         src_w if has_w else dummy_f, np.int32(has_w),
+        (max_pieces,), block,
+        (order, dummy_i if src_row is None else src_row, np.int32(src_row is not None),
+         dummy_l if w_offsets is None else w_offsets, np.int32(w_offsets is not None),
          seg_start, seg_end, piece_off, np.int32(U), src, np.int32(D), values, partial))
-    if multi:
+    if max_pieces > U:                       # some run may have several pieces
         _kernel("segment_sum_combine")((U,), block, (piece_off, partial, np.int32(D), values))
     return rows, values
 
@@ -390,3 +383,21 @@ def softmax_backward(dp, cache):
         _kernel("softmax_backward")(_grid(rows, wpb, cap=2 ** 31 - 1), (THREADS,),
                                     (dp, p, dz, np.int64(rows), np.int32(T)))
     return dz
+
+
+# ---------------------------------------------------------------------------
+# InfoNCE rows   (twin: loss.infonce_rows)
+# ---------------------------------------------------------------------------
+def infonce_rows(s):
+    """(g, loss, hit) of the similarity matrix s (R, C), target = the diagonal:
+    g = softmax(s) - I (R, C), per-row cross-entropy loss (R,), and hit (R,)
+    bool: whether row i's largest entry is s_ii. One kernel."""
+    cp = _cp()
+    s = _f32(s)
+    R, C = s.shape
+    g = cp.empty_like(s)
+    loss = cp.empty(R, dtype=cp.float32)
+    hit = cp.empty(R, dtype=cp.bool_)
+    if R:
+        _kernel("infonce_rows")((R,), _row_block(C), (s, np.int32(C), g, loss, hit))
+    return g, loss, hit

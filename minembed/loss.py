@@ -9,7 +9,8 @@ With P = softmax over each row of S, dloss/dS = (P - I) / B. The symmetric
 variant (CLIP) averages this with the same loss over the columns
 (positives -> anchors), whose gradient is (Q - I) / B with Q = softmax over columns.
 """
-from .backend import xp_of
+from . import cuda
+from .backend import to_numpy, xp_of
 
 
 def l2_normalize_forward(x, eps=1e-12):
@@ -28,53 +29,63 @@ def l2_normalize_backward(dn, cache):
     return (dn - n * (dn * n).sum(axis=1, keepdims=True)) / norm
 
 
-def _log_softmax(s, axis):
+def infonce_rows(s):
+    """Cross-entropy of each row of s (R, C) with target the diagonal entry.
+
+    Returns g = softmax(s) - I (d loss_i / d s_ij, R x C), the per-row losses
+    loss_i = logsumexp_j s_ij - s_ii (R,), and hit_i = [argmax_j s_ij == i].
+    Subtracting the row max first means exp never overflows. On a GPU this is
+    one kernel (kernels.cu: infonce_rows), whose twin this is."""
+    if cuda.use_kernels(s):
+        return cuda.infonce_rows(s)
     xp = xp_of(s)
-    m = s.max(axis=axis, keepdims=True)  # subtract the max: exp never overflows
-    z = s - m
-    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+    diag = xp.arange(s.shape[0])
+    m = s.max(axis=1, keepdims=True)
+    g = s - m
+    xp.exp(g, out=g)                                 # exp(s - m)
+    z = g.sum(axis=1, keepdims=True)
+    g /= z                                           # P, the row softmax
+    loss = m[:, 0] + xp.log(z[:, 0]) - s[diag, diag]
+    hit = s.argmax(axis=1) == diag
+    g[diag, diag] -= 1.0                             # P - I
+    return g, loss, hit
 
 
 def infonce_forward(a, p, scale=20.0, symmetric=False):
     """InfoNCE loss of anchors a (B, D) against positives p (B, D), in-batch negatives.
 
     Returns (loss, cache); cache["accuracy"] is the fraction of anchors whose
-    most similar positive is their own.
+    most similar positive is their own. The cache keeps dloss/dS (times B),
+    so the backward is two matrix products.
     """
     xp = xp_of(a)
     an, a_cache = l2_normalize_forward(a)
     pn, p_cache = l2_normalize_forward(p)
-    s = scale * (an @ pn.T)  # (B, B)
-    b = s.shape[0]
-    diag = xp.arange(b)
-    logp_rows = _log_softmax(s, axis=1)
-    loss = -logp_rows[diag, diag].mean()
-    logp_cols = None
-    if symmetric:
-        logp_cols = _log_softmax(s, axis=0)
-        loss = 0.5 * (loss - logp_cols[diag, diag].mean())
-    accuracy = (s.argmax(axis=1) == diag).mean()
-    cache = dict(an=an, pn=pn, a_cache=a_cache, p_cache=p_cache, scale=scale,
-                 logp_rows=logp_rows, logp_cols=logp_cols, accuracy=float(accuracy))
-    return float(loss), cache
+    s = (scale * an) @ pn.T               # (B, B); the scale on the (B, D) side: one pass less
+    g, loss_rows, hit = infonce_rows(s)
+    loss = loss_rows.mean()
+    if symmetric:                         # the same over the columns: rows of S^T
+        g_cols, loss_cols, _ = infonce_rows(xp.ascontiguousarray(s.T))
+        loss = 0.5 * (loss + loss_cols.mean())
+        g += g_cols.T
+        g *= 0.5
+    del s
+    # one copy to the host for both numbers (on a GPU, one wait instead of two)
+    loss, accuracy = (float(v) for v in to_numpy(xp.stack([loss, hit.mean(dtype=loss.dtype)])))
+    cache = dict(an=an, pn=pn, a_cache=a_cache, p_cache=p_cache, scale=scale, g=g,
+                 accuracy=accuracy)
+    return loss, cache
 
 
-def infonce_backward(cache, dloss=1.0):
-    """Gradients (da, db) of the loss with respect to the anchors and positives."""
-    an, pn, scale = cache["an"], cache["pn"], cache["scale"]
-    xp = xp_of(an)
-    b = an.shape[0]
-    diag = xp.arange(b)
-    ds = xp.exp(cache["logp_rows"])  # P, softmax over rows
-    ds[diag, diag] -= 1.0
-    if cache["logp_cols"] is not None:
-        dq = xp.exp(cache["logp_cols"])  # Q, softmax over columns
-        dq[diag, diag] -= 1.0
-        ds = 0.5 * (ds + dq)
-    ds *= dloss / b  # (B, B) = dloss/dS
-    # S = scale * an @ pn.T  =>  d an = scale dS @ pn,  d pn = scale dS.T @ an
-    dan = scale * (ds @ pn)
-    dpn = scale * (ds.T @ an)
+def infonce_backward(dloss, cache):
+    """Gradients (da, dp) of the loss with respect to the anchors and positives."""
+    an, pn, g = cache["an"], cache["pn"], cache["g"]
+    # dS = g * dloss / B;  S = scale an pn^T  =>  d an = scale dS pn,  d pn = scale dS^T an
+    c = cache["scale"] * dloss / an.shape[0]
+    dan = g @ pn
+    dan *= c
+    dpn = g.T @ an
+    dpn *= c
     da = l2_normalize_backward(dan, cache["a_cache"])
     dp = l2_normalize_backward(dpn, cache["p_cache"])
     return da.astype(an.dtype, copy=False), dp.astype(pn.dtype, copy=False)

@@ -295,7 +295,7 @@ def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
     emb, cache = encoder.forward(params, ids, offsets, enc_cfg, train=True, rng=rng)
     b = emb.shape[0] // 2
     loss, lcache = infonce_forward(emb[:b], emb[b:], scale=cfg.scale, symmetric=cfg.symmetric)
-    da, dp = infonce_backward(lcache)
+    da, dp = infonce_backward(1.0, lcache)
     xp = xp_of(emb)
     grads = encoder.backward(xp.concatenate([da, dp]), cache)
     return loss, lcache["accuracy"], grads

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minembed import bag, cuda, layers, optim
+from minembed import bag, cuda, layers, loss, optim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +107,7 @@ TWINS = [
     (cuda.gelu_backward, layers.gelu_backward),
     (cuda.softmax_forward, layers.softmax_forward),
     (cuda.softmax_backward, layers.softmax_backward),
+    (cuda.infonce_rows, loss.infonce_rows),
 ]
 
 
@@ -234,7 +235,21 @@ def case_softmax(rng, cp):
     return out
 
 
-CASES = {"bag": case_bag, "segment_sum": case_segment_sum, "adam": case_adam,
+def case_infonce_rows(rng, cp):
+    out = []
+    for R, C, scale in ((37, 37, 20.0), (64, 64, 1e3), (5, 300, 5.0)):
+        s = (rng.standard_normal((R, C)) * scale / 4).astype(np.float32)
+        s[3, 3] = s[3].max() + 1.0               # a hit
+        s[4, 7] = s[4, 4] = s[4].max() + 1.0     # a tie: the first maximum (4) counts
+        wg, wl, wh = loss.infonce_rows(s)
+        gg, gl, gh = cuda.infonce_rows(cp.asarray(s))
+        out += [(f"infonce_rows g {R}x{C}", gg, wg, False),
+                (f"infonce_rows loss {R}x{C}", gl, wl, False),
+                (f"infonce_rows hit {R}x{C}", gh, wh, True)]
+    return out
+
+
+CASES = {"bag": case_bag, "infonce_rows": case_infonce_rows, "segment_sum": case_segment_sum, "adam": case_adam,
          "layernorm": case_layernorm, "gelu": case_gelu, "softmax": case_softmax}
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -343,6 +358,11 @@ static inline float __shfl_xor_sync(unsigned, float v, int o) {
   int w = threadIdx.x / 32, l = threadIdx.x % 32;
   g_wbuf[w][l] = v; g_wbar[w]->arrive_and_wait();
   float r = g_wbuf[w][l ^ o]; g_wbar[w]->arrive_and_wait(); return r; }
+static int g_wbuf_i[64][32];
+static inline int __shfl_xor_sync(unsigned, int v, int o) {
+  int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  g_wbuf_i[w][l] = v; g_wbar[w]->arrive_and_wait();
+  int r = g_wbuf_i[w][l ^ o]; g_wbar[w]->arrive_and_wait(); return r; }
 static inline float __int_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static void run_grid(unsigned gx, unsigned bx, std::function<void()> body) {
   gridDim.x = gx; blockDim.x = bx;

@@ -90,7 +90,7 @@ def test_infonce_backward(symmetric, scale):
     a, p = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
     f = lambda: loss.infonce_forward(a, p, scale=scale, symmetric=symmetric)[0]  # noqa: E731
     _, cache = loss.infonce_forward(a, p, scale=scale, symmetric=symmetric)
-    da, dp = loss.infonce_backward(cache)
+    da, dp = loss.infonce_backward(1.0, cache)
     errs = check_grads(f, {"a": a, "p": p}, {"a": da, "p": dp})
     assert max(errs.values()) < TOL, errs
 
@@ -125,7 +125,7 @@ def test_whole_bag_model_gradient(symmetric):
 
     emb, cache = bag.forward(params, ids, offsets)
     _, lc = loss.infonce_forward(emb[:B], emb[B:], scale=5.0, symmetric=symmetric)
-    da, dp = loss.infonce_backward(lc)
+    da, dp = loss.infonce_backward(1.0, lc)
     g = bag.backward(np.concatenate([da, dp]), cache)["tok_emb"]
     errs = check_grads(f, params, {"tok_emb": densify(g, (V, D))})
     assert errs["tok_emb"] < TOL
@@ -141,7 +141,7 @@ def test_float32_stays_float32():
     emb, cache = bag.forward(params, ids, offsets)
     assert emb.dtype == np.float32
     _, lc = loss.infonce_forward(emb[:2], emb[2:])
-    da, dp = loss.infonce_backward(lc)
+    da, dp = loss.infonce_backward(1.0, lc)
     assert da.dtype == np.float32 and dp.dtype == np.float32
     assert bag.backward(np.concatenate([da, dp]), cache)["tok_emb"].values.dtype == np.float32
     assert rel_error(params["tok_emb"].std(), 0.02) < 0.05

@@ -70,28 +70,58 @@ extern "C" __global__ void embedding_bag_forward(
 // Segmented sum: the scatter-add of an embedding gradient, without atomics.
 //   Twins: bag.embedding_bag_backward (weighted), layers.segment_sum (plain)
 //
-//   values[u, :] = sum_{t : key[t] = rows[u]} w[r(t)] * src[r(t), :]
+//   values[u, :] = sum_{t : key[t] = rows[u]} w(r(t)) * src[r(t), :]
 //
 // For the bag backward r(t) = view_of[t] (the view holding token t) and
-// w[i] = 1 / len_i (d out_i / d table[id] = 1/len_i per occurrence); for a
-// plain segment sum r(t) = t and w = 1.
+// w(i) = 1 / len_i (d out_i / d table[id] = 1/len_i per occurrence, len_i
+// from the offsets); for a plain segment sum r(t) = t and w = 1.
 //
-// The host sorts the keys once (cupy.argsort: a radix sort) and cuts the
-// sorted list into runs of equal keys, one per distinct row u:
-// [seg_start[u], seg_end[u]). A run is split into pieces of at most
-// SEG_PIECE tokens (piece_off[u] .. piece_off[u+1] are u's pieces), so a very
-// frequent token (Zipf: "the", ",") is summed by many blocks in parallel
-// instead of one block walking thousands of rows.
+// The host sorts the keys once (cupy.argsort: a radix sort); `order` lists
+// the tokens in key order. Runs of equal keys in that order are the distinct
+// rows u = 0..U-1:
+//   segment_flags: flag[t] = 1 where a run starts (t = 0 or a new key);
+//   (host) run = cumsum(flag): token t of the sorted list is in run run[t]-1,
+//     U = run[M-1] (the one number the host must read back);
+//   segment_bounds: the first and last token of each run write its row
+//     (the key), seg_start and seg_end.
+// A run is split into pieces of at most SEG_PIECE tokens (piece_off[u] ..
+// piece_off[u+1] are u's pieces), so a very frequent token (Zipf: "the", ",")
+// is summed by many blocks in parallel instead of one block walking
+// thousands of rows.
 //   pass 1 (segment_sum_partial): one block per piece sums its <= 32 rows;
-//     a run of a single piece writes values[u] directly, else partial[p];
+//     a run of a single piece writes values[u] directly, else partial[p].
+//     The grid may be larger than the number of pieces (an upper bound the
+//     host knows without reading piece_off back): extra blocks return.
 //   pass 2 (segment_sum_combine): one block per run of several pieces adds
 //     its pieces' partials in order.
 // Every sum is in a fixed order: the result is deterministic (no atomics).
 // ===========================================================================
+extern "C" __global__ void segment_flags(
+    const int* __restrict__ keys, const long long* __restrict__ order, long long M,
+    int* __restrict__ flag)
+{
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < M;
+         t += (long long)gridDim.x * blockDim.x)
+        flag[t] = t == 0 || keys[order[t]] != keys[order[t - 1]];
+}
+
+extern "C" __global__ void segment_bounds(
+    const int* __restrict__ keys, const long long* __restrict__ order,
+    const long long* __restrict__ run, long long M,
+    int* __restrict__ rows, long long* __restrict__ seg_start, long long* __restrict__ seg_end)
+{
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < M;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long u = run[t] - 1;
+        if (t == 0 || run[t - 1] != run[t]) { rows[u] = keys[order[t]]; seg_start[u] = t; }
+        if (t == M - 1 || run[t + 1] != run[t]) seg_end[u] = t + 1;
+    }
+}
+
 extern "C" __global__ void segment_sum_partial(
     const long long* __restrict__ order,      // (M,) argsort of the keys
     const int* __restrict__ src_row, int has_src_row,   // (M,) r(t), or r(t) = t
-    const float* __restrict__ src_w, int has_w,         // (R,) w[r], or w = 1
+    const long long* __restrict__ w_off, int has_w,     // (R+1,) offsets: w(r) = 1/len_r, or 1
     const long long* __restrict__ seg_start, const long long* __restrict__ seg_end,
     const long long* __restrict__ piece_off, int U,     // (U,), (U,), (U+1,)
     const float* __restrict__ src, int D,               // (R, D)
@@ -101,6 +131,7 @@ extern "C" __global__ void segment_sum_partial(
     __shared__ long long s_r[SEG_PIECE];
     __shared__ float s_w[SEG_PIECE];
     const long long p = blockIdx.x;
+    if (p >= piece_off[U]) return;  // beyond the last piece (the grid is an upper bound)
     if (threadIdx.x == 0) {  // the run u holding piece p: piece_off[u] <= p < piece_off[u+1]
         int lo = 0, hi = U;
         while (hi - lo > 1) {
@@ -119,7 +150,8 @@ extern "C" __global__ void segment_sum_partial(
         const long long t = order[first + j];
         const long long r = has_src_row ? (long long)src_row[t] : t;
         s_r[j] = r;
-        s_w[j] = has_w ? src_w[r] : 1.0f;
+        const long long len = has_w ? w_off[r + 1] - w_off[r] : 1;
+        s_w[j] = len > 0 ? 1.0f / (float)len : 0.0f;
     }
     __syncthreads();
     const bool single = piece_off[u + 1] - piece_off[u] == 1;
@@ -369,4 +401,73 @@ extern "C" __global__ void softmax_backward(
     s = warp_sum(s);
     float* dzr = dz + row * T;
     for (int k = lane; k < T; k += WARP) dzr[k] = pr[k] * (dpr[k] - s);
+}
+
+
+// ===========================================================================
+// InfoNCE over the rows of a similarity matrix, target = the diagonal.
+//   Twin: loss.infonce_rows
+//
+//   m_i = max_j s_ij,  z_i = sum_j exp(s_ij - m_i),  P_ij = exp(s_ij - m_i) / z_i
+//   loss_i = m_i + log z_i - s_ii                 (cross-entropy, target i)
+//   g_ij   = P_ij - [i == j]                      (d loss_i / d s_ij)
+//   hit_i  = [argmax_j s_ij == i]                 (the first maximum, as numpy)
+// s (R, C) row-major, R <= C. One block per row; three passes over the row
+// (max, sum, write), the later two from cache: the loss, its gradient and
+// the in-batch accuracy in one launch instead of a dozen array operations.
+// ===========================================================================
+__device__ __forceinline__ void max_first(float& v, int& j, float ov, int oj) {
+    // the larger value; on a tie the smaller index (numpy.argmax: the first)
+    if (ov > v || (ov == v && oj < j)) { v = ov; j = oj; }
+}
+
+extern "C" __global__ void infonce_rows(
+    const float* __restrict__ s, int C, float* __restrict__ g,
+    float* __restrict__ loss, unsigned char* __restrict__ hit)
+{
+    __shared__ float sh_v[32];
+    __shared__ int sh_j[32];
+    __shared__ float sh_m;
+    __shared__ int sh_am;
+    const long long i = blockIdx.x;
+    const float* row = s + i * C;
+    const int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
+    const int warps = (blockDim.x + WARP - 1) / WARP;
+    // pass 1: the row's max and where it first occurs
+    float mx = neg_inf();
+    int am = C;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) max_first(mx, am, row[j], j);
+    for (int o = WARP / 2; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, mx, o);
+        const int oj = __shfl_xor_sync(FULL_MASK, am, o);
+        max_first(mx, am, ov, oj);
+    }
+    if (lane == 0) { sh_v[warp] = mx; sh_j[warp] = am; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < warps; ++w) max_first(mx, am, sh_v[w], sh_j[w]);
+        sh_m = mx;
+        sh_am = am;
+    }
+    __syncthreads();
+    mx = sh_m;
+    // pass 2: z = sum exp(s - max)
+    float z = 0.0f;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) z += expf(row[j] - mx);
+    z = warp_sum(z);
+    __syncthreads();  // sh_v is reused
+    if (lane == 0) sh_v[warp] = z;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < warps; ++w) z += sh_v[w];
+        sh_v[0] = z;
+        loss[i] = mx + logf(z) - row[i];
+        hit[i] = sh_am == i;
+    }
+    __syncthreads();
+    const float inv = 1.0f / sh_v[0];
+    // pass 3: g = P - I
+    float* grow = g + i * C;
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        grow[j] = expf(row[j] - mx) * inv - (j == i ? 1.0f : 0.0f);
 }

@@ -132,18 +132,24 @@ if not backend.gpu_available():
     print("this is one of them, LayerNorm's forward (one warp per row):\n")
     print("\n".join(src[start:].splitlines()[:30]))
 else:
+    # Measured on an NVIDIA H200 (CuPy 14.2, 2026-12-04; docs/gpu.md): every kernel within
+    # 5.2e-6 relative of its twin. For the training steps the kernels matter less than the
+    # number of operations Python launches: the InfoNCE rows in one kernel took 0.089 ms at
+    # 4096 x 4096 where the same maths as a dozen CuPy array operations took 0.450 ms, and a
+    # column sum dy.sum(axis=0) of (49152, 256) took 0.95 ms where ones @ dy took 0.04 ms.
     cp = backend.get_xp("gpu")
     x = rng.standard_normal((8192, 256)).astype(np.float32)
     g, b = np.ones(256, np.float32), np.zeros(256, np.float32)
+    xd, gd, bd = cp.asarray(x), cp.asarray(g), cp.asarray(b)     # on the device once
+    table_d, ids_d, offsets_d = cp.asarray(table), cp.asarray(ids), cp.asarray(offsets)
     checks = {
-        "layernorm_forward": (lambda: cuda.layernorm_forward(cp.asarray(x), cp.asarray(g), cp.asarray(b))[0],
+        "layernorm_forward": (lambda: cuda.layernorm_forward(xd, gd, bd)[0],
                               lambda: layers.layernorm_forward(x.copy(), g, b)[0]),
-        "gelu_forward": (lambda: cuda.gelu_forward(cp.asarray(x))[0], lambda: layers.gelu_forward(x)[0]),
-        "softmax_forward": (lambda: cuda.softmax_forward(cp.asarray(x))[0],
+        "gelu_forward": (lambda: cuda.gelu_forward(xd)[0], lambda: layers.gelu_forward(x)[0]),
+        "softmax_forward": (lambda: cuda.softmax_forward(xd)[0],
                             lambda: layers.softmax_forward(x)[0]),
-        "embedding_bag_forward": (lambda: cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(ids),
-                                                                     cp.asarray(offsets))[0],
-                                  lambda: out_vec),
+        "embedding_bag_forward": (lambda: cuda.embedding_bag_forward(table_d, ids_d, offsets_d)[0],
+                                  lambda: bag.embedding_bag_forward(table, ids, offsets)[0]),
     }
     name = cp.cuda.runtime.getDeviceProperties(0)["name"]
     print(f"GPU: {name.decode() if isinstance(name, bytes) else name}")

@@ -7,6 +7,8 @@ module; ``to_numpy`` brings any array back to the host.
 """
 import numpy as np
 
+from .errors import MinembedError
+
 _cupy = None
 _cupy_checked = False
 
@@ -45,12 +47,12 @@ def get_xp(device="cpu"):
     if device in ("gpu", "cuda"):
         cp = _try_cupy()
         if cp is None:
-            raise ValueError("--device gpu: CuPy with a usable GPU was not found "
-                             "(pip install -e '.[gpu]' on a machine with a CUDA GPU)")
+            raise MinembedError("--device gpu: CuPy with a usable GPU was not found "
+                                "(pip install -e '.[gpu]' on a machine with a CUDA GPU)")
         return cp
     if device == "auto":
         return _try_cupy() or np
-    raise ValueError(f"unknown device {device!r} (expected cpu, gpu or auto)")
+    raise MinembedError(f"unknown device {device!r} (expected cpu, gpu or auto)")
 
 
 def to_numpy(a):

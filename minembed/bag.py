@@ -63,7 +63,7 @@ def embedding_bag_forward(table, ids, offsets):
 def embedding_bag_backward(dout, cache):
     """Gradient for the rows the batch touched: d table[uniq] = A.T @ dout."""
     if isinstance(cache, cuda.BagCache):  # the forward ran the CUDA kernel
-        return cuda.embedding_bag_backward(dout, cache)
+        return RowGrad(*cuda.embedding_bag_backward(dout, cache))
     xp = xp_of(dout)
     ids, offsets, weights, vocab = cache
     # sorted distinct ids, and for each occurrence the index of its id in uniq:

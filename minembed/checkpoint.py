@@ -1,10 +1,10 @@
 """Checkpoints: what a training run needs to continue exactly where it stopped.
 
     MODEL_DIR/checkpoint/
-        state-<step>.npz   weights (param/<name>) and Adam moments (m/<name>, v/<name>)
+        state-<step>.safetensors   weights (param/<name>) and Adam moments (m/<name>, v/<name>)
         tokenizer.json     the run's tokenizer
         state.json         step, Adam's step, the training config, the corpus's identity,
-                           the name, size and SHA-256 of the .npz (written last)
+                           the name, size and SHA-256 of the weights file (written last)
 
 There is no RNG state to save: every random draw of a run is a function of
 (seed, purpose, epoch or step) (see train.py), so the step number *is* the
@@ -12,7 +12,7 @@ RNG state and the position in the data (epoch = step // steps_per_epoch).
 
 Crash safety: each file is written atomically (temporary file, fsync, rename),
 the weights under a new name per step, and ``state.json`` is replaced only
-after its .npz is complete; the previous .npz is deleted after that. So a
+after its weights file is complete; the previous one is deleted after that. So a
 crash at any moment leaves either the old checkpoint or the new one, whole.
 The log (``log.jsonl``) is fsync'ed before each checkpoint, and a resumed run
 cuts it back to the checkpoint's step, so the records of the steps that are
@@ -24,7 +24,7 @@ import os
 
 from .backend import to_numpy
 from .errors import MinembedError
-from .model import atomic_write_bytes, atomic_write_json, load_npz, npz_bytes
+from .model import WEIGHTS, atomic_write_bytes, atomic_write_json, load_weights, weights_bytes
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "minembed-checkpoint"
@@ -92,8 +92,8 @@ def save_checkpoint(model_dir, step, params, adam_state, tokenizer, info):
         arrays["param/" + k] = to_numpy(p)
         arrays["m/" + k] = to_numpy(adam_state["m"][k])
         arrays["v/" + k] = to_numpy(adam_state["v"][k])
-    data = npz_bytes(arrays)
-    name = "state-%09d.npz" % step
+    data = weights_bytes(arrays)
+    name = "state-%09d.safetensors" % step
     atomic_write_bytes(os.path.join(d, name), data)
     _fsync_dir(d)
     state = dict(info, format=FORMAT, format_version=FORMAT_VERSION, step=int(step),
@@ -102,7 +102,7 @@ def save_checkpoint(model_dir, step, params, adam_state, tokenizer, info):
     atomic_write_json(os.path.join(d, "state.json"), state)
     _fsync_dir(d)
     for f in os.listdir(d):  # older weights, and temporary files a killed run left behind
-        if (f.startswith("state-") and f.endswith(".npz") and f != name) or f.endswith(".tmp"):
+        if (f.startswith("state-") and f != name) or f.endswith(".tmp"):
             try:
                 os.unlink(os.path.join(d, f))
             except OSError:
@@ -117,7 +117,7 @@ def read_info(model_dir):
     if not os.path.isdir(model_dir):
         raise MinembedError(f"cannot resume: {model_dir} does not exist")
     if not has_checkpoint(model_dir):
-        if os.path.isfile(os.path.join(model_dir, "model.npz")):
+        if any(os.path.isfile(os.path.join(model_dir, f)) for f in (WEIGHTS, "model.npz")):
             raise MinembedError(f"cannot resume: {model_dir} has no checkpoint (its training finished; "
                                 f"the model there is complete)")
         raise MinembedError(f"cannot resume: {model_dir} has no checkpoint ({where}/state.json)")
@@ -163,7 +163,7 @@ def load_checkpoint(model_dir):
     if hashlib.sha256(tok_bytes).hexdigest() != info.get("tokenizer_sha256"):
         raise MinembedError(f"{where}/tokenizer.json does not match its checksum (corrupted)")
     tok = tokenizer_from_str(tok_bytes.decode("utf-8"), where=f"{where}/tokenizer.json")
-    arrays = load_npz(path)
+    arrays = load_weights(path)
     split = {"param": {}, "m": {}, "v": {}}
     for key, arr in arrays.items():
         kind, _, pname = key.partition("/")

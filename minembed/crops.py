@@ -18,12 +18,12 @@ Positive kinds (``positives``): ``crops`` (two crops), ``dropout`` (one crop
 twice, for encoders with dropout: SimCSE), ``mask`` (two crops, then a fraction
 ``mask_frac`` of each view's tokens replaced by the mask token).
 """
+import dataclasses
+
 import numpy as np
 
 from .errors import MinembedError
-
-CROP_MODES = ("auto", "sentences", "spans")
-POSITIVES = ("crops", "dropout", "mask")
+from .train import TrainConfig
 
 
 def _gather_ranges(starts, lengths):
@@ -38,30 +38,22 @@ def _gather_ranges(starts, lengths):
 
 
 class PairSampler:
-    """Draws batches of positive pairs from a TokenizedCorpus."""
+    """Draws batches of positive pairs from a TokenizedCorpus, as the settings say:
+    ``cfg`` (a TrainConfig; default TrainConfig()) with ``settings`` overriding its
+    fields, e.g. PairSampler(data, crops="spans"). Used: crops, crop_sentences,
+    sentence_min/max, span_min/max, positives, mask_frac, and max_len for the
+    transformer. ``mask_id``: the tokenizer's [MASK] id (positives="mask")."""
 
-    def __init__(self, corpus, crops="auto", n_sent=2, sent_min=100, sent_max=250,
-                 span_min=0.1, span_max=0.5, positives="crops", mask_frac=0.3, mask_id=None,
-                 max_len=None):
-        if crops not in CROP_MODES:
-            raise MinembedError(f"unknown crop mode {crops!r} (expected {', '.join(CROP_MODES)})")
-        if positives not in POSITIVES:
-            raise MinembedError(f"unknown positives {positives!r} (expected {', '.join(POSITIVES)})")
-        if n_sent < 1:
-            raise MinembedError(f"--crop-sentences must be >= 1, got {n_sent}")
-        if not 0 < span_min <= span_max <= 1:
-            raise MinembedError(f"span fractions must satisfy 0 < min <= max <= 1, got {span_min}, {span_max}")
-        if sent_min > sent_max:
-            raise MinembedError(f"--sentence-chars min {sent_min} is above max {sent_max}")
-        if positives == "mask":
-            if mask_id is None:
-                raise MinembedError("--positives mask needs a tokenizer with a [MASK] token")
-            if not 0 < mask_frac < 1:
-                raise MinembedError(f"--mask-frac must be in (0, 1), got {mask_frac}")
+    def __init__(self, corpus, cfg=None, mask_id=None, **settings):
+        cfg = dataclasses.replace(cfg or TrainConfig(), **settings).resolved()
+        if cfg.positives == "mask" and mask_id is None:
+            raise MinembedError("--positives mask needs a tokenizer with a [MASK] token")
+        n_sent, sent_min, sent_max = cfg.crop_sentences, cfg.sentence_min, cfg.sentence_max
         self.corpus, self.n_sent = corpus, n_sent
-        self.span_min, self.span_max = span_min, span_max
-        self.positives, self.mask_frac, self.mask_id = positives, mask_frac, mask_id
-        self.max_len = max_len
+        self.span_min, self.span_max = cfg.span_min, cfg.span_max
+        self.positives, self.mask_frac, self.mask_id = cfg.positives, cfg.mask_frac, mask_id
+        self.max_len = cfg.max_len if cfg.model == "transformer" else None
+        crops = cfg.crops
 
         doc_off = np.asarray(corpus.doc_offsets)
         doc_len = np.diff(doc_off)

@@ -134,22 +134,10 @@ def embedding_bag_forward(table, ids, offsets):
 
 
 def embedding_bag_backward(dout, cache):
-    """RowGrad(rows, values): d table[rows] = sum over occurrences of dout[view] / len."""
+    """(rows, values): d table[rows] = sum over occurrences of dout[view] / len
+    (the twin wraps them in a RowGrad)."""
     ids, offsets, view_of = cache
-    rows, values = _segment_sum(ids, _f32(dout), src_row=view_of, w_offsets=offsets)
-    from .layers import RowGrad
-    return RowGrad(rows, values)
-
-
-def segment_sum(keys, values):
-    """(rows, sums): the sorted distinct keys and the sum of values per key.
-    Twin: layers.segment_sum (keys (M,) int, host or device; values (M, ...))."""
-    cp = _cp()
-    values = _f32(values)
-    keys = cp.asarray(keys)
-    tail = values.shape[1:]
-    rows, sums = _segment_sum(keys, values.reshape(values.shape[0], -1))
-    return rows.astype(keys.dtype, copy=False), sums.reshape((sums.shape[0],) + tail)
+    return _segment_sum(ids, _f32(dout), src_row=view_of, w_offsets=offsets)
 
 
 def _segment_sum(keys, src, src_row=None, w_offsets=None):

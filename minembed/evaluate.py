@@ -1,7 +1,10 @@
-"""Evaluation, the paper's protocol: kNN accuracy (k = 10) on a random 90/10
-split of the labelled documents, with Euclidean and cosine distance; a linear
-probe (standardise, logistic regression) on the same split; and the TF-IDF
-baselines the paper compares against.
+"""Evaluation. With labels, the paper's protocol: kNN accuracy (k = 10) on random
+90/10 splits, Euclidean and cosine distance, a linear probe, the TF-IDF
+baselines and the majority class. Without labels (any corpus): retrieval of a
+held-out crop, which measures what training optimises -- cut a span out of each
+document, embed the span and the rest of every document, and see whether the
+span's nearest rest is its own document (Recall@1, Recall@10, mean reciprocal
+rank).
 """
 import numpy as np
 
@@ -10,21 +13,6 @@ from .errors import MinembedError
 K = 10
 TEST_SIZE = 0.1
 SPLIT_SEED = 42
-
-
-def labelled_corpus(corpus=None, fmt="auto", max_doc_chars=None, purpose="evaluation"):
-    """(texts, labels) of a labelled corpus file, or of the built-in corpus (None).
-    A file without labels is a MinembedError naming ``purpose``."""
-    if corpus is None:
-        from .datasets import docstrings
-        texts, labels = docstrings()
-        return list(texts), list(labels)
-    from .corpus import MAX_DOC_CHARS, read_corpus
-    texts, labels = read_corpus(corpus, fmt, max_doc_chars or MAX_DOC_CHARS)
-    if labels is None:
-        raise MinembedError(f"{corpus} has no labels: {purpose} needs a .jsonl corpus with a "
-                            f'"label" field on every line')
-    return texts, labels
 
 
 def split(n, test_size=TEST_SIZE, seed=SPLIT_SEED):
@@ -36,9 +24,8 @@ def split(n, test_size=TEST_SIZE, seed=SPLIT_SEED):
 
 def _check(X, labels):
     labels = np.asarray(labels)
-    n = X.shape[0]  # not len(X): sparse TF-IDF matrices have no len
-    if len(labels) != n:
-        raise MinembedError(f"{n} embeddings but {len(labels)} labels")
+    if len(labels) != X.shape[0]:  # not len(X): sparse TF-IDF matrices have no len
+        raise MinembedError(f"{X.shape[0]} embeddings but {len(labels)} labels")
     if len(labels) < 2 * K:
         raise MinembedError(f"evaluation needs at least {2 * K} labelled documents, got {len(labels)}")
     return labels
@@ -47,33 +34,45 @@ def _check(X, labels):
 def knn_accuracy(X, labels, k=K, metric="euclidean", test_size=TEST_SIZE, seed=SPLIT_SEED):
     """Accuracy of a k-nearest-neighbour classifier fit on the train part, scored on the test part."""
     from sklearn.neighbors import KNeighborsClassifier
-
     labels = _check(X, labels)
-    if not hasattr(X, "tocsr"):  # dense embeddings (TF-IDF stays sparse)
-        X = np.asarray(X, dtype=np.float32)
+    X = X.tocsr() if hasattr(X, "tocsr") else np.asarray(X, dtype=np.float32)
     tr, te = split(len(labels), test_size, seed)
-    knn = KNeighborsClassifier(n_neighbors=k, metric=metric, algorithm="brute")
-    knn.fit(X[tr], labels[tr])
+    knn = KNeighborsClassifier(n_neighbors=k, metric=metric, algorithm="brute").fit(X[tr], labels[tr])
     return float((knn.predict(X[te]) == labels[te]).mean())
 
 
 def linear_probe_accuracy(X, labels, test_size=TEST_SIZE, seed=SPLIT_SEED, max_iter=1000):
-    """Standardise, then multinomial logistic regression; accuracy on the test part."""
+    """Standardise (sparse: scale only), then multinomial logistic regression; test accuracy."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-
     labels = _check(X, labels)
+    sparse = hasattr(X, "tocsr")
+    X = X.tocsr() if sparse else X
     tr, te = split(len(labels), test_size, seed)
-    scaler = StandardScaler().fit(X[tr])
-    clf = LogisticRegression(max_iter=max_iter)
-    clf.fit(scaler.transform(X[tr]), labels[tr])
+    scaler = StandardScaler(with_mean=not sparse).fit(X[tr])
+    clf = LogisticRegression(max_iter=300 if sparse else max_iter).fit(scaler.transform(X[tr]), labels[tr])
     return float((clf.predict(scaler.transform(X[te])) == labels[te]).mean())
 
 
-def knn_scores(X, labels):
-    """kNN accuracy with both distances, as the CLI and the comparison print them."""
-    return {"knn_euclidean": knn_accuracy(X, labels, metric="euclidean"),
-            "knn_cosine": knn_accuracy(X, labels, metric="cosine")}
+def majority_accuracy(labels, test_size=TEST_SIZE, seed=SPLIT_SEED):
+    """Accuracy of always answering the most frequent label of the train part."""
+    labels = np.asarray(labels)
+    tr, te = split(len(labels), test_size, seed)
+    values, counts = np.unique(labels[tr], return_counts=True)
+    return float((labels[te] == values[np.argmax(counts)]).mean())
+
+
+def knn_scores(X, labels, splits=1):
+    """kNN accuracy with both distances: one split (the fixed seed) or the mean and
+    sd over ``splits`` random splits (seeds 0..splits-1)."""
+    out = {}
+    for name, metric in (("knn_euclidean", "euclidean"), ("knn_cosine", "cosine")):
+        if splits == 1:
+            out[name] = knn_accuracy(X, labels, metric=metric)
+        else:
+            accs = [knn_accuracy(X, labels, metric=metric, seed=s) for s in range(splits)]
+            out[name], out[name + "_sd"] = float(np.mean(accs)), float(np.std(accs))
+    return out
 
 
 def tfidf(texts, svd_dim=None, l2=False, seed=0):
@@ -81,7 +80,6 @@ def tfidf(texts, svd_dim=None, l2=False, seed=0):
     dimensions and L2 normalisation (the paper's strongest baseline: 100, L2)."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
-
     X = TfidfVectorizer(sublinear_tf=True, min_df=2 if len(texts) > 50 else 1).fit_transform(texts)
     if svd_dim:
         X = TruncatedSVD(n_components=min(svd_dim, X.shape[1] - 1), random_state=seed).fit_transform(X)
@@ -90,6 +88,56 @@ def tfidf(texts, svd_dim=None, l2=False, seed=0):
     return X
 
 
-def evaluate_model(model, texts, labels, batch_size=256):
+def evaluate_model(model, texts, labels, batch_size=256, splits=1, progress=None):
     """kNN accuracies of a Model's embeddings of the texts."""
-    return knn_scores(model.encode(texts, batch_size=batch_size), labels)
+    return knn_scores(model.encode(texts, batch_size=batch_size, progress=progress), labels, splits)
+
+
+# ---------------------------------------------------------------------------
+# retrieval of held-out crops (no labels needed)
+
+def held_out_crops(texts, frac=0.25, min_words=8, seed=0):
+    """(doc index, crop, rest) for each document of at least ``min_words`` words:
+    the crop is a random run of ~frac of its words (at least 3), the rest is the
+    document without it."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, t in enumerate(texts):
+        words = t.split()
+        if len(words) < min_words:
+            continue
+        n = max(3, int(round(frac * len(words))))
+        s = int(rng.integers(0, len(words) - n + 1))
+        out.append((i, " ".join(words[s:s + n]), " ".join(words[:s] + words[s + n:])))
+    return out
+
+
+def retrieval_scores(Q, D):
+    """Query i's relevant document is row i of D (both L2-normalised, or sparse
+    TF-IDF rows): Recall@1, Recall@10 and mean reciprocal rank, by cosine."""
+    rank = np.empty(Q.shape[0], np.int64)
+    for a in range(0, Q.shape[0], 2048):                 # (2048, N) similarities at a time
+        S = Q[a:a + 2048] @ D.T
+        S = S.toarray() if hasattr(S, "toarray") else np.asarray(S)
+        own = S[np.arange(len(S)), np.arange(a, a + len(S))]
+        rank[a:a + len(S)] = 1 + (S > own[:, None]).sum(axis=1)  # ties count in the query's favour
+    return {"recall@1": float((rank <= 1).mean()), "recall@10": float((rank <= 10).mean()),
+            "mrr": float((1.0 / rank).mean())}
+
+
+def retrieval(texts, embed, seed=0):
+    """Held-out crop retrieval with ``embed(list of texts) -> (N, d) unit rows``."""
+    triples = held_out_crops(texts, seed=seed)
+    if len(triples) < 2:
+        raise MinembedError("retrieval needs at least 2 documents of 8 words or more")
+    crops, rests = [c for _, c, _ in triples], [r for _, _, r in triples]
+    return dict(retrieval_scores(embed(crops), embed(rests)), documents=len(triples))
+
+
+def tfidf_retrieval(texts, seed=0):
+    """The same task with TF-IDF fit on the rests (sublinear tf, L2 rows)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    triples = held_out_crops(texts, seed=seed)
+    vec = TfidfVectorizer(sublinear_tf=True).fit([r for _, _, r in triples])
+    return dict(retrieval_scores(vec.transform([c for _, c, _ in triples]),
+                                 vec.transform([r for _, _, r in triples])), documents=len(triples))

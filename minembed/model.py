@@ -1,18 +1,20 @@
 """A model directory, and the Python API to use one.
 
-    config.json      the encoder's hyper-parameters (+ how it was trained)
-    tokenizer.json   the tokenizer (Hugging Face `tokenizers` format)
-    model.npz        the weights, one array per parameter name (no pickle)
-    log.jsonl        the training log, one JSON object per step
-    manifest.json    size and SHA-256 of each of the files above, written last
+    config.json        the encoder's hyper-parameters (+ how it was trained)
+    tokenizer.json     the tokenizer (Hugging Face `tokenizers` format)
+    model.safetensors  the weights, one tensor per parameter name (safetensors: no pickle)
+    log.jsonl          the training log, one JSON object per step
+    manifest.json      size and SHA-256 of each of the files above, written last
 
-Every file is written atomically (a temporary file, fsync, os.replace), so a
+Directories written before safetensors hold ``model.npz`` instead (read with
+``allow_pickle=False``); they still load. Every file is written atomically (a
+temporary file, fsync, os.replace) with the permissions the umask gives, so a
 crash never leaves a half-written file under a real name; ``load`` checks the
 manifest and names the file that is missing or damaged.
 """
 import hashlib
-import io
 import json
+import numbers
 import os
 import tempfile
 
@@ -23,7 +25,8 @@ from .errors import MinembedError
 from .tokenize import encode_texts, tokenizer_from_str
 
 FORMAT_VERSION = 1
-MODEL_FILES = ("config.json", "tokenizer.json", "model.npz")
+WEIGHTS = "model.safetensors"
+MODEL_FILES = ("config.json", "tokenizer.json", WEIGHTS)
 
 
 def encoder_module(name):
@@ -38,22 +41,35 @@ def encoder_module(name):
 
 
 # ---------------------------------------------------------------------------
-# atomic files
+# files
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` so that readers see the old file or the new
-    one, never a part: write a temporary file beside it, fsync, rename over."""
+    one, never a part: a temporary file beside it, fsync, rename over. The file
+    gets the permissions a plain open() would (0666 minus the umask)."""
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    except OSError as e:
+        raise MinembedError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # the real name, not the temporary one
+            raise MinembedError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -61,16 +77,20 @@ def atomic_write_json(path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def npz_bytes(arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **{k: to_numpy(v) for k, v in arrays.items()})
-    return buf.getvalue()
+def weights_bytes(arrays):
+    """safetensors bytes of {name: array} (on the host, contiguous)."""
+    from safetensors.numpy import save
+    return save({k: np.ascontiguousarray(to_numpy(v)) for k, v in arrays.items()})
 
 
-def load_npz(path):
-    """Arrays from an .npz file, never unpickling."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def load_weights(path):
+    """{name: array} from a .safetensors file (or a legacy .npz, never unpickled)."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    from safetensors.numpy import load
+    with open(path, "rb") as f:
+        return load(f.read())
 
 
 def _sha256(path):
@@ -89,6 +109,12 @@ def write_manifest(model_dir, files=MODEL_FILES):
     atomic_write_json(os.path.join(model_dir, "manifest.json"), {"files": entries})
 
 
+def _weights_file(model_dir):
+    legacy = os.path.join(model_dir, "model.npz")
+    return "model.npz" if not os.path.isfile(os.path.join(model_dir, WEIGHTS)) and \
+        os.path.isfile(legacy) else WEIGHTS
+
+
 def verify_manifest(model_dir):
     """Raise MinembedError naming the first file that is missing or does not match."""
     mpath = os.path.join(model_dir, "manifest.json")
@@ -100,7 +126,7 @@ def verify_manifest(model_dir):
         raise MinembedError(f"{model_dir}: manifest.json is missing (not a complete minembed model)") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise MinembedError(f"{model_dir}: manifest.json is damaged") from None
-    for name in MODEL_FILES:
+    for name in MODEL_FILES[:2] + (_weights_file(model_dir),):
         if name not in entries:
             raise MinembedError(f"{model_dir}: manifest.json does not list {name} (damaged)")
     for name, (size, sha) in entries.items():
@@ -114,18 +140,41 @@ def verify_manifest(model_dir):
             raise MinembedError(f"{model_dir}: {name} does not match its checksum (corrupted)")
 
 
-def save_model(model_dir, config, params, tokenizer):
-    """Write a complete model directory (each file atomically, the manifest last)."""
+def save_model(model_dir, config, params, tokenizer, extra=None):
+    """Write a complete model directory (each file atomically, the manifest last).
+    ``extra``: {file name: bytes} written too and listed in the manifest."""
     os.makedirs(model_dir, exist_ok=True)
     atomic_write_json(os.path.join(model_dir, "config.json"), config)
     atomic_write_bytes(os.path.join(model_dir, "tokenizer.json"), tokenizer.to_str().encode("utf-8"))
-    atomic_write_bytes(os.path.join(model_dir, "model.npz"), npz_bytes(params))
-    write_manifest(model_dir)
+    atomic_write_bytes(os.path.join(model_dir, WEIGHTS), weights_bytes(params))
+    for name, data in (extra or {}).items():
+        atomic_write_bytes(os.path.join(model_dir, name), data)
+    legacy = os.path.join(model_dir, "model.npz")
+    if os.path.exists(legacy):  # a model written before safetensors, overwritten (--force)
+        os.unlink(legacy)
+    write_manifest(model_dir, MODEL_FILES + tuple(extra or {}))
+
+
+def read_log(model_dir):
+    """The records of a model directory's log.jsonl (or of that file itself)."""
+    path = os.path.join(model_dir, "log.jsonl") if os.path.isdir(model_dir) else model_dir
+    if not os.path.isfile(path):
+        raise MinembedError(f"no training log at {path}")
+    recs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    recs.append(json.loads(line))
+                except ValueError:
+                    raise MinembedError(f"{path}: line {n} is not valid JSON") from None
+    if not recs:
+        raise MinembedError(f"{path} is empty: the training recorded no step")
+    return recs
 
 
 def holds_model(path):
-    return os.path.isfile(os.path.join(path, "config.json")) or \
-        os.path.isfile(os.path.join(path, "model.npz"))
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", WEIGHTS, "model.npz"))
 
 
 # ---------------------------------------------------------------------------
@@ -146,22 +195,29 @@ class Model:
         return int(self.config["dim"])
 
     def encode(self, texts, batch_size=256, normalize=None, progress=None):
-        """Embed texts: float32 array (N, dim). Texts are processed in batches of
-        similar length (sorted by length, then restored to the input order).
-        An empty text gives a zero vector.
+        """Embed texts: float32 array (N, dim); a single string gives one vector (dim,).
+        Texts are processed in batches of similar length (sorted by length, then
+        restored to the input order). An empty text gives a zero vector.
 
         ``normalize`` scales rows to unit length. The default (None) follows the
         model's config, which is True for trained models: training compares
         vectors by cosine similarity only, so their direction is what was learned
         and their length is noise (for the bag model, kNN with Euclidean distance
-        on raw means is 6-12 points worse than on unit vectors)."""
+        on raw means is 6-12 points worse than on unit vectors).
+        ``progress(n)`` is called with the number of texts of each batch done."""
+        if isinstance(texts, str):
+            return self.encode([texts], batch_size, normalize)[0]
+        if texts is None or not hasattr(texts, "__iter__"):
+            raise MinembedError(f"encode() takes a string or a list of strings, got "
+                                f"{type(texts).__name__}")
+        texts = list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise MinembedError(f"encode(): text {bad} is a {type(texts[bad]).__name__}, not a string")
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise MinembedError(f"batch_size must be a positive integer, got {batch_size!r}")
         if normalize is None:
             normalize = bool(self.config.get("normalize", True))
-        if isinstance(texts, str):
-            raise MinembedError("encode() takes a list of texts, not a single string")
-        texts = list(texts)
-        if batch_size < 1:
-            raise MinembedError(f"batch_size must be >= 1, got {batch_size}")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         xp = xp_of(*self.params.values())
@@ -179,6 +235,22 @@ class Model:
         return out
 
 
+def _check_config(path, config):
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise MinembedError(f"{path}: config.json is unreadable or damaged")
+    if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise MinembedError(f"{path} was written by a newer minembed (format version "
+                            f"{config['format_version']}, this one reads {FORMAT_VERSION}); upgrade "
+                            f"minembed")
+    encoder_module(config["model"])
+    keys = ("vocab_size", "dim") + (("layers", "heads", "ffn", "max_len")
+                                    if config["model"] == "transformer" else ())
+    for k in keys:
+        v = config.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2 ** 31:
+            raise MinembedError(f"{path}: config.json has {k} = {v!r}, not a positive integer (damaged)")
+
+
 def load(path, device="cpu", verify=True):
     """Load a model directory written by ``minembed train``."""
     path = os.fspath(path)
@@ -189,27 +261,28 @@ def load(path, device="cpu", verify=True):
     if verify:
         verify_manifest(path)
     try:
-        with open(os.path.join(path, "config.json")) as f:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
-        model_type = config["model"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         raise MinembedError(f"{path}: config.json is unreadable or damaged") from None
+    _check_config(path, config)
     try:
         with open(os.path.join(path, "tokenizer.json"), encoding="utf-8") as f:
             tok = tokenizer_from_str(f.read(), where=os.path.join(path, "tokenizer.json"))
     except OSError:
         raise MinembedError(f"{path}: tokenizer.json is missing or unreadable") from None
+    name = _weights_file(path)
     try:
-        params = load_npz(os.path.join(path, "model.npz"))
-    except (OSError, ValueError) as e:
-        raise MinembedError(f"{path}: model.npz is unreadable ({e})") from None
-    expected = encoder_module(model_type).init_params(config, np.random.default_rng(0))
-    for name, arr in expected.items():
-        if name not in params:
-            raise MinembedError(f"{path}: model.npz has no parameter {name!r}")
-        if params[name].shape != arr.shape:
-            raise MinembedError(f"{path}: parameter {name!r} has shape {params[name].shape}, "
-                                f"config.json implies {arr.shape}")
+        params = load_weights(os.path.join(path, name))
+    except Exception as e:  # zip, safetensors and OS errors alike: the file is bad
+        raise MinembedError(f"{path}: {name} is unreadable ({type(e).__name__})") from None
+    expected = {k: v.shape for k, v in
+                encoder_module(config["model"]).init_params(config, np.random.default_rng(0)).items()}
+    for k, shape in expected.items():
+        if k not in params:
+            raise MinembedError(f"{path}: {name} has no parameter {k!r}")
+        if params[k].shape != shape:
+            raise MinembedError(f"{path}: parameter {k!r} has shape {params[k].shape}, "
+                                f"config.json implies {shape}")
     xp = get_xp(device)
-    params = {k: to_device(params[k], xp) for k in expected}
-    return Model(config, params, tok, path=path)
+    return Model(config, {k: to_device(params[k], xp) for k in expected}, tok, path=path)

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from .data import Corpus
 from .errors import MinembedError
 from .model import Model, atomic_write_bytes, load
 
@@ -36,23 +37,6 @@ class Hit:
     label: str = None
 
 
-def read_documents(corpus=None, fmt="auto"):
-    """(texts, labels or None, identity) of a corpus file, or of the built-in corpus (None).
-
-    ``identity`` names the file and its version: (absolute path, size, mtime, format)."""
-    if corpus is None:
-        from .datasets import cache_path, docstrings
-        texts, labels = docstrings()
-        path, fmt = cache_path(), "builtin"
-    else:
-        from .corpus import read_corpus
-        texts, labels = read_corpus(corpus, fmt)
-        path = corpus
-    st = os.stat(path)
-    identity = "%s|%d|%d|%s" % (os.path.abspath(path), st.st_size, st.st_mtime_ns, fmt)
-    return list(texts), labels, identity
-
-
 def _model_identity(model):
     """The model's manifest (checksums of its files); for an unsaved model, its weights."""
     if model.path and os.path.isfile(os.path.join(model.path, "manifest.json")):
@@ -65,12 +49,12 @@ def _model_identity(model):
     return h.hexdigest().encode()
 
 
-def cache_file(model, identity):
-    """Where the embeddings of the corpus ``identity`` under ``model`` are cached (None: nowhere)."""
+def cache_file(model, source):
+    """Where the embeddings of the Corpus ``source`` under ``model`` are cached (None: nowhere)."""
     if not model.path:
         return None
-    corpus_key = hashlib.sha1(identity.split("|")[0].encode("utf-8")).hexdigest()[:10]
-    fp = hashlib.sha1(identity.encode("utf-8") + b"\0" + _model_identity(model)).hexdigest()[:16]
+    corpus_key = hashlib.sha1(str(source.identity["path"]).encode("utf-8")).hexdigest()[:10]
+    fp = hashlib.sha1(source.key.encode("utf-8") + b"\0" + _model_identity(model)).hexdigest()[:16]
     return os.path.join(model.path, f"{CACHE_PREFIX}{corpus_key}-{fp}.npy")
 
 
@@ -107,13 +91,15 @@ class CorpusIndex:
         self.from_cache = False
 
     @classmethod
-    def build(cls, model, corpus=None, fmt="auto", cache=True, batch_size=256):
+    def build(cls, model, corpus=None, fmt="auto", cache=True, batch_size=256, encoding="utf-8",
+              errors="strict"):
         """Embed a corpus file (None: the built-in corpus) with a model (a Model or a
         model directory), reusing the cache next to the model when it is up to date."""
         if not isinstance(model, Model):
             model = load(model)
-        texts, labels, identity = read_documents(corpus, fmt)
-        path = cache_file(model, identity) if cache else None
+        source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
+        texts, labels = source.read()
+        path = cache_file(model, source) if cache else None
         X = _load_cached(path, len(texts), model.dim) if path and os.path.isfile(path) else None
         hit = X is not None
         if X is None:

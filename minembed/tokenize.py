@@ -25,8 +25,6 @@ import mmap
 import os
 import re
 import shutil
-import sys
-import time
 
 import numpy as np
 
@@ -217,37 +215,19 @@ class TokenizedCorpus:
 
 
 class TokenizeProgress:
-    """``progress`` for tokenize_corpus: documents, tokens, text read and throughput
-    on one stderr line, redrawn at most every ``every`` seconds; with the corpus
-    file's size, an approximate percentage (characters of text against bytes)."""
+    """``progress`` for tokenize_corpus: documents, tokens and text read (with the
+    file's size, roughly how far), on stderr (minembed.progress.Progress)."""
 
-    def __init__(self, total_bytes=None, file=None, every=0.5):
-        self.total, self.file, self.every = total_bytes, file or sys.stderr, every
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.shown = False
+    def __init__(self, total_bytes=None, file=None):
+        from .progress import Progress
+        self.bar, self.total = Progress(label="tokenising", unit="document", file=file), total_bytes
 
-    def __call__(self, n_docs, n_tokens, n_chars=0, final=False):
-        now = time.perf_counter()
-        if not final and now - self.last < self.every:
-            return
-        self.last = now
-        dt = max(now - self.t0, 1e-9)
-        pct = ""
-        if self.total:
-            pct = " ~%d%%," % min(99, 100 * n_chars // self.total) if not final else " 100%,"
-        self.file.write(f"\rtokenising:{pct} {n_docs:,} documents, {n_tokens:,} tokens, "
-                        f"{n_chars / 1e6:,.1f} MB of text, {n_chars / 1e6 / dt:.1f} MB/s, "
-                        f"{dt:.0f} s   ")
-        self.file.flush()
-        self.shown = True
-        self.state = (n_docs, n_tokens, n_chars)
+    def __call__(self, n_docs, n_tokens, n_chars=0):
+        pct = f"~{min(99, 100 * n_chars // self.total)}% of the file, " if self.total else ""
+        self.bar.update(n_docs - self.bar.done, f"{pct}{n_tokens:,} tokens, {n_chars / 1e6:,.1f} MB of text")
 
     def close(self):
-        if self.shown:
-            self(*self.state, final=True)
-            self.file.write("\n")
-            self.file.flush()
+        self.bar.close()
 
 
 def tokenize_corpus(tok, docs, out_dir, chunk_docs=8192, progress=None):

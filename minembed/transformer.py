@@ -4,7 +4,13 @@
     for each block:
         x = x + drop(attn(ln1(x)))                       attention over each view
         x = x + drop(mlp(ln2(x)))                        mlp = linear -> GELU -> linear
-    emb = masked_mean(ln_f(x))                           (N, D)
+    emb = mean over each view's rows of ln_f(x)          (N, D)
+
+The token and position lookups and the final mean are the bag model's layer
+(bag.embedding_bag_forward): a lookup is a ragged mean over views of one token
+each, and the pooling is a ragged mean over each view's packed rows of x,
+taken as a table. So the codebase has one scatter (the bag backward) for every
+embedding gradient and the pooling gradient.
 
 The encoder interface of docs/DESIGN.md: ``init_params``, ``forward``,
 ``backward``. Views arrive ragged (``ids`` + ``offsets``); views longer than
@@ -19,8 +25,10 @@ import math
 
 import numpy as np
 
-from .backend import xp_of, to_numpy
+from . import bag
 from . import layers as L
+from .backend import to_numpy, xp_of
+from .optim import densify
 
 DEFAULTS = dict(dim=256, layers=4, heads=4, ffn=1024, max_len=128, dropout=0.1)
 BUCKETS = 4     # length buckets for attention (config["buckets"] overrides); see layout()
@@ -71,8 +79,8 @@ def layout(ids, offsets, max_len, buckets=1):
     view. Host NumPy. Returns a dict:
       ids, pos   (M,) the kept token ids and their positions, in packed order
       order      (N,) view order[j] is the j-th packed view
+      starts     (N+1,) packed view j is rows starts[j]:starts[j+1]
       grids      [(index (M_b,), key_mask (N_b, T_b))] per bucket, in row order
-      index, key_mask   one (N, T) grid of all packed views (for pooling)
     """
     ids = to_numpy(ids)  # the layout is index bookkeeping: done on the host
     offsets = to_numpy(offsets).astype(np.int64, copy=False)
@@ -87,7 +95,7 @@ def layout(ids, offsets, max_len, buckets=1):
     ids = ids[offsets[order][view] + pos]
 
     def grid(v0, v1):                                      # views v0..v1-1 share a grid
-        T = max(1, int(lens[v1 - 1])) if v1 > v0 else 1
+        T = max(1, int(lens[v1 - 1]))
         rows = slice(starts[v0], starts[v1])
         index = (view[rows] - v0) * T + pos[rows]
         key_mask = np.arange(T)[None, :] < lens[v0:v1, None]
@@ -95,8 +103,7 @@ def layout(ids, offsets, max_len, buckets=1):
 
     bounds = np.linspace(0, N, max(1, min(buckets, N)) + 1).round().astype(int)
     grids = [grid(v0, v1) for v0, v1 in zip(bounds[:-1], bounds[1:]) if v1 > v0]
-    index, key_mask = grid(0, N)
-    return dict(ids=ids, pos=pos, order=order, grids=grids, index=index, key_mask=key_mask)
+    return dict(ids=ids, pos=pos, order=order, starts=starts, grids=grids)
 
 
 def forward(params, ids, offsets, config, train=False, rng=None):
@@ -123,11 +130,12 @@ def _forward(params, ids, offsets, config, train, rng, keep_cache):
     xp = xp_of(params["tok_emb"])
     lay = layout(ids, offsets, cfg["max_len"], cfg.get("buckets", BUCKETS))
     grids = [(xp.asarray(i), xp.asarray(m)) for i, m in lay["grids"]]
-    N, T = lay["key_mask"].shape
+    M = len(lay["ids"])
+    one_each = xp.arange(M + 1)                                       # M views of one token
 
-    x, c_tok = L.embedding_forward(params["tok_emb"], xp.asarray(lay["ids"]))   # (M, D)
-    xpos, c_pos = L.positional_forward(params["pos_emb"], xp.asarray(lay["pos"]))
-    x += xpos
+    x, c_tok = bag.embedding_bag_forward(params["tok_emb"], xp.asarray(lay["ids"]), one_each)
+    xpos, c_pos = bag.embedding_bag_forward(params["pos_emb"], xp.asarray(lay["pos"]), one_each)
+    x += xpos                                                         # (M, D)
     del xpos
 
     blocks = []
@@ -149,22 +157,22 @@ def _forward(params, ids, offsets, config, train, rng, keep_cache):
             blocks.append((c_ln1, c_attn, c_d1, c_ln2, c_fc, c_gelu, c_proj, c_d2))
 
     x, c_lnf = L.layernorm_forward(x, params["ln_f.g"], params["ln_f.b"])
-    x, c_pad = L.pad_forward(x, xp.asarray(lay["index"]), N, T)     # (N, T, D)
-    emb, c_pool = L.mean_pool_forward(x, xp.asarray(lay["key_mask"]))
+    emb, c_pool = bag.embedding_bag_forward(x, xp.arange(M), xp.asarray(lay["starts"]))  # view means
     order = xp.asarray(lay["order"])
     out = xp.empty_like(emb)
     out[order] = emb                                                  # back to input order
-    cache = (cfg["layers"], c_tok, c_pos, blocks, c_lnf, c_pad, c_pool, order) if keep_cache else None
+    cache = (cfg["layers"], c_tok, c_pos, blocks, c_lnf, c_pool, order,
+             params["pos_emb"].shape) if keep_cache else None
     return out, cache
 
 
 def backward(demb, cache):
     """Gradients of every parameter: dense arrays, and a RowGrad for tok_emb
     holding only the ids of real (non-padding, kept) tokens."""
-    n_layers, c_tok, c_pos, blocks, c_lnf, c_pad, c_pool, order = cache
+    n_layers, c_tok, c_pos, blocks, c_lnf, c_pool, order, pos_shape = cache
     g = {}
-    dx = L.mean_pool_backward(demb[order], c_pool)                   # packed view order                          # (N, T, D)
-    dx = L.pad_backward(dx, c_pad)                                    # (M, D)
+    # every packed row is in one view, so the pooling's row gradient covers all rows in order
+    dx = bag.embedding_bag_backward(demb[order], c_pool).values         # (M, D)
     dx, g["ln_f.g"], g["ln_f.b"] = L.layernorm_backward(dx, c_lnf)
     for i in reversed(range(n_layers)):
         b = f"blocks.{i}."
@@ -182,6 +190,6 @@ def backward(demb, cache):
          g[b + "attn.out.w"], g[b + "attn.out.b"]) = L.attention_backward(dh, c_attn)
         dh, g[b + "ln1.g"], g[b + "ln1.b"] = L.layernorm_backward(dh, c_ln1)
         dx += dh
-    g["pos_emb"] = L.positional_backward(dx, c_pos)
-    g["tok_emb"] = L.embedding_backward(dx, c_tok)
+    g["pos_emb"] = densify(bag.embedding_bag_backward(dx, c_pos), pos_shape)  # small: dense Adam
+    g["tok_emb"] = bag.embedding_bag_backward(dx, c_tok)
     return g

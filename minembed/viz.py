@@ -13,13 +13,13 @@ perplexity 30 (lowered for tiny corpora, where it must stay below N).
 """
 import csv
 import io
-import json
 import os
+import sys
 
 import numpy as np
 
 from .errors import MinembedError
-from .model import atomic_write_bytes
+from .model import atomic_write_bytes, read_log
 
 FIGSIZE = (10, 8)   # inches; with DPI the PNG is 1000 x 800 pixels
 DPI = 100
@@ -32,7 +32,8 @@ def _figure(figsize):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MinembedError("matplotlib is needed: pip install 'minembed[plot]'") from None
+        raise MinembedError("pictures need matplotlib: pip install matplotlib (in a clone of "
+                            "minembed: pip install -e \".[plot]\")") from None
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -118,24 +119,28 @@ def write_coords(coords, labels, stem):
 
 
 def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, seed=0,
-               max_docs=None, title=None):
+               max_docs=None, title=None, encoding="utf-8", errors="strict"):
     """Embed a corpus (None: the built-in one), t-SNE it, draw it to ``out`` (PNG) and
     write the coordinates next to it (``out`` without .png + .npy/.csv).
 
     ``model``: a Model or a model directory. ``max_docs``: a random subset (seeded)
     for very big corpora. Returns (coords, labels, written paths)."""
+    from .data import Corpus
     from .model import Model, load
-    from .search import read_documents
+    from .progress import Progress
 
     _figure((1, 1))  # fail early, before the slow part, if matplotlib is missing
     if not isinstance(model, Model):
         model = load(model)
-    texts, labels, _ = read_documents(corpus, fmt)
+    texts, labels = Corpus(corpus, fmt, encoding=encoding, errors=errors).read()
     if max_docs and len(texts) > max_docs:
         keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:max_docs])
         texts = [texts[i] for i in keep]
         labels = None if labels is None else [labels[i] for i in keep]
-    X = model.encode(texts)
+    bar = Progress(len(texts), "embedding", "document")
+    X = model.encode(texts, progress=bar.update)
+    bar.close()
+    print(f"t-SNE of {len(texts):,} documents ...", file=sys.stderr, flush=True)
     coords = tsne(X, perplexity=perplexity, seed=seed)
     name = os.path.basename(os.path.normpath(model.path)) if model.path else "model"
     plot_map(coords, labels, out,
@@ -147,23 +152,6 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
 
 # ---------------------------------------------------------------------------
 # training curves
-
-def read_log(model_dir):
-    path = os.path.join(model_dir, "log.jsonl") if os.path.isdir(model_dir) else model_dir
-    if not os.path.isfile(path):
-        raise MinembedError(f"no training log at {path}")
-    recs = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    recs.append(json.loads(line))
-                except ValueError:
-                    raise MinembedError(f"{path}: line {n} is not valid JSON") from None
-    if not recs:
-        raise MinembedError(f"{path} is empty: the training recorded no step")
-    return recs
-
 
 def _smooth(y, window):
     if window <= 1 or len(y) < window:

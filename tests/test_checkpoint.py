@@ -14,8 +14,9 @@ import pytest
 
 from minembed import checkpoint as ckpt_mod
 from minembed.errors import MinembedError
-from minembed.model import load, load_npz
-from minembed.train import TrainConfig, train
+from minembed.model import load, load_weights
+from minembed.run import train
+from minembed.train import TrainConfig
 
 # the CLI, each training step slowed down by DELAY seconds so that a signal can land mid-run
 CLI = ("import time\n"
@@ -74,7 +75,7 @@ def log_records(model_dir):
 
 
 def assert_same_model(a, b, why=""):
-    pa, pb = load_npz(os.path.join(a, "model.npz")), load_npz(os.path.join(b, "model.npz"))
+    pa, pb = load_weights(os.path.join(a, "model.safetensors")), load_weights(os.path.join(b, "model.safetensors"))
     assert pa.keys() == pb.keys()
     for k in pa:
         assert pa[k].dtype == pb[k].dtype and np.array_equal(pa[k], pb[k]), f"{k} differs {why}"

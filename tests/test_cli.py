@@ -50,7 +50,7 @@ def test_help_is_complete():
 
 
 def test_train_embed_eval(tmp_path, model_dir, topic_txt, topic_jsonl):
-    assert set(os.listdir(model_dir)) >= {"config.json", "tokenizer.json", "model.npz",
+    assert set(os.listdir(model_dir)) >= {"config.json", "tokenizer.json", "model.safetensors",
                                           "log.jsonl", "manifest.json"}
     out = tmp_path / "x.npy"
     r = run("embed", model_dir, topic_txt, "-o", out)
@@ -61,9 +61,12 @@ def test_train_embed_eval(tmp_path, model_dir, topic_txt, topic_jsonl):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["documents"] == 240 and res["labels"] == 4
-    assert set(res["results"]) == {"model", "untrained", "tfidf_svd_l2"}
-    for row in res["results"].values():
+    assert set(res["knn"]) == {"model", "untrained", "tfidf", "tfidf_svd_l2", "majority"}
+    for row in res["knn"].values():
         assert 0.0 <= row["knn_euclidean"] <= 1.0 and 0.0 <= row["knn_cosine"] <= 1.0
+    assert res["knn"]["majority"]["knn_cosine"] < 0.5 < res["knn"]["tfidf"]["knn_cosine"]
+    for row in res["retrieval"].values():
+        assert 0.0 <= row["recall@1"] <= row["recall@10"] <= 1.0 and row["documents"] == 240
     r = run("eval", model_dir, topic_jsonl)
     assert r.exit_code == 0 and "tfidf_svd_l2" in r.output and "%" in r.output
 
@@ -102,8 +105,11 @@ def test_empty_corpus(tmp_path):
 def test_too_few_documents(tmp_path):
     p = tmp_path / "few.txt"
     p.write_text("one document here.\nand a second one.\n")
-    assert_one_line_error(run("train", p, "-o", tmp_path / "m", "--vocab-size", "100"),
-                          "usable documents", "--batch-size")
+    r = run("train", p, "-o", tmp_path / "m", "--vocab-size", "100", "--max-steps", "3")
+    assert r.exit_code == 0 and "batch size lowered from 128 to 2" in r.output, r.output
+    p.write_text("only one document here.\n")
+    assert_one_line_error(run("train", p, "-o", tmp_path / "m1", "--vocab-size", "100"), "at least 2")
+    assert not (tmp_path / "m1").exists()
 
 
 def test_binary_and_non_utf8(tmp_path):
@@ -130,12 +136,12 @@ def test_bad_model_dirs(tmp_path, model_dir, topic_txt):
     import shutil
     bad = tmp_path / "bad"
     shutil.copytree(model_dir, bad)
-    data = bytearray((bad / "model.npz").read_bytes())
+    data = bytearray((bad / "model.safetensors").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (bad / "model.npz").write_bytes(bytes(data))
-    assert_one_line_error(run("eval", bad, topic_txt), "model.npz", "corrupted")
-    (bad / "model.npz").write_bytes(bytes(data[:100]))
-    assert_one_line_error(run("embed", bad, topic_txt, "-o", tmp_path / "x.npy"), "model.npz")
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    assert_one_line_error(run("eval", bad, topic_txt), "model.safetensors", "corrupted")
+    (bad / "model.safetensors").write_bytes(bytes(data[:100]))
+    assert_one_line_error(run("embed", bad, topic_txt, "-o", tmp_path / "x.npy"), "model.safetensors")
     assert not (tmp_path / "x.npy").exists()
 
 
@@ -149,10 +155,12 @@ def test_invalid_numbers(tmp_path, topic_txt, args, fragment):
 
 
 def test_refuses_to_overwrite_a_model(model_dir, topic_txt):
-    before = (model_dir / "model.npz").read_bytes()
+    before = (model_dir / "model.safetensors").read_bytes()
     assert_one_line_error(run("train", topic_txt, "-o", model_dir, *SMALL), "already holds a model", "--force")
-    assert (model_dir / "model.npz").read_bytes() == before
+    assert (model_dir / "model.safetensors").read_bytes() == before
 
 
-def test_eval_needs_labels(model_dir, topic_txt):
-    assert_one_line_error(run("eval", model_dir, topic_txt), "no labels")
+def test_eval_without_labels_reports_retrieval(model_dir, topic_txt):
+    r = run("eval", model_dir, topic_txt)
+    assert r.exit_code == 0, r.output
+    assert "retrieval of a held-out crop (240 documents)" in r.output and "tfidf_svd_l2" not in r.output

@@ -4,8 +4,12 @@ import json
 
 import pytest
 
-from minembed.corpus import iter_documents, read_corpus, resolve_format
+from minembed.data import MAX_DOC_CHARS, Corpus, iter_documents, resolve_format
 from minembed.errors import MinembedError
+
+
+def read_corpus(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS):
+    return Corpus(path, fmt, max_doc_chars).read()
 
 
 def docs(path, fmt="auto", **kw):

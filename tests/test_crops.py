@@ -94,7 +94,7 @@ def test_span_views_are_within_bounds(corpus):
 
 def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):
     _, tok, c = corpus
-    ids, off = PairSampler(c, positives="dropout").sample(np.array([0, 2]), np.random.default_rng(0))
+    ids, off = PairSampler(c, model="transformer", max_len=10**6, positives="dropout").sample(np.array([0, 2]), np.random.default_rng(0))
     assert ids[off[0]:off[1]].tolist() == ids[off[2]:off[3]].tolist()
     m = mask_token_id(tok)
     ids, off = PairSampler(c, positives="mask", mask_frac=0.5, mask_id=m).sample(
@@ -105,7 +105,7 @@ def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):
 
 def test_max_len_cuts_views(corpus):
     _, _, c = corpus
-    ids, off = PairSampler(c, max_len=7).sample(np.array([0, 1, 2, 4]), np.random.default_rng(0))
+    ids, off = PairSampler(c, model="transformer", max_len=7).sample(np.array([0, 1, 2, 4]), np.random.default_rng(0))
     assert np.diff(off).max() <= 7
 
 
@@ -117,8 +117,9 @@ def test_same_rng_same_batch(corpus):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("kw, msg", [(dict(crops="words"), "crop mode"), (dict(positives="x"), "positives"),
-                                     (dict(n_sent=0), "crop-sentences"), (dict(span_min=0.6, span_max=0.5), "span"),
+@pytest.mark.parametrize("kw, msg", [(dict(crops="words"), "--crops"), (dict(positives="x"), "--positives"),
+                                     (dict(crop_sentences=0), "--crop-sentences"),
+                                     (dict(span_min=0.6, span_max=0.5), "span"),
                                      (dict(positives="mask"), "MASK")])
 def test_bad_options(corpus, kw, msg):
     with pytest.raises(MinembedError, match=msg):

@@ -98,7 +98,6 @@ def test_use_kernels_only_for_cupy_float32():
 TWINS = [
     (cuda.embedding_bag_forward, bag.embedding_bag_forward),
     (cuda.embedding_bag_backward, bag.embedding_bag_backward),
-    (cuda.segment_sum, layers.segment_sum),
     (cuda.adam_update, optim.adam_update),
     (cuda.adam_update_rows, optim.adam_update_rows),
     (cuda.layernorm_forward, layers.layernorm_forward),
@@ -144,21 +143,26 @@ def case_bag(rng, cp):
         out.append((f"bag forward D={D}", got, want, False))
         dout = rng.standard_normal(want.shape).astype(np.float32)
         w = bag.embedding_bag_backward(dout, wc)
-        g = cuda.embedding_bag_backward(cp.asarray(dout), gc)
-        out.append((f"bag backward rows D={D}", g.rows, np.asarray(w.rows), True))
-        out.append((f"bag backward values D={D}", g.values, np.asarray(w.values), False))
+        rows, values = cuda.embedding_bag_backward(cp.asarray(dout), gc)
+        out.append((f"bag backward rows D={D}", rows, np.asarray(w.rows), True))
+        out.append((f"bag backward values D={D}", values, np.asarray(w.values), False))
     return out
 
 
 def case_segment_sum(rng, cp):
-    keys = rng.integers(0, 50, 3000)
-    keys[rng.random(3000) < 0.5] = 3                      # a run of ~1500: many pieces
+    """The bag backward as a plain segmented sum (views of one token each, the
+    transformer's lookups), with a run of ~1500 equal keys: many pieces."""
+    keys = rng.integers(0, 50, 3000).astype(np.int32)
+    keys[rng.random(3000) < 0.5] = 3
     values = rng.standard_normal((3000, 24)).astype(np.float32)
-    wr, wv = layers.segment_sum(keys, values)
-    gr, gv = cuda.segment_sum(cp.asarray(keys), cp.asarray(values))
-    hr, hv = cuda.segment_sum(keys, cp.asarray(values))   # keys on the host
-    return [("segment_sum rows", gr, wr, True), ("segment_sum values", gv, wv, False),
-            ("segment_sum host keys", hv, wv, False)]
+    table = np.zeros((50, 24), np.float32)
+    one_each = np.arange(3001)
+    _, wc = bag.embedding_bag_forward(table, keys, one_each)
+    want = bag.embedding_bag_backward(values, wc)
+    _, gc = cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(keys), cp.asarray(one_each))
+    rows, sums = cuda.embedding_bag_backward(cp.asarray(values), gc)
+    return [("segment_sum rows", rows, np.asarray(want.rows), True),
+            ("segment_sum values", sums, np.asarray(want.values), False)]
 
 
 def case_adam(rng, cp):
@@ -311,10 +315,11 @@ def test_kernel_matches_numpy_twin(xp, case, seed):
 def test_kernels_deterministic(xp):
     """The segmented sums use no atomics: two runs give identical bits."""
     rng = np.random.default_rng(5)
-    keys = rng.integers(0, 20, 5000)
+    keys = xp.asarray(rng.integers(0, 20, 5000).astype(np.int32))
     values = xp.asarray(rng.standard_normal((5000, 64)).astype(np.float32))
-    a = cuda.segment_sum(xp.asarray(keys), values)[1]
-    b = cuda.segment_sum(xp.asarray(keys), values)[1]
+    table, one_each = xp.zeros((20, 64), xp.float32), xp.arange(5001)
+    a = cuda.embedding_bag_backward(values, cuda.embedding_bag_forward(table, keys, one_each)[1])[1]
+    b = cuda.embedding_bag_backward(values, cuda.embedding_bag_forward(table, keys, one_each)[1])[1]
     assert bool((a == b).all())
 
 
@@ -322,8 +327,8 @@ def test_empty_inputs(xp):
     table = xp.ones((10, 8), dtype=xp.float32)
     out, c = cuda.embedding_bag_forward(table, xp.zeros(0, xp.int32), xp.zeros(3, xp.int64))
     assert out.shape == (2, 8) and float(abs(out).max()) == 0.0
-    g = cuda.embedding_bag_backward(xp.ones((2, 8), xp.float32), c)
-    assert g.rows.shape == (0,) and g.values.shape == (0, 8)
+    rows, values = cuda.embedding_bag_backward(xp.ones((2, 8), xp.float32), c)
+    assert rows.shape == (0,) and values.shape == (0, 8)
 
 
 # ---------------------------------------------------------------------------

@@ -1,15 +1,22 @@
-"""The built-in docstring corpus: cleaning rules, counts, labels, cache."""
+"""The built-in docstring corpus: the shipped snapshot (counts, labels, clean
+text) and its builder, tools/build_docstrings.py (cleaning rules, determinism)."""
 import gzip
-import json
+import importlib.util
 import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from minembed import datasets
-from minembed.datasets import clean_docstring
+from minembed import data
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("build_docstrings", ROOT / "tools" / "build_docstrings.py")
+datasets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(datasets)
+clean_docstring = datasets.clean_docstring
 
 
 # ---------------------------------------------------------------------------
@@ -118,13 +125,8 @@ def test_clean_docstring_empty():
 # ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("minembed-cache"))
-
-
-@pytest.fixture(scope="module")
-def corpus(cache_dir):
-    return datasets.docstrings(cache_dir=cache_dir, return_names=True)
+def corpus():
+    return data.builtin(return_names=True)
 
 
 def test_counts_in_range(corpus):
@@ -184,49 +186,33 @@ def test_known_objects_land_where_expected(corpus):
     assert not any("Read more in the User Guide." in t for t in texts)
 
 
-def test_cache_written_and_reloaded(corpus, cache_dir):
-    path = datasets.cache_path(cache_dir)
-    assert os.path.basename(path).startswith(f"docstrings-v{datasets.FORMAT_VERSION}-numpy")
-    assert path.endswith(".jsonl.gz") and os.path.exists(path)
-    assert not [f for f in os.listdir(cache_dir) if f.endswith(".tmp")]
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        first = json.loads(f.readline())
-    assert first == {"label": corpus[1][0], "name": corpus[2][0], "text": corpus[0][0]}
-    assert datasets.docstrings(cache_dir=cache_dir, return_names=True) == corpus
-    texts, labels = datasets.docstrings(cache_dir=cache_dir)
+def test_shipped_snapshot_is_small_and_documented():
+    assert os.path.getsize(data.BUILTIN) <= 1_000_000
+    readme = (Path(data.BUILTIN).parent / "README.md").read_text()
+    for needle in ("numpy 2.4.6", "scipy 1.17.1", "scikit-learn 1.9.1", "BSD", "tools/build_docstrings.py"):
+        assert needle in readme
+
+
+def test_builder_is_deterministic_and_writes_the_shipped_format(tmp_path):
+    """Two builds in processes with different hash seeds give the same bytes, in the
+    shipped file's format (the documents themselves depend on the installed versions)."""
+    outs = []
+    for seed in ("1", "12345"):
+        out = tmp_path / f"c{seed}.jsonl.gz"
+        res = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docstrings.py"), "--out", str(out)],
+                             env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    with gzip.open(tmp_path / "c1.jsonl.gz", "rt", encoding="utf-8") as f:
+        first = f.readline()
+    with gzip.open(data.BUILTIN, "rt", encoding="utf-8") as f:
+        assert first.split('"', 3)[1] == f.readline().split('"', 3)[1] == "label"
+
+
+def test_corpus_object_reads_the_builtin(corpus):
+    c = data.Corpus()
+    texts, labels = c.read()
     assert (texts, labels) == corpus[:2]
-
-
-def test_cache_dir_from_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("MINEMBED_CACHE", str(tmp_path))
-    assert os.path.dirname(datasets.cache_path()) == str(tmp_path)
-
-
-def test_rebuild_in_fresh_process_is_identical(corpus, cache_dir, tmp_path):
-    # Another process, another hash seed (set order), same bytes; nothing on stdout.
-    env = dict(os.environ, PYTHONHASHSEED="12345")
-    code = f"from minembed import datasets; datasets.docstrings(cache_dir={str(tmp_path)!r})"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
-    name = os.path.basename(datasets.cache_path(cache_dir))
-    with open(os.path.join(cache_dir, name), "rb") as a, open(tmp_path / name, "rb") as b:
-        assert a.read() == b.read()
-
-
-def test_stats(corpus):
-    texts, labels, _ = corpus
-    s = datasets.stats(texts, labels)
-    assert s["documents"] == len(texts)
-    assert s["labels"] == len(set(labels))
-    assert sum(s["docs_per_label"].values()) == len(texts)
-    assert list(s["docs_per_label"].values()) == sorted(s["docs_per_label"].values(), reverse=True)
-    assert s["mean_chars"] == pytest.approx(sum(map(len, texts)) / len(texts))
-    assert datasets.MIN_CHARS <= s["median_chars"] <= s["mean_chars"] * 2
-
-
-def test_stats_small():
-    s = datasets.stats(["a" * 100, "b" * 300, "c" * 200], ["x", "y", "x"])
-    assert s == {"documents": 3, "labels": 2, "docs_per_label": {"x": 2, "y": 1},
-                 "mean_chars": 200.0, "median_chars": 200.0}
+    assert c.key.startswith("builtin-") and c.identity["path"] is None

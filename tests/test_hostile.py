@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minembed.corpus import iter_documents
+from minembed.data import iter_documents
 from minembed.crops import PairSampler
 from minembed.errors import MinembedError
 from minembed.tokenize import mask_token_id, split_sentences, tokenize_corpus, train_tokenizer
@@ -183,10 +183,12 @@ def test_tokenise_and_sample_crops(tok, texts, data):
         assert np.all((tc.ids >= 0) & (tc.ids < tok.get_vocab_size()))
         n_sent = data.draw(st.integers(1, 2))
         positives = data.draw(st.sampled_from(["crops", "mask", "dropout"]))
+        max_len = data.draw(st.sampled_from([None, 3, 50]))
         sampler = PairSampler(tc, crops=data.draw(st.sampled_from(["auto", "sentences", "spans"])),
-                              n_sent=n_sent, sent_min=data.draw(st.integers(0, 5)), sent_max=40,
-                              positives=positives, mask_id=mask_token_id(tok),
-                              max_len=data.draw(st.sampled_from([None, 3, 50])))
+                              crop_sentences=n_sent, sentence_min=data.draw(st.integers(0, 5)),
+                              sentence_max=40, positives=positives, mask_id=mask_token_id(tok),
+                              model="transformer" if max_len or positives == "dropout" else "bag",
+                              max_len=max_len or 10**6)
         st_ = sampler.stats
         assert st_["sentence_crops"] + st_["token_spans"] + st_["skipped"] == len(docs)
         if len(sampler.usable) == 0:
@@ -214,7 +216,7 @@ def test_megabyte_document_tokenises_and_samples(tok, tmp_path):
     docs = ["a" * 1_000_000, "word. " * 150_000, "x y"]
     t = time.perf_counter()
     tc = tokenize_corpus(tok, iter(docs), tmp_path / "c")
-    sampler = PairSampler(tc, sent_min=1, sent_max=10, max_len=64)
+    sampler = PairSampler(tc, sentence_min=1, sentence_max=10, model="transformer", max_len=64)
     ids, offsets = sampler.sample(sampler.usable, np.random.default_rng(0))
     assert offsets[-1] == len(ids) and sampler.stats["skipped"] == 0
     assert time.perf_counter() - t < 30

@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from minembed import bag
 from minembed import layers as L
+from minembed.optim import densify
 from minembed.gradcheck import check_grads
 
 TOL = 1e-6
@@ -206,47 +208,39 @@ def test_attention_matches_per_view_reference(buckets):
         start += n
 
 
-def test_embedding_rowgrad():
+# The transformer's lookups and pooling are the bag layer (one scatter in the codebase).
+
+def test_bag_layer_as_a_lookup():
+    """Views of one token each: the bag forward is table[ids], its backward the
+    scatter-add of dy into the used rows (as np.add.at)."""
     rng = _rng(13)
     table = rng.standard_normal((10, 3))
     ids = np.array([4, 1, 4, 7, 1, 4], np.int32)
-    y, cache = L.embedding_forward(table, ids)
-    np.testing.assert_array_equal(y, table[ids])
+    y, cache = bag.embedding_bag_forward(table, ids, np.arange(len(ids) + 1))
+    np.testing.assert_allclose(y, table[ids], rtol=1e-15)
     R = rng.standard_normal(y.shape)
-    g = L.embedding_backward(R, cache)
+    g = bag.embedding_bag_backward(R, cache)
     np.testing.assert_array_equal(g.rows, [1, 4, 7])
     dense = np.zeros_like(table)
     np.add.at(dense, ids, R)
     np.testing.assert_allclose(g.values, dense[[1, 4, 7]])
-    full = np.zeros_like(table)
-    full[g.rows] = g.values
-    f = lambda: float((L.embedding_forward(table, ids)[0] * R).sum())
-    _assert_grads(f, {"table": table}, {"table": full})
+    f = lambda: float((bag.embedding_bag_forward(table, ids, np.arange(7))[0] * R).sum())  # noqa: E731
+    _assert_grads(f, {"table": table}, {"table": densify(g, table.shape)})
 
 
-def test_positional_grad():
-    rng = _rng(14)
-    table = rng.standard_normal((5, 3))
-    pos = np.array([0, 1, 2, 0, 0, 1, 2, 3])
-    R = rng.standard_normal((len(pos), 3))
-    y, cache = L.positional_forward(table, pos)
-    d = L.positional_backward(R, cache)
-    assert d.shape == table.shape and np.all(d[4] == 0)
-    f = lambda: float((L.positional_forward(table, pos)[0] * R).sum())
-    _assert_grads(f, {"table": table}, {"table": d})
-
-
-def test_mean_pool_padded_batch():
+def test_bag_layer_as_mean_pooling():
+    """The rows of x taken as a table, each view its run of rows: the view means,
+    an empty view a zero vector, and every row's gradient dy[view] / len."""
     rng = _rng(15)
-    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
-    x = rng.standard_normal((3, 4, 5))
-    x[~mask] = 1e6                                     # padding must not leak in
-    y, cache = L.mean_pool_forward(x, mask)
-    np.testing.assert_allclose(y[0], x[0, :3].mean(0))
-    np.testing.assert_allclose(y[1], x[1, 0])
-    assert np.all(y[2] == 0) and not np.isnan(y).any()  # empty view -> zero vector
+    x = rng.standard_normal((4, 5))
+    starts = np.array([0, 3, 3, 4])                      # views of 3, 0 and 1 rows
+    y, cache = bag.embedding_bag_forward(x, np.arange(4), starts)
+    np.testing.assert_allclose(y[0], x[:3].mean(0))
+    assert np.all(y[1] == 0) and not np.isnan(y).any()
+    np.testing.assert_allclose(y[2], x[3])
     R = rng.standard_normal(y.shape)
-    dx = L.mean_pool_backward(R, cache)
-    assert np.all(dx[~mask] == 0)                      # zero gradient on padding
-    f = lambda: float((L.mean_pool_forward(x, mask)[0] * R).sum())
-    _assert_grads(f, {"x": x}, {"x": dx})
+    g = bag.embedding_bag_backward(R, cache)
+    np.testing.assert_array_equal(g.rows, np.arange(4))
+    np.testing.assert_allclose(g.values, np.r_[np.repeat(R[:1] / 3, 3, 0), R[2:]])
+    f = lambda: float((bag.embedding_bag_forward(x, np.arange(4), starts)[0] * R).sum())  # noqa: E731
+    _assert_grads(f, {"x": x}, {"x": g.values})

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from minembed.errors import MinembedError
-from minembed.model import load, load_npz
-from minembed.train import OutputDir
+from minembed.model import load, load_weights
+from minembed.run import OutputDir
 
 # the CLI, its training held before step 7 for as long as the file $HOLD exists
 SLOW_CLI = ("import os, time\n"
@@ -76,7 +76,7 @@ def test_second_training_is_refused_and_the_first_is_intact(setup):
     lone = cli(env, corpus, "-o", ref, *CONFIG)
     _, err = lone.communicate(timeout=120)
     assert lone.returncode == 0, err
-    a, b = load_npz(os.path.join(out, "model.npz")), load_npz(os.path.join(ref, "model.npz"))
+    a, b = load_weights(os.path.join(out, "model.safetensors")), load_weights(os.path.join(ref, "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     # the lock went with the first process: the directory can be trained into again
     again = cli(env, corpus, "-o", out, "--force", *CONFIG)
@@ -88,8 +88,8 @@ def test_lock_held_by_another_process(setup, tmp_path):
     """The lock is per process (flock): a holder that merely opened the directory blocks
     OutputDir, with or without force; it is released when the holder dies."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from minembed.train import OutputDir; "
-         "o = OutputDir(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(tmp_path / "o")],
+        [sys.executable, "-c", "import sys; from minembed.run import OutputDir; "
+         "o = OutputDir(sys.argv[1]); o.open(); print('held', flush=True); sys.stdin.read()", str(tmp_path / "o")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     for kw in ({}, {"force": True}, {"resume": True}):

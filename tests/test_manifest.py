@@ -71,8 +71,8 @@ def test_missing_manifest(model):
 
 @pytest.mark.parametrize("text", ['{"files": {"config.json": ', "", "\x00\xff\xfe", "[]", "null",
                                   '{"files": 3}', '{"files": []}', '{"nope": {}}',
-                                  '{"files": {"model.npz": {}}}',
-                                  '{"files": {"model.npz": {"size": "x", "sha256": "0"}}}'])
+                                  '{"files": {"model.safetensors": {}}}',
+                                  '{"files": {"model.safetensors": {"size": "x", "sha256": "0"}}}'])
 def test_damaged_manifest_json(model, text):
     (model / "manifest.json").write_bytes(text.encode("utf-8"))
     with pytest.raises(MinembedError, match="manifest.json is damaged"):
@@ -81,9 +81,9 @@ def test_damaged_manifest_json(model, text):
 
 def test_manifest_that_omits_a_file(model):
     m = json.loads((model / "manifest.json").read_text())
-    del m["files"]["model.npz"]
+    del m["files"]["model.safetensors"]
     (model / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(MinembedError, match="does not list model.npz"):
+    with pytest.raises(MinembedError, match="does not list model.safetensors"):
         load(model)
 
 

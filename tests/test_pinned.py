@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from minembed.train import TrainConfig, train
+from minembed.run import train
+from minembed.train import TrainConfig
 
 PINNED = {
     "bag": (dict(dim=32, epochs=2, batch_size=32, vocab_size=500, seed=1),

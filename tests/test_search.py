@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from minembed.cli import main
 from minembed.errors import MinembedError
 from minembed.search import CorpusIndex, search
-from minembed.train import TrainConfig, train
+from minembed.run import train
+from minembed.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,15 @@ import minembed
 import minembed.train as train_mod
 from minembed.errors import MinembedError
 from minembed.evaluate import knn_accuracy
-from minembed.model import Model, load, load_npz
-from minembed.train import TrainConfig, train
+from minembed.model import Model, load, load_weights
+from minembed.run import train
+from minembed.train import TrainConfig
 
 FAST = dict(dim=32, epochs=2, batch_size=32, vocab_size=500)
 
 
 def weights(path):
-    return load_npz(os.path.join(path, "model.npz"))
+    return load_weights(os.path.join(path, "model.safetensors"))
 
 
 def test_same_seed_same_model_bit_for_bit(tmp_path, topic_txt):
@@ -35,8 +36,7 @@ def test_same_seed_same_model_bit_for_bit(tmp_path, topic_txt):
 
 def test_training_beats_untrained_on_the_builtin_corpus(tmp_path):
     """The issue's quality check on real text, in a small fast configuration."""
-    from minembed.datasets import docstrings
-    texts, labels = docstrings()
+    texts, labels = minembed.builtin()
     cfg = TrainConfig(dim=64, epochs=2, batch_size=128, vocab_size=4000)
     model = train(None, tmp_path / "m", cfg, quiet=True)
     untrained = Model(model.config, model.encoder.init_params(model.config, np.random.default_rng([0, 0])),
@@ -98,8 +98,15 @@ def test_load_and_encode(tmp_path, topic_txt, topic_docs):
     np.testing.assert_allclose(model.encode([texts[4]])[0], X[4], rtol=1e-5, atol=1e-6)
     Xn = model.encode(texts, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(Xn[:10], axis=1), 1.0, rtol=1e-5)
-    with pytest.raises(MinembedError, match="list of texts"):
-        model.encode("one string")
+    v = model.encode("star planet")                  # one string: one vector, as sentence-transformers
+    assert v.shape == (32,)
+    np.testing.assert_allclose(v, X[11], rtol=1e-5, atol=1e-6)
+    for bad, msg in ((None, "string or a list"), ([None], "text 0 is a NoneType"),
+                     (["ok", 123], "text 1 is a int"), (["a"], None)):
+        if msg is None:
+            continue
+        with pytest.raises(MinembedError, match=msg):
+            model.encode(bad)
 
 
 def test_output_dir_is_not_overwritten_without_force(tmp_path, topic_txt):
@@ -119,13 +126,14 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
     real_replace = os.replace
 
     def crash(src, dst):
-        if str(dst).endswith("model.npz"):
+        if str(dst).endswith("model.safetensors"):
             raise OSError("disk full (simulated)")
         real_replace(src, dst)
 
     monkeypatch.setattr(model_mod.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(MinembedError, match=r"cannot write \S*/m/model.safetensors: disk full") as e:
         train(topic_txt, tmp_path / "m", TrainConfig(seed=9, max_steps=2, **FAST), quiet=True, force=True)
+    assert ".tmp" not in str(e.value)
     monkeypatch.setattr(model_mod.os, "replace", real_replace)
     # no temporary file left behind, and the weights on disk are the old ones, whole
     assert not [f for f in os.listdir(tmp_path / "m") if f.endswith(".tmp")]
@@ -147,5 +155,5 @@ def test_invalid_settings(tmp_path, topic_txt, kw, msg):
 def test_too_few_documents_for_a_batch(tmp_path):
     p = tmp_path / "small.txt"
     p.write_text("\n".join(f"document number {i} has a few words in it." for i in range(10)))
-    with pytest.raises(MinembedError, match="only 10 usable documents.*--batch-size 128"):
-        train(str(p), tmp_path / "m", TrainConfig(vocab_size=100), quiet=True)
+    m = train(str(p), tmp_path / "m", TrainConfig(vocab_size=100, max_steps=3), quiet=True)
+    assert m.config["training"]["batch_size"] == 10  # lowered to fit the 10 documents

@@ -87,7 +87,7 @@ def test_missing_matplotlib_is_a_clear_error(model_dir, topic_txt, tmp_path, mon
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MinembedError, match=r"pip install 'minembed\[plot\]'"):
+    with pytest.raises(MinembedError, match=r'pip install -e "\.\[plot\]"'):
         viz.map_corpus(model_dir, topic_txt, str(tmp_path / "m.png"))
     r = CliRunner().invoke(main, ["plot-log", model_dir, "-o", str(tmp_path / "c.png")])
-    assert r.exit_code == 1 and "matplotlib is needed" in r.output
+    assert r.exit_code == 1 and "need matplotlib" in r.output

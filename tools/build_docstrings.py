@@ -1,4 +1,13 @@
-"""The built-in corpus: docstrings of the scientific Python stack.
+"""Build minembed's built-in corpus: docstrings of the scientific Python stack.
+
+    python tools/build_docstrings.py            # rewrites minembed/builtin/docstrings.jsonl.gz
+    python tools/build_docstrings.py --check    # builds and compares with the shipped file
+
+The corpus ships frozen with the package (minembed/builtin/, with the versions it
+was built from and the licences in minembed/builtin/README.md), so every figure in
+the README reproduces whatever numpy/scipy/scikit-learn are installed. This
+script regenerates it from the installed packages (the result depends on their
+versions: record them in minembed/builtin/README.md).
 
 `minembed train` with no corpus argument needs real text that needs no download.
 numpy, scipy and scikit-learn are installed anyway, and their docstrings are
@@ -39,9 +48,8 @@ Labels
     into its parent (``scipy.sparse.csgraph`` -> ``scipy.sparse``); labels
     still below the minimum are dropped (``numpy.f2py``, ``sklearn.svm``).
 
-The corpus is built on first use (importing every public module takes some
-seconds) and cached as gzipped JSON lines, one file per package versions, so it
-is deterministic for given versions of numpy, scipy and scikit-learn.
+Building imports every public module (some seconds); the result is
+deterministic for given versions of numpy, scipy and scikit-learn.
 """
 import contextlib
 import gzip
@@ -53,7 +61,6 @@ import os
 import pkgutil
 import re
 import sys
-import tempfile
 import warnings
 from collections import Counter
 
@@ -486,79 +493,44 @@ def build():
     return [texts[i] for i in keep], [labels[i] for i in keep], [names[i] for i in keep]
 
 
-def _versions():
+def versions():
     from importlib.metadata import version
     return {"numpy": version("numpy"), "scipy": version("scipy"),
-            "sklearn": version("scikit-learn")}
+            "scikit-learn": version("scikit-learn")}
 
 
-def default_cache_dir():
-    """minembed's cache directory: $MINEMBED_CACHE, or ~/.cache/minembed."""
-    return os.environ.get("MINEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minembed")
+def write(path, texts, labels, names):
+    """gzipped JSON lines, the same bytes for the same documents (gzip mtime 0)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        for text, label, name in zip(texts, labels, names):
+            line = json.dumps({"label": label, "name": name, "text": text}, ensure_ascii=False)
+            gz.write(line.encode("utf-8") + b"\n")
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
 
 
-def cache_path(cache_dir=None):
-    """Where the corpus for the installed package versions is cached."""
-    cache_dir = cache_dir or default_cache_dir()
-    tag = "-".join(f"{k}{v}" for k, v in _versions().items())
-    return os.path.join(cache_dir, f"docstrings-v{FORMAT_VERSION}-{tag}.jsonl.gz")
+def main():
+    import argparse
+    ap = argparse.ArgumentParser(description="build the built-in docstring corpus")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "minembed",
+                                                  "builtin", "docstrings.jsonl.gz"))
+    ap.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
+    args = ap.parse_args()
+    texts, labels, names = build()
+    print(f"{len(texts)} documents, {len(set(labels))} labels from {versions()}")
+    if args.check:
+        with gzip.open(args.out, "rt", encoding="utf-8") as f:
+            shipped = [json.loads(line) for line in f]
+        same = [(d["text"], d["label"], d["name"]) for d in shipped] == list(zip(texts, labels, names))
+        print("identical to the shipped corpus" if same else "DIFFERS from the shipped corpus")
+        return 0 if same else 1
+    write(args.out, texts, labels, names)
+    print(f"wrote {args.out}")
+    return 0
 
 
-def _write(path, texts, labels, names):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Temp file in the same directory + os.replace: readers never see half a file.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, \
-                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:   # mtime=0: same bytes every build
-            for text, label, name in zip(texts, labels, names):
-                line = json.dumps({"label": label, "name": name, "text": text}, ensure_ascii=False)
-                gz.write(line.encode("utf-8") + b"\n")
-        os.chmod(tmp, 0o644)    # mkstemp makes it private; the cache is not secret
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def _read(path):
-    texts, labels, names = [], [], []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            texts.append(record["text"])
-            labels.append(record["label"])
-            names.append(record["name"])
-    return texts, labels, names
-
-
-def docstrings(cache_dir=None, refresh=False, return_names=False):
-    """The built-in corpus: (texts, labels), or (texts, labels, names).
-
-    Built from the installed numpy/scipy/scikit-learn on first use and cached in
-    `cache_dir` (default: $MINEMBED_CACHE or ~/.cache/minembed); `refresh`
-    rebuilds. `names` are the objects' qualified names, e.g.
-    'sklearn.cluster._kmeans.KMeans'.
-    """
-    path = cache_path(cache_dir)
-    if refresh or not os.path.exists(path):
-        texts, labels, names = build()
-        _write(path, texts, labels, names)
-    else:
-        texts, labels, names = _read(path)
-    return (texts, labels, names) if return_names else (texts, labels)
-
-
-def stats(texts, labels):
-    """Counts for README/CLI: documents, labels, docs per label, lengths."""
-    lengths = sorted(len(t) for t in texts)
-    n = len(lengths)
-    per_label = Counter(labels)
-    return {
-        "documents": n,
-        "labels": len(per_label),
-        "docs_per_label": dict(sorted(per_label.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "mean_chars": sum(lengths) / n if n else 0.0,
-        "median_chars": (lengths[(n - 1) // 2] + lengths[n // 2]) / 2 if n else 0.0,
-    }
+if __name__ == "__main__":
+    sys.exit(main())

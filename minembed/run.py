@@ -1,0 +1,295 @@
+"""A training run, as ``minembed train`` does it: the corpus, its tokenizer, the
+output directory, progress, checkpoints, Ctrl-C, and the saved model around
+the core loop (minembed/train.py).
+
+    model = train("corpus.txt", "model_dir", TrainConfig(model="bag"))
+
+Nothing the user had is lost: a run that fails before training starts leaves
+no output directory behind; the directory is locked while a run writes it;
+Ctrl-C saves a checkpoint (``minembed train --resume DIR`` continues it, to the
+same model bit for bit); a second Ctrl-C aborts and removes what the run made
+unless a checkpoint holds progress.
+"""
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import checkpoint as ckpt_mod
+from . import optim
+from .backend import get_xp, to_device
+from .crops import PairSampler
+from .data import MAX_DOC_CHARS, Corpus
+from .errors import MinembedError
+from .model import Model, encoder_module, holds_model, save_model
+from .progress import Progress
+from .tokenize import load_tokenizer, mask_token_id
+from .train import Diverged, TrainConfig, auto_epochs, train_loop
+
+DEAD_STEPS = 20  # a gradient norm of ~0 for this many steps in a row: the run is dead
+
+
+class OutputDir:
+    """The model directory a run writes: refuses to overwrite a model (or an
+    interrupted run's checkpoint) without ``force``; ``open()`` creates it and
+    takes an exclusive lock, so two runs never write one directory."""
+
+    def __init__(self, path, force=False, resume=False):
+        self.path, self._lock, self.created = os.fspath(path), None, False
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise MinembedError(f"output path exists and is not a directory: {self.path}")
+        if resume and not os.path.isdir(self.path):
+            raise MinembedError(f"cannot resume: {self.path} does not exist")
+        self._check_unlocked()
+        if not resume and os.path.isdir(self.path) and not force:
+            if ckpt_mod.has_checkpoint(self.path):
+                raise MinembedError(f"{self.path} holds an interrupted training run: continue it "
+                                    f"with 'minembed train --resume {self.path}', or use --force "
+                                    f"to start over")
+            if holds_model(self.path):
+                raise MinembedError(f"{self.path} already holds a model; use --force to overwrite "
+                                    f"it or choose another output directory")
+            if [f for f in os.listdir(self.path) if f != ".lock"]:
+                raise MinembedError(f"output directory {self.path} exists and is not empty; "
+                                    f"use --force or choose another")
+
+    def _check_unlocked(self):
+        lock = os.path.join(self.path, ".lock")
+        if os.path.isfile(lock):
+            with open(lock) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise MinembedError(f"{self.path} is being written by another training run "
+                                        f"(locked)") from None
+
+    def open(self):
+        self.created = not os.path.isdir(self.path)
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = open(self.file(".lock"), "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise MinembedError(f"{self.path} is being written by another training run (locked)") from None
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def close(self, keep=True):
+        """Unlock; with keep=False remove what this run wrote (all of it if it made the directory)."""
+        if self._lock is None:
+            return
+        if not keep:
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                for name in ("log.jsonl", ckpt_mod.CHECKPOINT_DIR):
+                    shutil.rmtree(self.file(name), ignore_errors=True) if name == ckpt_mod.CHECKPOINT_DIR \
+                        else _unlink(self.file(name))
+        _unlink(self.file(".lock"))
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+        self._lock = None
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class StopSignals:
+    """While training, Ctrl-C (SIGINT) and SIGTERM (a laptop shutting down) only
+    ask the loop to stop at the end of the current step, which then saves a
+    checkpoint; a second Ctrl-C aborts at once. Only in the main thread (Python
+    delivers signals there); elsewhere signals keep their usual handlers."""
+
+    def __init__(self):
+        self.requested, self._old = False, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping: saving a checkpoint at the end of this step (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: set outside Python
+        self._old = {}
+
+
+def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer_path=None,
+          force=False, quiet=False, device="cpu", max_doc_chars=MAX_DOC_CHARS, eval_every=0,
+          eval_fn=None, checkpoint_every=None, resume=False, encoding="utf-8", errors="strict"):
+    """Train an encoder on a corpus (a path, or None for the built-in corpus) into out_dir.
+
+    Checkpoints (minembed/checkpoint.py) go to ``out_dir/checkpoint`` every
+    ``checkpoint_every`` steps (None: every 5 minutes; 0: only when stopped by
+    Ctrl-C/SIGTERM, which raises TrainingInterrupted after saving one). On
+    completion the model is saved and the checkpoint deleted.
+
+    ``resume=True`` continues the run whose checkpoint is in out_dir, with its
+    settings and its corpus (``corpus`` None: the path recorded in the
+    checkpoint; a path given must be the same file, e.g. moved). The result
+    is the model an uninterrupted run gives, bit for bit.
+
+    Returns the trained Model. Raises MinembedError for anything the user can fix.
+    """
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    xp = get_xp(device)
+    if checkpoint_every is not None and checkpoint_every < 0:
+        raise MinembedError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    out = OutputDir(out_dir, force=force, resume=resume)
+    ckpt = None
+    if resume:
+        ckpt = ckpt_mod.load_checkpoint(out.path)
+        cfg, source = _resume_settings(ckpt, corpus)
+        tok = ckpt.tokenizer
+        say(f"resuming {out.path} at step {ckpt.step} on {source.name}")
+    else:
+        cfg = (cfg or TrainConfig()).resolved()
+        source = Corpus(corpus, fmt, max_doc_chars, encoding, errors)
+        tok = load_tokenizer(tokenizer_path) if tokenizer_path else source.tokenizer(cfg.vocab_size, say)
+    data = source.tokenized(tok, say, progress=not quiet)
+    sampler = PairSampler(data, cfg, mask_token_id(tok))
+    data.release_pages()  # the sampler read whole per-sentence arrays once
+    st = sampler.stats
+    say(f"{st['documents']:,} documents: {st['sentence_crops']:,} with sentence crops, "
+        f"{st['token_spans']:,} with token spans, {st['skipped']:,} skipped (too short)")
+    n_usable = len(sampler.usable)
+    if n_usable < 2:
+        raise MinembedError(f"{source.name}: only {n_usable} document(s) long enough for two views; "
+                            f"contrastive training needs at least 2 (in-batch negatives)")
+    if n_usable < cfg.batch_size:
+        say(f"only {n_usable} usable documents: batch size lowered from {cfg.batch_size} to {n_usable}")
+        cfg = dataclasses.replace(cfg, batch_size=n_usable)
+    if cfg.epochs is None:
+        cfg = dataclasses.replace(cfg, epochs=auto_epochs(cfg.model, n_usable // cfg.batch_size))
+    if ckpt is not None and ckpt.info["corpus"]["stats"] != dict(st, tokens=int(data.n_tokens)):
+        raise MinembedError(f"cannot resume: {source.name} does not give the documents the run "
+                            f"was trained on ({ckpt.info['corpus']['stats']})")
+    out.open()
+    keep = False
+    try:
+        model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
+                     ckpt, checkpoint_every)
+        keep = True
+        return model
+    except (ckpt_mod.TrainingInterrupted, MinembedError):
+        keep = True  # a checkpoint, or the last good weights, were saved
+        raise
+    finally:
+        out.close(keep=keep or ckpt is not None or ckpt_mod.has_checkpoint(out.path))
+
+
+def _resume_settings(ckpt, corpus):
+    """(TrainConfig, Corpus) of the run a checkpoint belongs to; MinembedError
+    when the corpus is gone or differs."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in ckpt.info["training"].items() if k in fields}).resolved()
+    c = ckpt.info["corpus"]
+    path = c["path"] if corpus is None else corpus
+    try:
+        source = Corpus(path, c["format"], c["max_doc_chars"], c.get("encoding", "utf-8"),
+                        c.get("errors", "strict"))
+    except MinembedError as e:
+        raise MinembedError(f"cannot resume: {e} (the run's corpus; if it moved, give its new "
+                            f"path: minembed train --resume DIR CORPUS)") from None
+    if (c["path"] is None) != (path is None) or \
+            (path is not None and (source.identity["size"], source.identity["mtime_ns"]) !=
+             (c["size"], c["mtime_ns"])):
+        was = c["path"] or "the built-in corpus"
+        raise MinembedError(f"cannot resume: {source.name} is not the corpus this run was trained on "
+                            f"({was}, {c['size']} bytes; its size or modification time differs)")
+    return cfg, source
+
+
+def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn, ckpt,
+         checkpoint_every):
+    encoder = encoder_module(cfg.model)
+    enc_cfg = cfg.encoder_config(tok.get_vocab_size())
+    config = dict(enc_cfg, format="minembed", format_version=1, training=dataclasses.asdict(cfg),
+                  corpus=dict(source=source.name, **sampler.stats))
+    if ckpt is None:
+        params = encoder.init_params(enc_cfg, np.random.default_rng([cfg.seed, 0]))
+        params = {k: to_device(v, xp) for k, v in params.items()}
+        adam, start, elapsed = optim.adam_init(params), 0, 0.0
+    else:  # weights, Adam's moments and step: the rest follows from the step number
+        params = {k: to_device(v, xp) for k, v in ckpt.params.items()}
+        adam = {"step": int(ckpt.info["adam_step"]), "m": {k: to_device(v, xp) for k, v in ckpt.m.items()},
+                "v": {k: to_device(v, xp) for k, v in ckpt.v.items()}}
+        start, elapsed = ckpt.step, float(ckpt.info.get("elapsed", 0.0))
+        ckpt_mod.truncate_log(out.file("log.jsonl"), start)
+    spe = len(sampler.usable) // cfg.batch_size
+    total = spe * cfg.epochs if not cfg.max_steps else min(spe * cfg.epochs, cfg.max_steps)
+    run_info = {"training": dataclasses.asdict(cfg), "eval_every": eval_every,
+                "corpus": dict(source.identity, stats=dict(sampler.stats, tokens=int(data.n_tokens)))}
+    log = open(out.file("log.jsonl"), "a" if ckpt is not None else "w")
+    bar = Progress(total, "training", "step", done=start, quiet=quiet)
+    t0 = time.perf_counter() - elapsed  # "time" in the log counts the run's training time
+    last_save, dead = [time.monotonic()], [0]
+    stop = StopSignals()
+
+    def save(step):
+        log.flush()
+        os.fsync(log.fileno())  # the log holds every step the checkpoint holds
+        ckpt_mod.save_checkpoint(out.path, step, params, adam, tok,
+                                 dict(run_info, elapsed=round(time.perf_counter() - t0, 3)))
+        last_save[0] = time.monotonic()
+
+    def on_step(step, r):
+        rec = {"step": step, "epoch": r["epoch"], "loss": round(r["loss"], 6), "acc": round(r["acc"], 4),
+               "lr": r["lr"], "grad_norm": round(r["grad_norm"], 6),
+               "pairs_per_s": round(cfg.batch_size / r["seconds"], 1),
+               "time": round(time.perf_counter() - t0, 3)}
+        if eval_fn is not None and eval_every and (step % eval_every == 0 or step == total):
+            rec.update(eval_fn(Model(enc_cfg, params, tok)))
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        bar.update(1, f"loss {r['loss']:.3f}")
+        if step == start + 3 and total - step > 20 and bar.rate:  # an estimate, from steps past the first
+            say(f"\nestimated training time: {(total - step) * bar.rate / 60:.1f} min for "
+                f"{total - step:,} more steps")
+        dead[0] = dead[0] + 1 if r["grad_norm"] < 1e-10 else 0
+        if dead[0] >= DEAD_STEPS:
+            raise MinembedError(f"training is dead: the gradient is ~0 for {DEAD_STEPS} steps in a "
+                                f"row at step {step} (the learning rate {cfg.lr:g} is probably far "
+                                f"too high; try a lower --lr)")
+        if stop.requested:
+            save(step)
+            raise ckpt_mod.TrainingInterrupted(step, out.path)
+        if step < total and (checkpoint_every and step % checkpoint_every == 0 or checkpoint_every
+                             is None and time.monotonic() - last_save[0] >= ckpt_mod.CHECKPOINT_SECONDS):
+            save(step)
+
+    try:
+        train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start, on_step)
+    except Diverged as e:  # params are still those of the last good step: keep them
+        save_model(out.path, config, params, tok)
+        raise MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower "
+                            f"--lr)") from None
+    finally:
+        stop.restore()
+        bar.close()
+        log.close()
+    config["training"].update(steps=total, seconds=round(time.perf_counter() - t0, 2))
+    save_model(out.path, config, params, tok)
+    ckpt_mod.remove_checkpoint(out.path)  # the run is complete: the model is all there is to keep
+    say(f"trained {total} steps in {time.perf_counter() - t0:.1f} s; model saved to {out.path}")
+    return Model(config, params, tok, path=out.path)
+

@@ -122,7 +122,7 @@ class Torch:
 
 # ----------------------------------------------------------------------------- encode
 def encode_bench(torch, reps, n_texts):
-    from minembed.datasets import docstrings
+    from minembed import builtin as docstrings
     from minembed.model import Model
     from minembed.tokenize import encode_texts, split_sentences, train_tokenizer
 

@@ -71,18 +71,19 @@ def generate(path, gb, seed=0):
 
 PHASES = {
     "tokenizer": """
-from minembed.train import CorpusSource, get_tokenizer
-get_tokenizer(CorpusSource(CORPUS), VOCAB)
+from minembed import Corpus
+Corpus(CORPUS).tokenizer(VOCAB)
 """,
     "tokenise": """
-from minembed.train import CorpusSource, get_tokenizer, get_tokenized
-src = CorpusSource(CORPUS)
-tc = get_tokenized(src, get_tokenizer(src, VOCAB), progress=True)
+from minembed import Corpus
+src = Corpus(CORPUS)
+tc = src.tokenized(src.tokenizer(VOCAB), progress=True)
 print("RESULT", {"documents": tc.n_docs, "tokens": tc.n_tokens, "sentences": int(tc.meta["n_sents"]),
                  "bytes_on_disk": sum(os.path.getsize(os.path.join(tc.path, f)) for f in os.listdir(tc.path))})
 """,
     "train": """
-from minembed.train import TrainConfig, train
+from minembed import TrainConfig
+from minembed.run import train
 m = train(CORPUS, OUT, TrainConfig(vocab_size=VOCAB, dim=64, batch_size=256, max_steps=STEPS),
           quiet=True, checkpoint_every=STEPS // 2)
 """,

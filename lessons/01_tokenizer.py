@@ -22,27 +22,28 @@ import tempfile
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-
-from minembed import datasets  # noqa: E402
-from minembed.tokenize import (SPECIAL_TOKENS, encode_texts, fingerprint,  # noqa: E402
+import minembed
+from minembed.tokenize import (SPECIAL_TOKENS, encode_texts, fingerprint,
                                split_sentences, tokenize_corpus, train_tokenizer)
+
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
 # ---------------------------------------------------------------------------
 # 1. The corpus
-#    docstrings() builds it from the installed packages on first use (a few
-#    seconds) and caches it; texts[i] is one document, labels[i] its package.
+#    minembed.builtin(): the docstrings of numpy, scipy and scikit-learn, shipped
+#    with the package; texts[i] is one document, labels[i] its package.
 # ---------------------------------------------------------------------------
-texts, labels = datasets.docstrings()
-st = datasets.stats(texts, labels)
-print(f"corpus: {st['documents']:,} documents, {st['labels']} labels, "
-      f"mean {st['mean_chars']:.0f} / median {st['median_chars']:.0f} characters")
-for name, n in list(st["docs_per_label"].items())[:5]:
+texts, labels = minembed.builtin()
+lengths = np.array([len(t) for t in texts])
+names, counts = np.unique(labels, return_counts=True)
+print(f"corpus: {len(texts):,} documents, {len(names)} labels, "
+      f"mean {lengths.mean():.0f} / median {np.median(lengths):.0f} characters")
+for name, n in sorted(zip(names, counts), key=lambda nc: -nc[1])[:5]:
     print(f"   {n:4d}  {name}")
 print("   ...")
 print(f"\nlabel of document 0: {labels[0]}\ntext: {texts[0][:200]}...")
 assert len(texts) == len(labels) > 1000
-assert min(len(t) for t in texts) >= datasets.MIN_CHARS
+assert lengths.min() >= 100   # shorter docstrings were left out when the corpus was built
 
 # ---------------------------------------------------------------------------
 # 2. Sentences

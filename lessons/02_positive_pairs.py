@@ -24,17 +24,17 @@ import sys
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
+from minembed.crops import PairSampler
+from minembed.tokenize import mask_token_id
+from minembed import Corpus, transformer
 
-from minembed.crops import PairSampler  # noqa: E402
-from minembed.tokenize import mask_token_id  # noqa: E402
-from minembed.train import CorpusSource, get_tokenized, get_tokenizer  # noqa: E402
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
 # the built-in corpus, its tokenizer and its tokenised form, exactly as
 # `minembed train` gets them (cached after the first run: see lesson 1)
-source = CorpusSource()
-tok = get_tokenizer(source, 2048 if FAST else 8192)
-tc = get_tokenized(source, tok)
+source = Corpus()
+tok = source.tokenizer(2048 if FAST else 8192)
+tc = source.tokenized(tok)
 doc_off, sent_off, doc_sents = (np.asarray(a) for a in (tc.doc_offsets, tc.sent_offsets, tc.doc_sents))
 print(f"{source.name}: {tc.n_docs:,} documents, {tc.n_tokens:,} tokens, vocabulary {tok.get_vocab_size():,}")
 
@@ -122,7 +122,7 @@ assert pos > neg + 0.03, "views of one document should share more tokens than vi
 #    The ids are identical; the encoder (a transformer with dropout, lesson 7)
 #    sees them twice with different dropout masks. Nothing about the text differs.
 # ---------------------------------------------------------------------------
-drop = PairSampler(tc, positives="dropout")
+drop = PairSampler(tc, positives="dropout", model="transformer")
 ids, offsets = drop.sample(docs[:8], np.random.default_rng(1))
 v = views(ids, offsets)
 assert all(np.array_equal(v[i], v[8 + i]) for i in range(8))
@@ -130,8 +130,6 @@ print(f"\ndropout positives: anchor == positive for all 8 pairs, e.g. {text(v[0]
 
 # A transformer with dropout on makes two different embeddings of the same ids
 # (train=True); with dropout off (train=False) they are identical.
-from minembed import transformer  # noqa: E402
-
 cfg = dict(vocab_size=tok.get_vocab_size(), dim=64, layers=2, heads=2, ffn=128, max_len=64, dropout=0.1)
 params = transformer.init_params(cfg, np.random.default_rng(0))
 e1, _ = transformer.forward(params, ids, offsets, cfg, train=True, rng=np.random.default_rng(10))

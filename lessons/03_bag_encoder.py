@@ -22,13 +22,13 @@ import time
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
+from minembed import bag
+from minembed.bag import embedding_bag_backward, embedding_bag_forward
+from minembed.gradcheck import check_grads
+from minembed.layers import RowGrad
+from minembed.optim import densify
 
-from minembed import bag  # noqa: E402
-from minembed.bag import embedding_bag_backward, embedding_bag_forward  # noqa: E402
-from minembed.gradcheck import check_grads  # noqa: E402
-from minembed.layers import RowGrad  # noqa: E402
-from minembed.optim import densify  # noqa: E402
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)
@@ -108,12 +108,12 @@ assert err_wrong > 0.1
 # 4. The encoder interface, on a real batch of crop pairs
 #    bag.init_params / bag.forward / bag.backward are what training calls.
 # ---------------------------------------------------------------------------
-from minembed.crops import PairSampler  # noqa: E402
-from minembed.train import CorpusSource, get_tokenized, get_tokenizer  # noqa: E402
+from minembed.crops import PairSampler
+from minembed import Corpus
 
-source = CorpusSource()
-tok = get_tokenizer(source, 2048 if FAST else 8192)
-tc = get_tokenized(source, tok)
+source = Corpus()
+tok = source.tokenizer(2048 if FAST else 8192)
+tc = source.tokenized(tok)
 sampler = PairSampler(tc)
 B = 64 if FAST else 256
 ids, offsets = sampler.sample(sampler.usable[:B], np.random.default_rng(0))

@@ -27,11 +27,11 @@ import sys
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-
-from minembed.gradcheck import check_grads  # noqa: E402
-from minembed.loss import (infonce_backward, infonce_forward, l2_normalize_backward,  # noqa: E402
+from minembed.gradcheck import check_grads
+from minembed.loss import (infonce_backward, infonce_forward, l2_normalize_backward,
                            l2_normalize_forward)
+
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
 np.set_printoptions(precision=3, suppress=True)
 rng = np.random.default_rng(0)

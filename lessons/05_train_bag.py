@@ -25,17 +25,18 @@ import time
 
 import numpy as np
 
+import minembed
+from minembed import Corpus, TrainConfig, bag, optim
+from minembed.crops import PairSampler
+from minembed.evaluate import knn_accuracy, tfidf
+from minembed.model import Model
+from minembed.run import train
+from minembed.train import train_step
+
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
-from minembed import bag, datasets, optim  # noqa: E402
-from minembed.crops import PairSampler  # noqa: E402
-from minembed.evaluate import knn_accuracy, tfidf  # noqa: E402
-from minembed.model import Model  # noqa: E402
-from minembed.train import (CorpusSource, TrainConfig, get_tokenized, get_tokenizer,  # noqa: E402
-                            train, train_step)
-
 VOCAB, DIM, EPOCHS = (2048, 64, 2) if FAST else (8192, 256, 10)
-texts, labels = datasets.docstrings()
+texts, labels = minembed.builtin()
 labels = np.asarray(labels)
 chance = np.bincount(np.unique(labels, return_inverse=True)[1]).max() / len(labels)
 
@@ -50,9 +51,9 @@ chance = np.bincount(np.unique(labels, return_inverse=True)[1]).max() / len(labe
 #    steps move every touched coordinate by about lr, 5x the 0.02 init, and
 #    can overshoot: why train() warms the learning rate up over the first steps.
 # ---------------------------------------------------------------------------
-source = CorpusSource()
-tok = get_tokenizer(source, VOCAB)
-tc = get_tokenized(source, tok)
+source = Corpus()
+tok = source.tokenizer(VOCAB)
+tc = source.tokenized(tok)
 sampler = PairSampler(tc)
 cfg = TrainConfig(model="bag", dim=DIM, epochs=EPOCHS, vocab_size=VOCAB).resolved()
 BATCH = cfg.batch_size

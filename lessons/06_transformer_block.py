@@ -29,14 +29,14 @@ import sys
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-
-from minembed import transformer  # noqa: E402
-from minembed.gradcheck import check_grads  # noqa: E402
-from minembed.layers import (attention_backward, attention_forward, gelu_backward,  # noqa: E402
+from minembed import transformer
+from minembed.gradcheck import check_grads
+from minembed.layers import (attention_backward, attention_forward, gelu_backward,
                              gelu_forward, layernorm_backward, layernorm_forward,
                              softmax_backward, softmax_forward)
-from minembed.optim import densify  # noqa: E402
+
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
+from minembed.optim import densify
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)

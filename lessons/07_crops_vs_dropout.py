@@ -16,8 +16,8 @@ What to look at
       different passages of a document needs what the document is *about*;
     - kNN accuracy after a short run: report it honestly. A tiny transformer
       trained for a few dozen steps on a CPU is far behind the bag model of
-      lesson 5 (the paper needs 10 epochs of BERT-base on a GPU); see
-      /work/shared/PAPER.md for what longer runs give.
+      lesson 5 (the paper needs 10 epochs of BERT-base on a GPU); the README's
+      results section and docs/compare.md give what longer runs reach.
 
 Run:  python lessons/07_crops_vs_dropout.py     (add --fast for the quick version: mechanics only)
 """
@@ -30,17 +30,18 @@ import time
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
+import minembed
+from minembed import TrainConfig, transformer
+from minembed.evaluate import knn_accuracy
+from minembed.model import Model
+from minembed.run import train
 
-from minembed import datasets, transformer  # noqa: E402
-from minembed.evaluate import knn_accuracy  # noqa: E402
-from minembed.model import Model  # noqa: E402
-from minembed.train import TrainConfig, train  # noqa: E402
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
 STEPS, BATCH = (6, 32) if FAST else (60, 64)
 SMALL = dict(model="transformer", dim=64, layers=2, heads=2, ffn=256, max_len=64, dropout=0.1,
              batch_size=BATCH, epochs=10, max_steps=STEPS, lr=1e-3, vocab_size=8192, seed=0)
-texts, labels = datasets.docstrings()
+texts, labels = minembed.builtin()
 labels = np.asarray(labels)
 
 runs = {}

@@ -22,17 +22,18 @@ import tempfile
 
 import numpy as np
 
+
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else tempfile.mkdtemp(prefix="minembed-lesson8-")
 
-import minembed  # noqa: E402
-from minembed import datasets  # noqa: E402
-from minembed.evaluate import knn_accuracy  # noqa: E402
-from minembed.search import CorpusIndex  # noqa: E402
-from minembed.train import TrainConfig, train  # noqa: E402
-from minembed.viz import map_corpus  # noqa: E402
+import minembed
+from minembed import TrainConfig
+from minembed.evaluate import knn_accuracy
+from minembed.run import train
+from minembed.search import CorpusIndex
+from minembed.viz import map_corpus
 
-texts, labels = datasets.docstrings()
+texts, labels = minembed.builtin()
 labels = np.asarray(labels)
 model_dir = os.path.join(OUT, "bag_model")
 cfg = TrainConfig(model="bag", dim=64 if FAST else 256, epochs=1 if FAST else 10,

@@ -22,12 +22,12 @@ import time
 
 import numpy as np
 
-FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
+import minembed
+from minembed import Corpus, TrainConfig, backend, bag, cuda, layers, transformer
+from minembed.crops import PairSampler
+from minembed.train import train_step
 
-from minembed import backend, bag, cuda, layers, transformer  # noqa: E402
-from minembed.crops import PairSampler  # noqa: E402
-from minembed.train import (CorpusSource, TrainConfig, get_tokenized, get_tokenizer,  # noqa: E402
-                            train_step)
+FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
 
 def best_time(f, repeat=3):
@@ -42,16 +42,16 @@ def best_time(f, repeat=3):
 # ---------------------------------------------------------------------------
 # 1. A profile of training steps
 # ---------------------------------------------------------------------------
-source = CorpusSource()
-tok = get_tokenizer(source, 8192)
-tc = get_tokenized(source, tok)
+source = Corpus()
+tok = source.tokenizer(8192)
+tc = source.tokenized(tok)
 for model, enc, extra in (("bag", bag, dict(dim=256)),
                           ("transformer", transformer, dict(dim=64, layers=2, heads=2, ffn=256,
                                                             max_len=64))):
     cfg = TrainConfig(model=model, batch_size=64, **extra).resolved()
     enc_cfg = cfg.encoder_config(tok.get_vocab_size())
     params = enc.init_params(enc_cfg, np.random.default_rng(0))
-    sampler = PairSampler(tc, max_len=cfg.max_len if model == "transformer" else None)
+    sampler = PairSampler(tc, cfg)
     rng = np.random.default_rng(0)
     steps = 2 if FAST else 5
     prof = cProfile.Profile()
@@ -65,9 +65,11 @@ for model, enc, extra in (("bag", bag, dict(dim=256)),
     assert np.isfinite(loss)
     s = io.StringIO()
     st = pstats.Stats(prof, stream=s)
-    # the package's own functions, by time spent inside them (not in callees)
+    # the package's own functions (files in the package's directory: not numpy's or
+    # scipy's, even with a virtual environment inside the clone), by time spent inside them
+    own = os.path.dirname(os.path.abspath(minembed.__file__)) + os.sep
     rows = [(v[2], f"{os.path.basename(k[0])}:{k[2]}") for k, v in st.stats.items()
-            if "minembed" in k[0]]
+            if os.path.abspath(k[0]).startswith(own)]
     rows.sort(reverse=True)
     total = sum(v[2] for v in st.stats.values())
     print(f"\n{model}: {1e3 * dt:.0f} ms per step of 64 pairs (profiled); the package's functions "
@@ -99,8 +101,9 @@ print(f"\nbag forward, {N} views, {len(ids):,} tokens: Python loop {1e3 * t_loop
 assert t_vec < t_loop
 
 # (b) the embedding gradient: sum the rows of dy that share a token id.
-#     np.add.at is the obvious scatter-add; layers.segment_sum builds a (U, M)
-#     0/1 sparse matrix and multiplies (see its docstring for the measured gap).
+#     np.add.at is the obvious scatter-add. The bag layer's backward does it as a
+#     sparse product (the transpose of the forward's), and with views of one token
+#     each it is exactly this scatter: the one the transformer uses for its lookups.
 dy = rng.standard_normal((len(ids), D)).astype(np.float32)
 
 
@@ -112,11 +115,19 @@ def add_at():
 
 
 r1, s1 = add_at()
-r2, s2 = layers.segment_sum(ids, dy)
+_, one_each = bag.embedding_bag_forward(table, ids, np.arange(len(ids) + 1))   # views of one token
+
+
+def scatter():
+    g = bag.embedding_bag_backward(dy, one_each)
+    return g.rows, g.values
+
+
+r2, s2 = scatter()
 assert np.array_equal(r1, r2) and np.allclose(s1, s2, atol=1e-4)
-t_add, t_seg = best_time(add_at), best_time(lambda: layers.segment_sum(ids, dy))
+t_add, t_seg = best_time(add_at), best_time(scatter)
 print(f"embedding gradient, {len(ids):,} rows: np.add.at {1e3 * t_add:.1f} ms, "
-      f"layers.segment_sum {1e3 * t_seg:.1f} ms ({t_add / t_seg:.1f}x)")
+      f"the bag backward {1e3 * t_seg:.1f} ms ({t_add / t_seg:.1f}x)")
 
 # ---------------------------------------------------------------------------
 # 3. CUDA kernels: each wrapper in minembed.cuda has a NumPy twin

@@ -33,11 +33,7 @@ def gpu_available():
 
 def xp_of(*arrays):
     """The array module (numpy or cupy) of the given arrays."""
-    for a in arrays:
-        mod = type(a).__module__
-        if mod.startswith("cupy"):
-            return _try_cupy()
-    return np
+    return _try_cupy() if any(type(a).__module__.startswith("cupy") for a in arrays) else np
 
 
 def get_xp(device="cpu"):
@@ -57,13 +53,9 @@ def get_xp(device="cpu"):
 
 def to_numpy(a):
     """Host copy of an array (a no-op for NumPy arrays)."""
-    if type(a).__module__.startswith("cupy"):
-        return a.get()
-    return np.asarray(a)
+    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
 
 
 def to_device(a, xp):
     """Move a host array to the module ``xp`` (no copy when already there)."""
-    if xp is np:
-        return to_numpy(a)
-    return xp.asarray(a)
+    return to_numpy(a) if xp is np else xp.asarray(a)

@@ -1,25 +1,16 @@
 """The bag-of-token-embeddings encoder: a text's vector is the mean of its
-token vectors (an ``EmbeddingBag(mode="mean")`` written by hand).
-
-Batches are *ragged*: one flat id array plus offsets, no padding, so no work
-goes to padding tokens (sentence-transformers' StaticEmbedding does the same).
+token vectors (an ``EmbeddingBag(mode="mean")`` written by hand). Batches are
+*ragged*: one flat id array plus offsets, no padding.
 
 The layer is a sparse matrix product. For N views over U distinct tokens let
-A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i).
-Then
+A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i):
 
-    forward:   out = A @ table[uniq]            (N, D)
+    forward:   out = A @ table[uniq]            (N, D)   (A indexed by token id: (N, V) @ (V, D))
     backward:  d table[uniq] = A.T @ dout       (U, D); every other row: 0
 
-(The forward indexes A's columns by token id directly, (N, V) @ (V, D), which
-is the same product without gathering table[uniq].)
-
-so the backward touches only the U rows the batch used. scipy's CSR product
-does the scatter-add of the backward far faster than ``np.add.at``
-(see benchmarks/bench_bag.py). The forward uses the same entries indexed by
-token id, an (N, V) matrix: the product reads the rows it needs in place (no
-copy of table[uniq]), and the distinct ids are found only by the backward, so
-encoding (forward only) does none of that work.
+so the backward touches only the U rows the batch used; scipy's CSR product does
+its scatter-add far faster than ``np.add.at`` (benchmarks/bench_bag.py), and the
+forward (all that encoding does) never looks for the distinct ids.
 """
 import numpy as np
 
@@ -31,11 +22,8 @@ DEFAULTS = dict(dim=256)
 
 
 def _sparse_module(xp):
-    if xp is np:
-        import scipy.sparse as sp
-    else:  # pragma: no cover - GPU only
-        import cupyx.scipy.sparse as sp
-    return sp
+    import scipy.sparse
+    return scipy.sparse if xp is np else __import__("cupyx.scipy.sparse").scipy.sparse
 
 
 def embedding_bag_forward(table, ids, offsets):
@@ -78,7 +66,6 @@ def embedding_bag_backward(dout, cache):
     return RowGrad(uniq, values)
 
 
-# ---------------------------------------------------------------------------
 # the encoder interface (docs/DESIGN.md): the model is just this one layer
 
 def init_params(config, rng):
@@ -89,12 +76,10 @@ def init_params(config, rng):
 
 
 def forward(params, ids, offsets, config=None, train=False, rng=None):
-    out, cache = embedding_bag_forward(params["tok_emb"], ids, offsets)
-    return out, cache
+    return embedding_bag_forward(params["tok_emb"], ids, offsets)
 
 
-def encode(params, ids, offsets, config=None):
-    """emb (N, dim) for inference (no cache kept)."""
+def encode(params, ids, offsets, config=None):  # inference: no cache kept
     return embedding_bag_forward(params["tok_emb"], ids, offsets)[0]
 
 

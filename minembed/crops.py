@@ -1,22 +1,16 @@
 """Positive pairs: two views of one document.
 
-* Sentence crops (the paper's): keep the sentences of ``sent_min``..``sent_max``
-  characters; a crop is ``n_sent`` consecutive kept sentences (a sliding window,
-  stride one sentence); a pair is two *different* crops of one document,
-  re-drawn every epoch. A document needs at least 2 windows.
+* Sentence crops (the paper's): keep the sentences of ``sentence_min``..``_max``
+  characters; a crop is ``crop_sentences`` consecutive kept sentences (a sliding
+  window); a pair is two *different* crops of one document. It needs 2 windows.
 * Token spans (Contriever's): two independent random spans of the document,
-  each ``span_min``..``span_max`` of its tokens.
-* Documents with too few kept sentences fall back to token spans (with
-  ``crops="auto"``, the default); documents with fewer than 2 tokens are skipped.
-  ``stats`` reports how many documents each kind used.
+  each ``span_min``..``span_max`` of its tokens. With ``crops="auto"`` documents
+  with too few kept sentences fall back to them; under 2 tokens: skipped.
+* ``positives``: ``crops``; ``dropout`` (one crop twice, for encoders with
+  dropout: SimCSE); ``mask`` (crops with a fraction of tokens masked).
 
-Every view is built as a list of token ranges in the flat id array and
-gathered with one vectorised index computation (``_gather_ranges``): no
-Python loop over documents or tokens.
-
-Positive kinds (``positives``): ``crops`` (two crops), ``dropout`` (one crop
-twice, for encoders with dropout: SimCSE), ``mask`` (two crops, then a fraction
-``mask_frac`` of each view's tokens replaced by the mask token).
+Every view is a list of token ranges gathered with one vectorised index
+computation (``_gather_ranges``): no Python loop over documents or tokens.
 """
 import dataclasses
 
@@ -45,38 +39,26 @@ class PairSampler:
     transformer. ``mask_id``: the tokenizer's [MASK] id (positives="mask")."""
 
     def __init__(self, corpus, cfg=None, mask_id=None, **settings):
-        cfg = dataclasses.replace(cfg or TrainConfig(), **settings).resolved()
-        if cfg.positives == "mask" and mask_id is None:
+        c = self.cfg = dataclasses.replace(cfg or TrainConfig(), **settings).resolved()
+        if c.positives == "mask" and mask_id is None:
             raise MinembedError("--positives mask needs a tokenizer with a [MASK] token")
-        n_sent, sent_min, sent_max = cfg.crop_sentences, cfg.sentence_min, cfg.sentence_max
-        self.corpus, self.n_sent = corpus, n_sent
-        self.span_min, self.span_max = cfg.span_min, cfg.span_max
-        self.positives, self.mask_frac, self.mask_id = cfg.positives, cfg.mask_frac, mask_id
-        self.max_len = cfg.max_len if cfg.model == "transformer" else None
-        crops = cfg.crops
-
-        doc_off = np.asarray(corpus.doc_offsets)
-        doc_len = np.diff(doc_off)
+        self.corpus, self.mask_id, self.n_sent = corpus, mask_id, c.crop_sentences
+        self.max_len = c.max_len if c.model == "transformer" else None
+        doc_len = np.diff(np.asarray(corpus.doc_offsets))
         chars = np.asarray(corpus.sent_chars)
-        doc_sents = np.asarray(corpus.doc_sents)
-        # kept sentences, in document order, and how many each document has
-        self.kept = np.flatnonzero((chars >= sent_min) & (chars <= sent_max))  # sentence ids
-        # kept sentences before each document boundary (no per-sentence int64 temporaries:
-        # memory stays ~ n_kept * 8 bytes on corpora of 10^8 sentences)
-        before = np.searchsorted(self.kept, doc_sents)
+        # kept sentences (ids, in document order), and how many each document has; no
+        # per-sentence int64 temporaries: memory stays ~ n_kept * 8 bytes on 10^8 sentences
+        self.kept = np.flatnonzero((chars >= c.sentence_min) & (chars <= c.sentence_max))
+        before = np.searchsorted(self.kept, np.asarray(corpus.doc_sents))
         self.doc_kept_start = before[:-1]  # index into self.kept
-        n_kept = np.diff(before)
-        self.n_windows = np.maximum(n_kept - n_sent + 1, 0)
-
-        use_sent = self.n_windows >= 2 if crops != "spans" else np.zeros_like(doc_len, bool)
-        use_span = (~use_sent) & (doc_len >= 2) if crops != "sentences" else np.zeros_like(use_sent)
+        self.n_windows = np.maximum(np.diff(before) - self.n_sent + 1, 0)
+        use_sent = self.n_windows >= 2 if c.crops != "spans" else np.zeros_like(doc_len, bool)
+        use_span = (~use_sent) & (doc_len >= 2) if c.crops != "sentences" else np.zeros_like(use_sent)
         self.is_sent = use_sent
         self.usable = np.flatnonzero(use_sent | use_span)
         self.stats = {"documents": int(len(doc_len)), "sentence_crops": int(use_sent.sum()),
                       "token_spans": int(use_span.sum()),
                       "skipped": int(len(doc_len) - use_sent.sum() - use_span.sum())}
-
-    # -- views ---------------------------------------------------------------
 
     def _sentence_views(self, docs, window):
         """Token ranges of the crops starting at kept-sentence `window` of each doc."""
@@ -90,7 +72,7 @@ class PairSampler:
     def _span_views(self, docs, rng):
         off = np.asarray(self.corpus.doc_offsets)
         ds, dl = off[docs], off[docs + 1] - off[docs]
-        frac = rng.uniform(self.span_min, self.span_max, size=len(docs))
+        frac = rng.uniform(self.cfg.span_min, self.cfg.span_max, size=len(docs))
         length = np.clip(np.rint(frac * dl).astype(np.int64), 1, dl)
         start = ds + (rng.random(len(docs)) * (dl - length + 1)).astype(np.int64)
         return start[:, None], length[:, None]
@@ -127,9 +109,9 @@ class PairSampler:
         self.corpus.release_pages()
         offsets = np.zeros(len(view_len) + 1, dtype=np.int64)
         np.cumsum(view_len, out=offsets[1:])
-        if self.positives == "mask":
+        if self.cfg.positives == "mask":
             ids = ids.copy()
-            ids[rng.random(len(ids)) < self.mask_frac] = self.mask_id
+            ids[rng.random(len(ids)) < self.cfg.mask_frac] = self.mask_id
         return ids, offsets
 
     def sample(self, docs, rng):
@@ -137,7 +119,7 @@ class PairSampler:
         anchors first (views 0..B-1), then their positives (B..2B-1)."""
         docs = np.asarray(docs, dtype=np.int64)
         a, win = self._views(docs, rng)
-        if self.positives == "dropout":
+        if self.cfg.positives == "dropout":
             return self._assemble([a, a], rng)
         p, _ = self._views(docs, rng, window=win)
         return self._assemble([a, p], rng)

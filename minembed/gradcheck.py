@@ -1,23 +1,18 @@
-"""Finite-difference gradient checks, used by every layer test and by the lessons.
-
-The one idea: for a scalar function f of an array x,
+"""Finite-difference gradient checks, used by every layer test and by the lessons:
 
     df/dx[i] ~= (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)      (error O(eps^2))
 
-In float64 with eps ~ 1e-6 this agrees with a correct analytic gradient to
-about 1e-8 relative error; a wrong derivative is off by O(1).
+In float64 with eps ~ 1e-6 a correct analytic gradient agrees to ~1e-8
+relative error; a wrong derivative is off by O(1).
 """
 import numpy as np
 
 
 def rel_error(a, b):
     """Relative error ||a - b|| / (||a|| + ||b||); 0 when both are zero."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     denom = np.linalg.norm(a) + np.linalg.norm(b)
-    if denom == 0.0:
-        return 0.0
-    return float(np.linalg.norm(a - b) / denom)
+    return 0.0 if denom == 0.0 else float(np.linalg.norm(a - b) / denom)
 
 
 def numerical_grad(f, x, eps=1e-6, max_entries=None, rng=None):
@@ -28,8 +23,7 @@ def numerical_grad(f, x, eps=1e-6, max_entries=None, rng=None):
     returned array holds NaN elsewhere (compare with ``mask=~isnan``).
     """
     grad = np.full(x.shape, np.nan) if max_entries else np.zeros(x.shape)
-    flat = x.reshape(-1)  # a view: writing it writes x
-    gflat = grad.reshape(-1)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)  # views: writing flat writes x
     idx = np.arange(flat.size)
     if max_entries and flat.size > max_entries:
         rng = rng or np.random.default_rng(0)
@@ -39,9 +33,8 @@ def numerical_grad(f, x, eps=1e-6, max_entries=None, rng=None):
         flat[i] = old + eps
         fp = f()
         flat[i] = old - eps
-        fm = f()
+        gflat[i] = (fp - f()) / (2 * eps)
         flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
     return grad
 
 
@@ -53,11 +46,9 @@ def check_grads(f, params, grads, eps=1e-6, max_entries=None, seed=0):
     grads:   dict name -> analytic gradient of f with respect to params[name]
     Returns dict name -> relative error (compare with e.g. 1e-6).
     """
-    rng = np.random.default_rng(seed)
-    errors = {}
+    rng, errors = np.random.default_rng(seed), {}
     for name, x in params.items():
         num = numerical_grad(f, x, eps=eps, max_entries=max_entries, rng=rng)
-        ana = np.asarray(grads[name], dtype=np.float64)
         mask = ~np.isnan(num)
-        errors[name] = rel_error(ana[mask], num[mask])
+        errors[name] = rel_error(np.asarray(grads[name], dtype=np.float64)[mask], num[mask])
     return errors

@@ -1,21 +1,13 @@
-"""Layers as pairs of plain functions: ``x_forward(...) -> (out, cache)`` and
-``x_backward(dout, cache) -> (dx, grads)``, side by side.
+"""Layers as pairs of plain functions, side by side: ``x_forward(...) -> (out, cache)``
+(the cache holds exactly what the backward needs) and ``x_backward(dout, cache)``,
+which returns the gradients of the forward's inputs in their order (docs/DESIGN.md).
+Arrays may be NumPy or CuPy: each function takes its module from its inputs.
 
-The cache holds exactly what the backward needs. Arrays may be NumPy or CuPy:
-each function takes its module from its inputs (``xp_of``).
-
-Conventions
------------
-- Token rows are *packed*: a ragged batch of N views with M real tokens is an
-  (M, C) array, no padding. Position-wise layers (linear, LayerNorm, GELU,
-  dropout, residual add) work on any leading shape and never see padding.
-- Only attention needs a rectangle: ``pad_forward`` scatters the M packed rows
-  into an (N, T, C) grid (zeros elsewhere) and ``unpad_forward`` gathers them
-  back. A boolean key mask (N, T), True on real tokens, tells attention and
-  pooling which grid cells are real.
-- Dropout masks come from a NumPy ``np.random.Generator`` (drawn on the host,
-  moved to the device when the arrays are CuPy), so a test can replay them:
-  the same generator state gives the same mask.
+Token rows are *packed*: a ragged batch of N views with M real tokens is an (M, C)
+array, no padding; position-wise layers (linear, LayerNorm, GELU, dropout) never
+see padding. Only attention needs a rectangle: ``pad_forward`` scatters the rows
+into (N, T, C) grids, with a key mask (N, T), True on real tokens. Dropout masks
+are a function of a NumPy Generator's state, so a test can replay them.
 """
 import math
 from typing import NamedTuple
@@ -37,9 +29,7 @@ class RowGrad(NamedTuple):
     values: object
 
 
-# ----------------------------------------------------------------------------
 # linear: y = x @ w + b          x (..., I), w (I, O), b (O,)  ->  y (..., O)
-# ----------------------------------------------------------------------------
 def linear_forward(x, w, b):
     y = x @ w
     y += b
@@ -54,17 +44,14 @@ def linear_backward(dy, cache):
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
     dw = x2.T @ dy2  # a transposed view costs nothing in BLAS
-    # db as a row of ones times dy (a GEMV) rather than dy2.sum(axis=0): on a GPU a
-    # column sum of (49k, 256) took 0.95 ms, the GEMV 0.04 ms (H200, CuPy 14); on the
-    # CPU the GEMV is as fast or faster, and its blocked sums are more accurate.
+    # db as ones @ dy (a GEMV), not dy2.sum(axis=0): 0.04 ms against 0.95 ms on a GPU
+    # (49k x 256, H200); as fast or faster on a CPU, and more accurate (blocked sums).
     db = (xp.ones((1, dy2.shape[0]), dy2.dtype) @ dy2)[0]
     return dx, dw, db
 
 
-# ----------------------------------------------------------------------------
 # LayerNorm over the last dim:   xhat = (x - mean) * rstd,  y = xhat * g + b
 #   rstd = 1 / sqrt(var + eps), var the biased variance (divide by C)
-# ----------------------------------------------------------------------------
 LN_EPS = 1e-5
 
 
@@ -99,10 +86,8 @@ def layernorm_backward(dy, cache):
     return dx, dg, db
 
 
-# ----------------------------------------------------------------------------
 # GELU, tanh approximation (GPT-2; the CUDA twin must use the same formula):
 #   y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
-# ----------------------------------------------------------------------------
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
 
@@ -142,11 +127,9 @@ def gelu_backward(dy, cache):
     return d
 
 
-# ----------------------------------------------------------------------------
 # softmax over the last dim with a key mask (True = key may be attended to).
 # Masked keys get probability exactly 0; a row whose keys are all masked gets
 # all zeros (not NaN).
-# ----------------------------------------------------------------------------
 def softmax_forward(z, mask=None):
     if cuda.use_kernels(z):
         return cuda.softmax_forward(z, mask)
@@ -176,17 +159,12 @@ def softmax_backward(dp, cache):
     return dz
 
 
-# ----------------------------------------------------------------------------
 # dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
-# ----------------------------------------------------------------------------
 def dropout_mask(shape, p, rng, xp=np):
-    """The boolean keep mask (True with probability 1 - p), a function of the
-    NumPy Generator ``rng``'s state: one state gives one mask.
-
-    On the host: float32 uniforms from rng, whatever the activations' dtype.
-    On a GPU the uniforms are drawn there, by a Philox generator seeded from
-    rng (a host mask of every activation would cost more to draw and copy than
-    the step itself), so GPU masks differ from CPU masks for the same seed."""
+    """The keep mask (True with probability 1 - p), a function of the NumPy Generator
+    ``rng``'s state: float32 uniforms from rng; on a GPU drawn there by a Philox
+    generator seeded from rng (drawing and copying a host mask would cost more than
+    the step), so GPU masks differ from CPU ones for the same seed."""
     if xp is np:
         return rng.random(shape, dtype=np.float32) >= p
     gen = xp.random.RandomState(int(rng.integers(2 ** 63)),
@@ -214,14 +192,8 @@ def dropout_backward(dy, cache):
     return dx
 
 
-# residual add: y = x + f(x), so dx gets dy directly plus f's backward of dy.
-# It is one line, written inline in the model.
-
-
-# ----------------------------------------------------------------------------
 # pad / unpad: packed rows (M, C) <-> grid (N, T, C)
 #   index (M,) = view * T + position, unique, the flat cell of each packed row
-# ----------------------------------------------------------------------------
 def pad_forward(x, index, N, T):
     xp = xp_of(x)
     grid = xp.zeros((N * T,) + x.shape[1:], dtype=x.dtype)
@@ -245,7 +217,6 @@ def unpad_backward(dx, cache):
     return pad_forward(dx, index, N, T)[0]                  # zeros on padding cells
 
 
-# ----------------------------------------------------------------------------
 # multi-head self-attention on packed rows
 #   x (M, D) packed rows; grids: a list of (index, key_mask), one per run of
 #   consecutive views padded to a common length T_b (a length bucket), in row
@@ -256,7 +227,6 @@ def unpad_backward(dx, cache):
 #   y = concat_heads(ctx) @ w_out + b_out        (M, D)
 # The projections run once on all M rows (large matmuls); only the core
 # (scores, softmax, a' v) runs per grid, on (N_b * H) small matmuls.
-# ----------------------------------------------------------------------------
 def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
     """qkv (M_b, 3D) packed rows of one grid -> ctx (M_b, D)."""
     xp = xp_of(qkv)

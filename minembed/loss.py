@@ -16,8 +16,7 @@ from .backend import to_numpy, xp_of
 def l2_normalize_forward(x, eps=1e-12):
     """n = x / ||x|| row-wise. x: (N, D)."""
     xp = xp_of(x)
-    norm = xp.sqrt((x * x).sum(axis=1, keepdims=True))  # (N, 1)
-    norm = xp.maximum(norm, eps)  # a zero row stays zero instead of NaN
+    norm = xp.maximum(xp.sqrt((x * x).sum(axis=1, keepdims=True)), eps)  # (N, 1); 0 stays 0, no NaN
     n = x / norm
     return n, (n, norm)
 
@@ -52,12 +51,9 @@ def infonce_rows(s):
 
 
 def infonce_forward(a, p, scale=20.0, symmetric=False):
-    """InfoNCE loss of anchors a (B, D) against positives p (B, D), in-batch negatives.
-
-    Returns (loss, cache); cache["accuracy"] is the fraction of anchors whose
-    most similar positive is their own. The cache keeps dloss/dS (times B),
-    so the backward is two matrix products.
-    """
+    """InfoNCE of anchors a (B, D) against positives p (B, D), in-batch negatives:
+    (loss, cache); cache["accuracy"]: the fraction of anchors whose most similar
+    positive is their own; cache["g"]: dloss/dS times B (the backward: two products)."""
     xp = xp_of(a)
     an, a_cache = l2_normalize_forward(a)
     pn, p_cache = l2_normalize_forward(p)
@@ -82,10 +78,6 @@ def infonce_backward(dloss, cache):
     an, pn, g = cache["an"], cache["pn"], cache["g"]
     # dS = g * dloss / B;  S = scale an pn^T  =>  d an = scale dS pn,  d pn = scale dS^T an
     c = cache["scale"] * dloss / an.shape[0]
-    dan = g @ pn
-    dan *= c
-    dpn = g.T @ an
-    dpn *= c
-    da = l2_normalize_backward(dan, cache["a_cache"])
-    dp = l2_normalize_backward(dpn, cache["p_cache"])
+    da = l2_normalize_backward(c * (g @ pn), cache["a_cache"])
+    dp = l2_normalize_backward(c * (g.T @ an), cache["p_cache"])
     return da.astype(an.dtype, copy=False), dp.astype(pn.dtype, copy=False)

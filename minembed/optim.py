@@ -1,19 +1,14 @@
-"""Adam / AdamW, written out, with a lazy (row-wise) variant for embedding tables,
-the learning-rate schedule and gradient clipping.
+"""Adam / AdamW (with a lazy, row-wise variant for embedding tables), the
+learning-rate schedule and gradient clipping. For p with gradient g at step t:
 
-Adam (Kingma & Ba), with decoupled weight decay wd (AdamW; wd = 0 is plain Adam),
-for a parameter p with gradient g at step t (t = 1, 2, ...):
-
-    p <- p - lr * wd * p
-    m <- b1 m + (1 - b1) g               first moment
-    v <- b2 v + (1 - b2) g^2             second moment
+    p <- p - lr * wd * p                 decoupled weight decay (AdamW; wd = 0: Adam)
+    m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
     p <- p - lr * m_hat / (sqrt(v_hat) + eps),   m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
 
-An embedding table's gradient is a ``RowGrad``: only the rows a batch used.
-*Dense* Adam treats every other row's gradient as zero, so all V rows still
-move (their moments decay and momentum carries them): what PyTorch's Adam does
-with a dense EmbeddingBag gradient. *Lazy* Adam (PyTorch's SparseAdam) updates
-m, v and p for the touched rows only, which costs O(rows used) instead of O(V).
+An embedding table's gradient is a ``RowGrad`` (the rows a batch used). *Dense*
+Adam takes the other rows' gradient as zero, so all V rows move (PyTorch's Adam
+on a dense EmbeddingBag gradient); *lazy* Adam (PyTorch's SparseAdam) updates
+the touched rows only: O(rows used) instead of O(V).
 """
 import math
 
@@ -33,10 +28,8 @@ def adam_init(params):
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
     """One dense AdamW update of p, in place (m and v too).
 
-    g is a gradient shaped like p, or a RowGrad, zero outside g.rows: there
-    m and v only decay (m <- b1 m, v <- b2 v), so the gradient terms are added
-    to g.rows alone -- the same numbers as with densify(g), without building
-    and streaming through a dense (V, D) gradient.
+    g is a gradient shaped like p, or a RowGrad (zero outside g.rows, where m and v
+    only decay): the same numbers as with densify(g), without a dense (V, D) gradient.
     """
     if cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
         return cuda.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
@@ -53,10 +46,8 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
 
 def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                      weight_decay=0.0):
-    """Lazy AdamW: the dense formula applied to p[rows], m[rows], v[rows] only.
-
-    rows must be distinct (a RowGrad's are). Gather, update, scatter back.
-    """
+    """Lazy AdamW: the dense formula on p[rows], m[rows], v[rows] only (rows distinct,
+    as a RowGrad's are): gather, update, scatter back."""
     if cuda.use_kernels(p, g_rows, m, v):  # on a GPU: one fused kernel
         return cuda.adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
     xp = xp_of(p)

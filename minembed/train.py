@@ -9,13 +9,10 @@
         clip the gradient norm; lr: linear warm-up, then linear decay to 0; Adam
         on_step(...)                            log, progress, checkpoints: the caller's
 
-Every random draw is a function of (seed, what it is for, epoch or step): the
-epoch's document order of (seed, epoch), the crops, masks and dropout of a step
-of (seed, step). So the same seed gives the same model bit for bit, and a run
-resumed at step k continues exactly as if it had never stopped.
-
-The model directory, checkpoints, Ctrl-C and progress are the product's
-(minembed/run.py); this file is what one training step is.
+Every random draw is a function of (seed, purpose, epoch or step): the same
+seed gives the same model bit for bit, and a run resumed at step k continues
+exactly as if it had never stopped. The model directory, checkpoints, Ctrl-C
+and progress are the product's (minembed/run.py).
 """
 import dataclasses
 import math
@@ -51,61 +48,56 @@ def _f(default, help, check=None, must=None, choices=None):
                                                             choices=choices))
 
 
-_POS, _NONNEG, _FRAC = (lambda v: v > 0, "positive"), (lambda v: v >= 0, ">= 0"), \
-    (lambda v: 0 <= v <= 1, "in [0, 1]")
+POS, NONNEG, NUMBER = (lambda v: v > 0, "positive"), (lambda v: v >= 0, ">= 0"), \
+    (lambda v: 0 < v < math.inf, "a positive number")
+FRAC, UNIT, OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 < v <= 1, "in (0, 1]"), \
+    (lambda v: 0 < v < 1, "in (0, 1)")
+
+
+def at_least(n):
+    return (lambda v: v >= n), f"at least {n}"
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = _f("bag", "encoder: bag of token embeddings (mean pooled) or a small transformer",
+    model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer",
                     choices=("bag", "transformer"))
-    dim: int = _f(256, "embedding dimension", *_POS)
-    epochs: int = _f(None, "passes over the corpus [enough for 800 steps (bag) or 300 "
-                           "(transformer), 3 to 100]", *_POS)
-    max_steps: int = _f(0, "stop after this many steps (the schedule ends there too); 0: all epochs",
-                        *_NONNEG)
+    dim: int = _f(256, "embedding dimension", *POS)
+    epochs: int = _f(None, "passes over the corpus [enough for 800 steps (bag), 300 (transformer)]", *POS)
+    max_steps: int = _f(0, "stop after this many steps (the schedule ends there too); 0: all epochs", *NONNEG)
     batch_size: int = _f(None, "positive pairs per step [bag: 128, transformer: 64]",
-                         lambda v: v >= 2, "at least 2 (in-batch negatives)")
-    lr: float = _f(None, "peak learning rate [bag: 0.1, transformer: 5e-4]",
-                   lambda v: 0 < v < math.inf, "a positive number")
-    warmup: float = _f(0.1, "linear warm-up, as a fraction of the first epoch; then linear decay to 0",
-                       *_FRAC)
+                         *at_least(2))
+    lr: float = _f(None, "peak learning rate [bag: 0.1, transformer: 5e-4]", *NUMBER)
+    warmup: float = _f(0.1, "linear warm-up, a fraction of the first epoch; then linear decay to 0", *FRAC)
     optimizer: str = _f(None, "[bag: adam, transformer: adamw]", choices=("adam", "adamw"))
-    weight_decay: float = _f(None, "AdamW decoupled weight decay [0.01]", *_NONNEG)
+    weight_decay: float = _f(None, "AdamW decoupled weight decay [0.01]", *NONNEG)
     lazy: bool = _f(True, "Adam on the embedding rows a batch used (lazy) or on every row (dense)")
-    clip: float = _f(None, "clip the global gradient norm (0: off) [bag: 0, transformer: 1]", *_NONNEG)
-    scale: float = _f(20.0, "cosine similarity scale = 1/temperature",
-                      lambda v: 0 < v < math.inf, "a positive number")
+    clip: float = _f(None, "clip the global gradient norm (0: off) [bag: 0, transformer: 1]", *NONNEG)
+    scale: float = _f(20.0, "cosine similarity scale = 1/temperature", *NUMBER)
     symmetric: bool = _f(False, "InfoNCE in both directions (anchors<->positives)")
     seed: int = _f(0, "same seed, same model")
-    vocab_size: int = _f(8192, "vocabulary of the tokenizer trained on the corpus",
-                         lambda v: v >= 64, "at least 64")
-    crops: str = _f("auto", "sentence crops, token spans, or auto: sentence crops where a document "
-                            "has two, token spans for the others", choices=("auto", "sentences", "spans"))
-    crop_sentences: int = _f(2, "consecutive sentences per crop", *_POS)
-    sentence_min: int = _f(100, "shortest kept sentence (characters)", *_NONNEG)
-    sentence_max: int = _f(250, "longest kept sentence (characters)", *_POS)
-    span_min: float = _f(0.1, "shortest token span, as a fraction of the document",
-                         lambda v: 0 < v <= 1, "in (0, 1]")
-    span_max: float = _f(0.5, "longest token span, as a fraction of the document",
-                         lambda v: 0 < v <= 1, "in (0, 1]")
-    positives: str = _f("crops", "two crops; one crop twice with dropout (SimCSE, transformer "
-                                 "only); or crops with masked tokens", choices=("crops", "dropout", "mask"))
-    mask_frac: float = _f(0.3, "fraction of tokens masked with --positives mask",
-                          lambda v: 0 < v < 1, "in (0, 1)")
-    layers: int = _f(4, "transformer blocks", *_POS)
-    heads: int = _f(4, "attention heads", *_POS)
-    ffn: int = _f(1024, "feed-forward width", *_POS)
-    max_len: int = _f(128, "transformer: longest view in tokens (longer ones are cut)",
-                      lambda v: v >= 2, "at least 2")
+    vocab_size: int = _f(8192, "vocabulary of the tokenizer trained on the corpus", *at_least(64))
+    crops: str = _f("auto", "sentence crops, token spans, or auto: sentence crops where a document has two",
+                    choices=("auto", "sentences", "spans"))
+    crop_sentences: int = _f(2, "consecutive sentences per crop", *POS)
+    sentence_min: int = _f(100, "shortest kept sentence (characters)", *NONNEG)
+    sentence_max: int = _f(250, "longest kept sentence (characters)", *POS)
+    span_min: float = _f(0.1, "shortest token span, a fraction of the document", *UNIT)
+    span_max: float = _f(0.5, "longest token span, a fraction of the document", *UNIT)
+    positives: str = _f("crops", "two crops; one crop twice with dropout (SimCSE, transformer only); "
+                                 "or crops with masked tokens", choices=("crops", "dropout", "mask"))
+    mask_frac: float = _f(0.3, "fraction of tokens masked with --positives mask", *OPEN)
+    layers: int = _f(4, "transformer blocks", *POS)
+    heads: int = _f(4, "attention heads", *POS)
+    ffn: int = _f(1024, "feed-forward width", *POS)
+    max_len: int = _f(128, "transformer: longest view in tokens (longer ones are cut)", *at_least(2))
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
 
     def resolved(self):
         """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""
         c = dataclasses.replace(self)
-        for k, v in MODEL_DEFAULTS.get(c.model, {}).items():
-            if getattr(c, k) is None:
-                setattr(c, k, v)
+        c = dataclasses.replace(c, **{k: v for k, v in MODEL_DEFAULTS.get(c.model, {}).items()
+                                      if getattr(c, k) is None})
         for f in dataclasses.fields(c):
             v, m = getattr(c, f.name), f.metadata
             flag = "--" + f.name.replace("_", "-")
@@ -137,10 +129,6 @@ class TrainConfig:
 class Diverged(Exception):
     """The loss or the gradient norm is not finite; the weights are those of the step before."""
 
-    def __init__(self, step, loss):
-        super().__init__(f"training diverged: the loss became {loss} at step {step}")
-        self.step, self.loss = step, loss
-
 
 def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
     """Forward and backward of one batch of pairs: (loss, accuracy, grads)."""
@@ -154,10 +142,8 @@ def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
 
 def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None):
     """Steps start+1 .. total of the run ``cfg`` (resolved, epochs set) on ``sampler``'s
-    pairs, updating ``params`` and the Adam state ``adam`` in place.
-
-    ``on_step(step, record)`` is called after each step with the step's loss, in-batch
-    accuracy, learning rate, gradient norm, epoch and seconds."""
+    pairs, updating ``params`` and the Adam state ``adam`` in place; ``on_step(step,
+    record)`` after each (loss, in-batch accuracy, lr, gradient norm, epoch, seconds)."""
     xp = xp_of(*params.values())
     spe = len(sampler.usable) // cfg.batch_size             # steps per epoch
     warmup = int(round(cfg.warmup * spe))
@@ -174,7 +160,7 @@ def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_
                                       to_device(offsets, xp), cfg, rng)
         gnorm = optim.clip_grads(grads, cfg.clip)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            raise Diverged(step, loss)
+            raise Diverged(f"training diverged: the loss became {loss} at step {step}")
         lr = optim.lr_at(step, total, warmup, cfg.lr)
         optim.adam_step(params, grads, adam, lr, weight_decay=wd, lazy=cfg.lazy)
         if on_step is not None:

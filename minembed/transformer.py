@@ -6,20 +6,15 @@
         x = x + drop(mlp(ln2(x)))                        mlp = linear -> GELU -> linear
     emb = mean over each view's rows of ln_f(x)          (N, D)
 
-The token and position lookups and the final mean are the bag model's layer
-(bag.embedding_bag_forward): a lookup is a ragged mean over views of one token
-each, and the pooling is a ragged mean over each view's packed rows of x,
-taken as a table. So the codebase has one scatter (the bag backward) for every
-embedding gradient and the pooling gradient.
+The lookups and the final mean are the bag model's layer: a lookup is a ragged
+mean over views of one token each, the pooling a ragged mean over each view's
+rows of x taken as a table; so one scatter (the bag backward) serves every
+embedding gradient and the pooling's.
 
-The encoder interface of docs/DESIGN.md: ``init_params``, ``forward``,
-``backward``. Views arrive ragged (``ids`` + ``offsets``); views longer than
-``max_len`` are cut to their first ``max_len`` tokens. Every position-wise
-layer works on the M real tokens only (packed rows, no padding); attention
-pads them into grids with a key mask and gathers the real rows back. The views
-are sorted by length and split into a few buckets, each padded to its own
-longest view, so attention does little work on padding either. Padding never
-gets a gradient.
+Views arrive ragged (``ids`` + ``offsets``) and are cut to ``max_len`` tokens.
+Position-wise layers see the M real tokens only; attention pads them into grids
+with a key mask, the views sorted by length and split into a few buckets, each
+padded to its own longest view. Padding never gets a gradient.
 """
 import math
 
@@ -35,8 +30,7 @@ BUCKETS = 4     # length buckets for attention (config["buckets"] overrides); se
 
 
 def _config(config):
-    cfg = dict(DEFAULTS)
-    cfg.update(config)
+    cfg = dict(DEFAULTS, **config)
     if cfg["dim"] % cfg["heads"]:
         raise ValueError(f"dim {cfg['dim']} is not a multiple of heads {cfg['heads']}")
     return cfg
@@ -47,36 +41,30 @@ def init_params(config, rng):
     LayerNorm gain 1 / bias 0, residual output projections (attention out
     and the second MLP linear) scaled by 1/sqrt(2 * layers). float32."""
     cfg = _config(config)
-    V, D, F = cfg["vocab_size"], cfg["dim"], cfg["ffn"]
-    std = 0.02
+    V, D, F, std = cfg["vocab_size"], cfg["dim"], cfg["ffn"], 0.02
     std_res = std / math.sqrt(2 * cfg["layers"])
 
     def normal(shape, s=std):
         return (rng.standard_normal(shape) * s).astype(np.float32)
-
-    def zeros(n):
-        return np.zeros(n, np.float32)
+    zeros = np.zeros
 
     p = {"tok_emb": normal((V, D)), "pos_emb": normal((cfg["max_len"], D))}
     for i in range(cfg["layers"]):
         b = f"blocks.{i}."
-        p[b + "ln1.g"], p[b + "ln1.b"] = np.ones(D, np.float32), zeros(D)
-        p[b + "attn.qkv.w"], p[b + "attn.qkv.b"] = normal((D, 3 * D)), zeros(3 * D)
-        p[b + "attn.out.w"], p[b + "attn.out.b"] = normal((D, D), std_res), zeros(D)
-        p[b + "ln2.g"], p[b + "ln2.b"] = np.ones(D, np.float32), zeros(D)
-        p[b + "mlp.fc.w"], p[b + "mlp.fc.b"] = normal((D, F)), zeros(F)
-        p[b + "mlp.proj.w"], p[b + "mlp.proj.b"] = normal((F, D), std_res), zeros(D)
-    p["ln_f.g"], p["ln_f.b"] = np.ones(D, np.float32), zeros(D)
+        p[b + "ln1.g"], p[b + "ln1.b"] = np.ones(D, np.float32), zeros(D, np.float32)
+        p[b + "attn.qkv.w"], p[b + "attn.qkv.b"] = normal((D, 3 * D)), zeros(3 * D, np.float32)
+        p[b + "attn.out.w"], p[b + "attn.out.b"] = normal((D, D), std_res), zeros(D, np.float32)
+        p[b + "ln2.g"], p[b + "ln2.b"] = np.ones(D, np.float32), zeros(D, np.float32)
+        p[b + "mlp.fc.w"], p[b + "mlp.fc.b"] = normal((D, F)), zeros(F, np.float32)
+        p[b + "mlp.proj.w"], p[b + "mlp.proj.b"] = normal((F, D), std_res), zeros(D, np.float32)
+    p["ln_f.g"], p["ln_f.b"] = np.ones(D, np.float32), zeros(D, np.float32)
     return p
 
 
 def layout(ids, offsets, max_len, buckets=1):
-    """Cut views to max_len, sort them by length and place their tokens in grids.
-
-    Views are packed in length order (``order``, stable), so that a run of
-    similar lengths can share a small grid: the sorted views are split into
-    ``buckets`` runs of about equal count, each padded to its own longest
-    view. Host NumPy. Returns a dict:
+    """Cut views to max_len, pack them in length order (``order``, stable) and split
+    them into ``buckets`` runs of about equal count, each padded to its own longest
+    view (a grid). Host NumPy. Returns a dict:
       ids, pos   (M,) the kept token ids and their positions, in packed order
       order      (N,) view order[j] is the j-th packed view
       starts     (N+1,) packed view j is rows starts[j]:starts[j+1]
@@ -122,11 +110,9 @@ def encode(params, ids, offsets, config):
 
 def _forward(params, ids, offsets, config, train, rng, keep_cache):
     cfg = _config(config)
-    p_drop = cfg["dropout"] if train else 0.0
-    if train and p_drop > 0 and rng is None:
+    p_drop, rng = (cfg["dropout"], rng) if train else (0.0, None)
+    if p_drop > 0 and rng is None:
         raise ValueError("forward(train=True) needs rng for the dropout masks")
-    if not train:
-        rng = None
     xp = xp_of(params["tok_emb"])
     lay = layout(ids, offsets, cfg["max_len"], cfg.get("buckets", BUCKETS))
     grids = [(xp.asarray(i), xp.asarray(m)) for i, m in lay["grids"]]
@@ -136,7 +122,6 @@ def _forward(params, ids, offsets, config, train, rng, keep_cache):
     x, c_tok = bag.embedding_bag_forward(params["tok_emb"], xp.asarray(lay["ids"]), one_each)
     xpos, c_pos = bag.embedding_bag_forward(params["pos_emb"], xp.asarray(lay["pos"]), one_each)
     x += xpos                                                         # (M, D)
-    del xpos
 
     blocks = []
     for i in range(cfg["layers"]):

@@ -164,6 +164,14 @@ def read_index(lists, kind):
     return out.stdout.decode("utf-8")
 
 
+def release(lists):
+    """'Debian 12.15 of <date>': which state of the archive the indexes in `lists` are."""
+    names = sorted(n for n in os.listdir(lists) if n.endswith(f"_dists_{SUITE}_InRelease"))
+    with open(os.path.join(lists, names[0]), encoding="utf-8") as f:
+        fields = dict(re.findall(r"^(Version|Date): (.*)$", f.read(), re.M))
+    return f"Debian {fields.get('Version', '?')} of {fields.get('Date', '?')}"
+
+
 def unpacked(package, cache):
     """The directory a pinned package is unpacked into (downloaded and unpacked once)."""
     root = os.path.join(cache, "unpacked", f"{package}_{PINNED[package].replace(':', '_')}")
@@ -338,6 +346,8 @@ def main(argv=None):
         print(f"{name}: {s['documents']} documents, {s['labels']} labels, per label "
               f"min {s['min_per_label']} median {s['median_per_label']:g} max {s['max_per_label']}, "
               f"median {s['median_chars']:g} chars -> {path}")
+        if name == "debian":
+            print(f"  from the indexes of {release(os.path.join(cache, 'lists'))}")
         if args.labels:
             counts = collections.Counter(label for _, label in docs)
             print("  " + ", ".join(f"{lab} {n}" for lab, n in sorted(counts.items())))

@@ -33,7 +33,7 @@ from .progress import Progress
 from .tokenize import load_tokenizer, mask_token_id
 from .train import Diverged, TrainConfig, auto_epochs, train_loop
 
-DEAD_STEPS = 20  # a gradient norm of ~0 for this many steps in a row: the run is dead
+DEAD_STEPS = 20  # a vanished gradient for this many steps in a row: the run is dead
 
 
 class OutputDir:
@@ -164,6 +164,9 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     else:
         cfg = (cfg or TrainConfig()).resolved()
         source = Corpus(corpus, fmt, max_doc_chars, encoding, errors)
+        if sum(1 for _, _ in zip(range(2), source.texts())) < 2:  # before any slow work
+            raise MinembedError(f"{source.name}: only one document; contrastive training needs at "
+                                f"least 2 (in-batch negatives)")
         tok = load_tokenizer(tokenizer_path) if tokenizer_path else source.tokenizer(cfg.vocab_size, say)
     data = source.tokenized(tok, say, progress=not quiet)
     sampler = PairSampler(data, cfg, mask_token_id(tok))
@@ -190,8 +193,11 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
                      ckpt, checkpoint_every)
         keep = True
         return model
-    except (ckpt_mod.TrainingInterrupted, MinembedError):
-        keep = True  # a checkpoint, or the last good weights, were saved
+    except ckpt_mod.TrainingInterrupted:
+        keep = True  # a checkpoint was saved
+        raise
+    except MinembedError as e:
+        keep = getattr(e, "saved", False)  # a diverged run's last good weights
         raise
     finally:
         out.close(keep=keep or ckpt is not None or ckpt_mod.has_checkpoint(out.path))
@@ -242,7 +248,7 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
     log = open(out.file("log.jsonl"), "a" if ckpt is not None else "w")
     bar = Progress(total, "training", "step", done=start, quiet=quiet)
     t0 = time.perf_counter() - elapsed  # "time" in the log counts the run's training time
-    last_save, dead = [time.monotonic()], [0]
+    last_save, dead, peak = [time.monotonic()], [0], [0.0]
     stop = StopSignals()
 
     def save(step):
@@ -265,11 +271,13 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         if step == start + 3 and total - step > 20 and bar.rate:  # an estimate, from steps past the first
             say(f"\nestimated training time: {(total - step) * bar.rate / 60:.1f} min for "
                 f"{total - step:,} more steps")
-        dead[0] = dead[0] + 1 if r["grad_norm"] < 1e-10 else 0
+        # dead: the gradient norm ~0 (1e-4 of its largest so far) for DEAD_STEPS steps in a row
+        peak[0] = max(peak[0], r["grad_norm"])
+        dead[0] = dead[0] + 1 if r["grad_norm"] <= 1e-4 * peak[0] else 0
         if dead[0] >= DEAD_STEPS:
-            raise MinembedError(f"training is dead: the gradient is ~0 for {DEAD_STEPS} steps in a "
-                                f"row at step {step} (the learning rate {cfg.lr:g} is probably far "
-                                f"too high; try a lower --lr)")
+            raise MinembedError(f"training is dead: the gradient vanished ({r['grad_norm']:.1e}, from "
+                                f"{peak[0]:.1e}) for {DEAD_STEPS} steps in a row at step {step}; the "
+                                f"learning rate {cfg.lr:g} is probably far too high (try a lower --lr)")
         if stop.requested:
             save(step)
             raise ckpt_mod.TrainingInterrupted(step, out.path)
@@ -281,8 +289,9 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start, on_step)
     except Diverged as e:  # params are still those of the last good step: keep them
         save_model(out.path, config, params, tok)
-        raise MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower "
-                            f"--lr)") from None
+        err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower --lr)")
+        err.saved = True
+        raise err from None
     finally:
         stop.restore()
         bar.close()

@@ -9,10 +9,18 @@ import pytest
 # a cache for tokenizers and tokenised corpora owned by this test session; the
 # built-in corpus is cached there too unless MINEMBED_CACHE is already set
 # (CI builds it once per run, a developer reuses theirs)
+_OWN_CACHE = None
 if "MINEMBED_TEST_CACHE" not in os.environ:
     import tempfile
-    os.environ["MINEMBED_TEST_CACHE"] = tempfile.mkdtemp(prefix="minembed-test-cache-")
+    _OWN_CACHE = os.environ["MINEMBED_TEST_CACHE"] = tempfile.mkdtemp(prefix="minembed-test-cache-")
 os.environ.setdefault("MINEMBED_CACHE", os.environ["MINEMBED_TEST_CACHE"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the cache this session made (nothing is left in /tmp after a run)."""
+    if _OWN_CACHE is not None:
+        import shutil
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 TOPICS = {
     "astronomy": "star planet orbit telescope galaxy comet nebula moon solar gravity light year",

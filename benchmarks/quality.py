@@ -1,0 +1,121 @@
+"""Quality of minembed's encoders against TF-IDF, on several labelled corpora.
+
+    python tools/corpora.py /tmp/corpora                      # wordnet, fortunes, debian (docs/corpora.md)
+    python benchmarks/quality.py --corpora /tmp/corpora -o docs/quality.md
+    python benchmarks/quality.py --corpora /tmp/corpora --only fortunes --rows default,ep40
+
+For each corpus (the built-in one and every NAME.jsonl.gz in --corpora) and each
+row: train once on all texts (self-supervised: labels unused), embed every text,
+and score kNN accuracy (k = 10, cosine) over 10 random 90/10 splits (seeds 0-9):
+mean ± sd, with the training seconds. Trained models are kept in --work (default
+/tmp/minembed-quality) and reused, so a rerun only trains what is new. The
+numbers do not depend on the machine (every run is deterministic); the seconds do.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import minembed  # noqa: E402
+from minembed import Corpus, TrainConfig  # noqa: E402
+from minembed.evaluate import knn_accuracy, tfidf  # noqa: E402
+from minembed.model import Model  # noqa: E402
+from minembed.run import train  # noqa: E402
+
+SPLITS = 10
+# row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped
+ROWS = {
+    "default": ("bag model, minembed train's defaults", {}),
+    "ep40": ("bag, 40 epochs", dict(epochs=40)),
+    "ep40-v32k": ("bag, 40 epochs, vocabulary 32k", dict(epochs=40, vocab_size=32768)),
+    "ep40-d512": ("bag, 40 epochs, dim 512", dict(epochs=40, dim=512)),
+    "ep40-spans3-8": ("bag, 40 epochs, token spans 30-80 %", dict(epochs=40, span_min=0.3, span_max=0.8)),
+    "ep40-sym": ("bag, 40 epochs, symmetric InfoNCE", dict(epochs=40, symmetric=True)),
+    "ep40-b256": ("bag, 40 epochs, batch 256", dict(epochs=40, batch_size=256)),
+    "ep40-lr05": ("bag, 40 epochs, lr 0.05", dict(epochs=40, lr=0.05)),
+    "transformer": ("transformer, minembed train's defaults", dict(model="transformer")),
+    "transformer-dropout": ("transformer, dropout positives (SimCSE)",
+                            dict(model="transformer", positives="dropout")),
+}
+
+
+def knn10(X, labels):
+    accs = [knn_accuracy(X, labels, metric="cosine", seed=s) for s in range(SPLITS)]
+    return float(np.mean(accs)), float(np.std(accs))
+
+
+def corpora(directory):
+    out = {"builtin": None}
+    for path in sorted(glob.glob(os.path.join(directory, "*.jsonl.gz"))) if directory else []:
+        out[os.path.basename(path).split(".")[0]] = path
+    return out
+
+
+def measure(name, path, rows, work):
+    texts, labels = Corpus(path).labelled("quality")
+    res = {}
+    for what, X in (("TF-IDF", lambda: tfidf(texts)), ("TF-IDF + SVD(100) + L2", lambda: tfidf(texts, 100, True))):
+        t = time.perf_counter()
+        E = X()
+        res[what] = dict(knn=knn10(E, labels), seconds=round(time.perf_counter() - t, 1))
+        print(name, what, res[what], flush=True)
+    for row in rows:
+        what, settings = ROWS[row]
+        out = os.path.join(work, f"{name}-{row}")
+        if not os.path.isfile(os.path.join(out, "manifest.json")):
+            train(path, out, TrainConfig(**settings), quiet=True, force=True)
+        model = minembed.load(out)
+        res[row] = dict(knn=knn10(model.encode(texts), labels), seconds=model.config["training"]["seconds"],
+                        steps=model.config["training"]["steps"])
+        if row == "default":
+            cfg = model.config
+            untrained = Model(cfg, model.encoder.init_params(cfg, np.random.default_rng([0, 0])), model.tokenizer)
+            res["untrained"] = dict(knn=knn10(untrained.encode(texts), labels), seconds=0.0)
+        print(name, row, res[row], flush=True)
+    return dict(documents=len(texts), labels=len(set(labels)), rows=res)
+
+
+def markdown(results, command):
+    names = dict(ROWS, **{"TF-IDF": ("TF-IDF (sublinear tf)", None),
+                          "TF-IDF + SVD(100) + L2": ("TF-IDF → SVD(100) → L2", None),
+                          "untrained": ("untrained bag model (random table)", None)})
+    lines = [f"Command: `{command}`", ""]
+    for corpus, r in results.items():
+        lines += [f"### {corpus}: {r['documents']:,} documents, {r['labels']} labels", "",
+                  "| row | kNN cosine % (10 splits) | steps | train s |", "|---|---|---|---|"]
+        for key, v in r["rows"].items():
+            m, sd = v["knn"]
+            lines.append(f"| {names[key][0]} | {100 * m:.1f} ± {100 * sd:.1f} | {v.get('steps', '–')} | "
+                         f"{v['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpora", help="directory of NAME.jsonl.gz labelled corpora (tools/corpora.py)")
+    ap.add_argument("--only", help="comma-separated corpus names (builtin, wordnet, ...)")
+    ap.add_argument("--rows", default="default", help=f"comma-separated rows: {', '.join(ROWS)}")
+    ap.add_argument("--work", default="/tmp/minembed-quality", help="where trained models are kept")
+    ap.add_argument("-o", "--out", help="write the tables as Markdown (and .json beside)")
+    args = ap.parse_args()
+    rows = args.rows.split(",")
+    chosen = corpora(args.corpora)
+    if args.only:
+        chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+    results = {name: measure(name, path, rows, args.work) for name, path in chosen.items()}
+    if args.out:
+        command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+        with open(args.out, "w") as f:
+            f.write(markdown(results, command) + "\n")
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

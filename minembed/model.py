@@ -150,10 +150,18 @@ def save_model(model_dir, config, params, tokenizer, extra=None):
     atomic_write_bytes(os.path.join(model_dir, WEIGHTS), weights_bytes(params))
     for name, data in (extra or {}).items():
         atomic_write_bytes(os.path.join(model_dir, name), data)
-    legacy = os.path.join(model_dir, "model.npz")
-    if os.path.exists(legacy):  # a model written before safetensors, overwritten (--force)
-        os.unlink(legacy)
+    for stale in ("model.npz", "int8_scales.json"):  # a model written before safetensors, or
+        if os.path.exists(os.path.join(model_dir, stale)):  # scales of the old weights (--force)
+            os.unlink(os.path.join(model_dir, stale))
     write_manifest(model_dir, MODEL_FILES + tuple(extra or {}))
+
+
+def add_file(model_dir, name, data):
+    """Write (or replace) one more file in a model directory and list it in the manifest."""
+    atomic_write_bytes(os.path.join(model_dir, name), data)
+    with open(os.path.join(model_dir, "manifest.json"), encoding="utf-8") as f:
+        names = list(json.load(f)["files"])
+    write_manifest(model_dir, names + [name] * (name not in names))
 
 
 def read_log(model_dir):

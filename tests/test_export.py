@@ -154,7 +154,8 @@ def test_embed_streams_to_npy_with_dims_and_dtypes(tmp_path, model_dir, topic_do
     assert r.exit_code == 0, r.output
     Q = np.load(tmp_path / "q.npy")
     assert Q.dtype == np.int8 and np.array_equal(Q, ex.quantize(X, "int8", s32))
-    r = run("embed", model_dir, path, "-o", tmp_path / "q.npy", "--dtype", "int8", "--dim", "16")
+    with pytest.warns(UserWarning, match="not 16"):
+        r = run("embed", model_dir, path, "-o", tmp_path / "q.npy", "--dtype", "int8", "--dim", "16")
     assert r.exit_code == 1 and "quantize" in r.output and "--dim 16" in r.output
     # errors: one line, and no file left behind
     for args, msg in ((("--dim", "33"), "from 1 to 32"), (("--dtype", "int8", "--no-normalize"), "unit vectors"),

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 
 import click
 import numpy as np
@@ -41,12 +42,14 @@ def main():
     \b
     minembed train corpus.txt -o model     train (no corpus: the built-in one)
     minembed embed model texts.txt -o x.npy   embed texts with a trained model
+    minembed export model --to model2vec DIR  for sentence-transformers or model2vec
     minembed eval model [labelled.jsonl]   kNN accuracy and retrieval vs TF-IDF
     minembed compare [labelled.jsonl]      the paper's configurations, one table
     minembed search model corpus "query"   nearest documents to a query
     minembed map model [corpus] -o map.png    t-SNE map of the corpus
     minembed plot-log model -o curve.png   loss and kNN accuracy against steps
     """
+    warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
 
 
 def _corpus_options(f):
@@ -164,29 +167,79 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
 @click.argument("model_dir", type=click.Path())
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="where to write the (N, dim) float32 array (.npy)")
+              help="where to write the (N, dim) array (.npy)")
 @_corpus_options
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--normalize/--no-normalize", default=None,
               help="unit-length vectors (default: as the model's config says; true for trained models)")
+@click.option("--dim", type=int, help="keep the first DIM dimensions, renormalised (for a model "
+                                      "trained with --matryoshka)")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "int8", "binary"]), default="float32",
+              show_default=True, help="int8: per-dimension scales from  minembed quantize MODEL  "
+                                      "(x ~ q * scale / 127); binary: the sign bits, 8 to a byte")
 @_DEVICE
-def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, normalize, device):
+@click.option("-q", "--quiet", is_flag=True, help="no progress")
+def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, normalize, dim, dtype,
+          device, quiet):
     """Embed the documents of INPUT with the model in MODEL_DIR into a .npy file
-    (one row per document, in file order)."""
-    import io
+    (one row per document, in file order). INPUT is read as a stream and the rows
+    written as they come: memory stays bounded whatever its size."""
     from .data import Corpus
-    from .model import atomic_write_bytes, load
-    from .progress import Progress
+    from .export import embed_file
+    from .model import load
 
     model = load(model_dir, device=device)
-    texts, _ = Corpus(input_path, fmt, encoding=encoding, errors=errors).read()
-    bar = Progress(len(texts), "embedding", "document")
-    X = model.encode(texts, batch_size=batch_size, normalize=normalize, progress=bar.update)
-    bar.close()
-    buf = io.BytesIO()
-    np.save(buf, X)
-    atomic_write_bytes(output, buf.getvalue())
-    click.echo(f"wrote {X.shape[0]} x {X.shape[1]} embeddings to {output}", err=True)
+    shape = embed_file(model, Corpus(input_path, fmt, encoding=encoding, errors=errors), output, dim,
+                       dtype, normalize, batch_size, quiet)
+    click.echo(f"wrote {shape[0]} x {shape[1]} {'uint8 (packed bits)' if dtype == 'binary' else dtype} "
+               f"embeddings to {output}", err=True)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("corpus", required=False, type=click.Path(dir_okay=False))
+@_corpus_options
+@click.option("--dim", "dims", type=int, multiple=True,
+              help="also for vectors cut to this dimension (repeatable) [the trained ones]")
+@click.option("--max-docs", type=click.IntRange(1), default=10_000, show_default=True,
+              help="calibrate on the first N documents")
+@_DEVICE
+def quantize(model_dir, corpus, fmt, encoding, errors, dims, max_docs, device):
+    """Calibrate int8 output (embed --dtype int8) on CORPUS (default: the built-in
+    corpus): per-dimension scales, the largest |x_d| of the unit vectors of its
+    documents, stored in MODEL_DIR/int8_scales.json. Calibrate on text like what
+    you will embed: larger values are clipped."""
+    import itertools
+    from .data import Corpus
+    from .export import calibrate
+    from .model import load
+
+    model = load(model_dir, device=device)
+    source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
+    texts = list(itertools.islice(source.texts(), max_docs))
+    if not texts:
+        raise MinembedError(f"{source.name}: no documents found (the file is empty or blank)")
+    scales = calibrate(model, texts, dims)
+    click.echo(f"wrote int8 scales for dimension {', '.join(scales)} ({len(texts):,} documents) to "
+               f"{os.path.join(model_dir, 'int8_scales.json')}", err=True)
+
+
+@main.command("export")
+@click.argument("model_dir", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@click.option("--to", "target", required=True, type=click.Choice(["sentence-transformers", "model2vec"]),
+              help="the library that will load OUT_DIR")
+@click.option("--force", is_flag=True, help="replace an earlier export in OUT_DIR")
+def export_(model_dir, out_dir, target, force):
+    """Write the bag model in MODEL_DIR as a directory that sentence-transformers
+    (SentenceTransformer(OUT_DIR)) or model2vec (StaticModel.from_pretrained(OUT_DIR))
+    loads unchanged, giving the vectors minembed gives (model2vec: but for texts
+    with [UNK] tokens, which it drops; see docs/export.md)."""
+    from .export import export
+    from .model import load
+
+    files = export(load(model_dir), target, out_dir, force=force)
+    click.echo(f"wrote {', '.join(files)} to {out_dir}", err=True)
 
 
 @main.command("eval")

@@ -8,6 +8,15 @@ InfoNCE with in-batch negatives: for B pairs (a_i, p_i),
 With P = softmax over each row of S, dloss/dS = (P - I) / B. The symmetric
 variant (CLIP) averages this with the same loss over the columns
 (positives -> anchors), whose gradient is (Q - I) / B with Q = softmax over columns.
+
+Matryoshka InfoNCE (Kusupati et al. 2022) trains every prefix in a list of
+dimensions K (the full one last) to be an embedding on its own:
+
+    loss = mean_{k in K} InfoNCE(a[:, :k], p[:, :k])
+    da[:, :k] += dInfoNCE_k/da_k / |K|        (each term feeds its first k columns)
+
+The mean, not the sum: the loss and its gradient stay on the scale of one
+InfoNCE, so the learning rates tuned for it still fit.
 """
 from . import cuda
 from .backend import to_numpy, xp_of
@@ -81,3 +90,23 @@ def infonce_backward(dloss, cache):
     da = l2_normalize_backward(c * (g @ pn), cache["a_cache"])
     dp = l2_normalize_backward(c * (g.T @ an), cache["p_cache"])
     return da.astype(an.dtype, copy=False), dp.astype(pn.dtype, copy=False)
+
+
+def matryoshka_forward(a, p, dims, scale=20.0, symmetric=False):
+    """The mean over k in ``dims`` (ascending, the last = a.shape[1]) of InfoNCE on the
+    first k dimensions. cache["accuracy"] is that of the full vectors."""
+    parts = [infonce_forward(a[:, :k], p[:, :k], scale, symmetric) for k in dims]
+    loss = sum(part[0] for part in parts) / len(dims)
+    return loss, dict(dims=dims, caches=[c for _, c in parts], shape=a.shape,
+                      accuracy=parts[-1][1]["accuracy"])
+
+
+def matryoshka_backward(dloss, cache):
+    """(da, dp): each prefix's InfoNCE gradient, added into its first k columns."""
+    xp, dims = xp_of(cache["caches"][0]["an"]), cache["dims"]
+    da, dp = (xp.zeros(cache["shape"], dtype=cache["caches"][0]["an"].dtype) for _ in "ap")
+    for k, c in zip(dims, cache["caches"]):
+        dak, dpk = infonce_backward(dloss / len(dims), c)
+        da[:, :k] += dak
+        dp[:, :k] += dpk
+    return da, dp

@@ -17,6 +17,7 @@ import json
 import numbers
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -149,10 +150,18 @@ def save_model(model_dir, config, params, tokenizer, extra=None):
     atomic_write_bytes(os.path.join(model_dir, WEIGHTS), weights_bytes(params))
     for name, data in (extra or {}).items():
         atomic_write_bytes(os.path.join(model_dir, name), data)
-    legacy = os.path.join(model_dir, "model.npz")
-    if os.path.exists(legacy):  # a model written before safetensors, overwritten (--force)
-        os.unlink(legacy)
+    for stale in ("model.npz", "int8_scales.json"):  # a model written before safetensors, or
+        if os.path.exists(os.path.join(model_dir, stale)):  # scales of the old weights (--force)
+            os.unlink(os.path.join(model_dir, stale))
     write_manifest(model_dir, MODEL_FILES + tuple(extra or {}))
+
+
+def add_file(model_dir, name, data):
+    """Write (or replace) one more file in a model directory and list it in the manifest."""
+    atomic_write_bytes(os.path.join(model_dir, name), data)
+    with open(os.path.join(model_dir, "manifest.json"), encoding="utf-8") as f:
+        names = list(json.load(f)["files"])
+    write_manifest(model_dir, names + [name] * (name not in names))
 
 
 def read_log(model_dir):
@@ -194,7 +203,22 @@ class Model:
     def dim(self):
         return int(self.config["dim"])
 
-    def encode(self, texts, batch_size=256, normalize=None, progress=None):
+    def check_dim(self, dim):
+        """``dim`` (None: the model's) as an int, or a MinembedError; a warning when the
+        model was not trained for vectors cut to that many dimensions (--matryoshka)."""
+        if dim is None:
+            return self.dim
+        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or not 0 < dim <= self.dim:
+            raise MinembedError(f"dim must be an integer from 1 to {self.dim} (the model's dimension), "
+                                f"got {dim!r}")
+        trained = self.config.get("matryoshka", [self.dim])
+        if dim not in trained:
+            warnings.warn(f"this model was trained at dimension{'s' * (len(trained) > 1)} "
+                          f"{', '.join(map(str, trained))}, not {dim} (train with --matryoshka "
+                          f"{dim}); its vectors cut to {dim} dimensions may be much worse", stacklevel=3)
+        return int(dim)
+
+    def encode(self, texts, batch_size=256, normalize=None, progress=None, dim=None):
         """Embed texts: float32 array (N, dim); a single string gives one vector (dim,).
         Texts are processed in batches of similar length (sorted by length, then
         restored to the input order). An empty text gives a zero vector.
@@ -204,9 +228,11 @@ class Model:
         vectors by cosine similarity only, so their direction is what was learned
         and their length is noise (for the bag model, kNN with Euclidean distance
         on raw means is 6-12 points worse than on unit vectors).
+        ``dim=k`` keeps the first k dimensions (then normalises): a model trained
+        with ``--matryoshka`` has those prefixes trained as embeddings on their own.
         ``progress(n)`` is called with the number of texts of each batch done."""
         if isinstance(texts, str):
-            return self.encode([texts], batch_size, normalize)[0]
+            return self.encode([texts], batch_size, normalize, dim=dim)[0]
         if texts is None or not hasattr(texts, "__iter__"):
             raise MinembedError(f"encode() takes a string or a list of strings, got "
                                 f"{type(texts).__name__}")
@@ -218,7 +244,8 @@ class Model:
             raise MinembedError(f"batch_size must be a positive integer, got {batch_size!r}")
         if normalize is None:
             normalize = bool(self.config.get("normalize", True))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        k = self.check_dim(dim)
+        out = np.zeros((len(texts), k), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         xp = xp_of(*self.params.values())
         for start in range(0, len(texts), batch_size):
@@ -226,7 +253,7 @@ class Model:
             ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in idx])
             emb = self.encoder.encode(self.params, to_device(ids, xp), to_device(offsets, xp),
                                       self.config)
-            out[idx] = to_numpy(emb)
+            out[idx] = to_numpy(emb[:, :k])
             if progress is not None:
                 progress(len(idx))
         if normalize:
@@ -249,6 +276,9 @@ def _check_config(path, config):
         v = config.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2 ** 31:
             raise MinembedError(f"{path}: config.json has {k} = {v!r}, not a positive integer (damaged)")
+    dims = config.get("matryoshka", [config["dim"]])
+    if not isinstance(dims, list) or not all(type(k) is int and 0 < k <= config["dim"] for k in dims):
+        raise MinembedError(f"{path}: config.json has matryoshka = {dims!r}, not a list of dimensions")
 
 
 def load(path, device="cpu", verify=True):

@@ -127,7 +127,8 @@ def encode_texts(tok, texts):
 # the tokenised corpus on disk
 
 class _NpyWriter:
-    """Append to a 1-D ``.npy`` file whose length is known only at the end.
+    """Append to a ``.npy`` file of rows (1-D: ``row=()``; 2-D: ``row=(width,)``) whose
+    number is known only at the end.
 
     The .npy v1.0 format is a 128-byte header (magic, version, a Python-literal
     dict with dtype and shape, space padding) followed by the raw data. We
@@ -135,18 +136,18 @@ class _NpyWriter:
     """
     HEADER = 128
 
-    def __init__(self, path, dtype):
-        self.path, self.dtype, self.count = path, np.dtype(dtype), 0
+    def __init__(self, path, dtype, row=()):
+        self.path, self.dtype, self.row, self.count = path, np.dtype(dtype), tuple(row), 0
         self.f = open(path, "wb")
         self.f.write(b"\0" * self.HEADER)
 
     def append(self, arr):
-        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        arr = np.ascontiguousarray(arr, dtype=self.dtype).reshape((-1,) + self.row)
         self.f.write(arr.tobytes())
-        self.count += arr.size
+        self.count += arr.shape[0]
 
     def close(self):
-        d = {"descr": self.dtype.str, "fortran_order": False, "shape": (self.count,)}
+        d = {"descr": self.dtype.str, "fortran_order": False, "shape": (self.count,) + self.row}
         body = repr(d).encode("latin1")
         pad = self.HEADER - 10 - len(body) - 1
         header = b"\x93NUMPY\x01\x00" + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"

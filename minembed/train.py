@@ -4,7 +4,7 @@
         docs   <- the next B documents of this epoch's permutation
         views  <- sampler.sample(docs)          2B ragged views: anchors, then positives
         emb    <- encoder.forward(views)        (2B, D)
-        loss   <- InfoNCE(emb[:B], emb[B:])
+        loss   <- InfoNCE(emb[:B], emb[B:])    (--matryoshka: its mean over prefix dims)
         grads  <- encoder.backward(InfoNCE backward)
         clip the gradient norm; lr: linear warm-up, then linear decay to 0; Adam
         on_step(...)                            log, progress, checkpoints: the caller's
@@ -23,7 +23,7 @@ import numpy as np
 from . import optim
 from .backend import to_device, xp_of
 from .errors import MinembedError
-from .loss import infonce_backward, infonce_forward
+from .loss import infonce_backward, infonce_forward, matryoshka_backward, matryoshka_forward
 
 # Settings that differ per encoder: the bag model wants a huge learning rate
 # (the paper used 0.5; 0.1 with batch 128 was as good or better here) because
@@ -75,6 +75,8 @@ class TrainConfig:
     clip: float = _f(None, "clip the global gradient norm (0: off) [bag: 0, transformer: 1]", *NONNEG)
     scale: float = _f(20.0, "cosine similarity scale = 1/temperature", *NUMBER)
     symmetric: bool = _f(False, "InfoNCE in both directions (anchors<->positives)")
+    matryoshka: str = _f(None, "Matryoshka: also train these prefix dimensions as embeddings, e.g. "
+                               "32,64,128 (the loss is the mean of InfoNCE over them and --dim)")
     seed: int = _f(0, "same seed, same model")
     vocab_size: int = _f(8192, "vocabulary of the tokenizer trained on the corpus", *at_least(64))
     crops: str = _f("auto", "sentence crops, token spans, or auto: sentence crops where a document has two",
@@ -105,6 +107,8 @@ class TrainConfig:
                 raise MinembedError(f"{flag} must be one of {', '.join(m['choices'])}, got {v!r}")
             if v is not None and m["check"] and not m["check"](v):
                 raise MinembedError(f"{flag} must be {m['must']}, got {v}")
+        if c.matryoshka is not None:  # normalised: "128,32" -> "32,128,256"
+            c.matryoshka = ",".join(map(str, matryoshka_dims(c.matryoshka, c.dim)))
         for ok, msg in ((c.span_min <= c.span_max, "--span-min must not exceed --span-max"),
                         (c.sentence_min <= c.sentence_max, "--sentence-min must not exceed --sentence-max"),
                         (c.model == "bag" or c.dim % c.heads == 0,
@@ -120,10 +124,24 @@ class TrainConfig:
         """The hyper-parameters an encoder needs (stored in config.json)."""
         cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim,
                "normalize": True}  # encode() returns unit vectors: see Model.encode
+        if self.matryoshka:
+            cfg["matryoshka"] = matryoshka_dims(self.matryoshka, self.dim)
         if self.model == "transformer":
             cfg.update(layers=self.layers, heads=self.heads, ffn=self.ffn, max_len=self.max_len,
                        dropout=self.dropout)
         return cfg
+
+
+def matryoshka_dims(spec, dim):
+    """"32,64,128" -> [32, 64, 128, dim]: ascending, distinct, the full dimension last."""
+    try:
+        dims = sorted({int(k) for k in str(spec).replace(" ", "").split(",") if k} | {dim})
+    except ValueError:
+        dims = [0]
+    if dims[0] < 1 or dims[-1] > dim:
+        raise MinembedError(f"--matryoshka must be a comma-separated list of dimensions from 1 to "
+                            f"--dim ({dim}), e.g. 32,64,128; got {spec!r}")
+    return dims
 
 
 class Diverged(Exception):
@@ -134,8 +152,13 @@ def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
     """Forward and backward of one batch of pairs: (loss, accuracy, grads)."""
     emb, cache = encoder.forward(params, ids, offsets, enc_cfg, train=True, rng=rng)
     b = emb.shape[0] // 2
-    loss, lcache = infonce_forward(emb[:b], emb[b:], scale=cfg.scale, symmetric=cfg.symmetric)
-    da, dp = infonce_backward(1.0, lcache)
+    if cfg.matryoshka:    # InfoNCE on each prefix of the vectors, averaged
+        dims = matryoshka_dims(cfg.matryoshka, emb.shape[1])
+        loss, lcache = matryoshka_forward(emb[:b], emb[b:], dims, cfg.scale, cfg.symmetric)
+        da, dp = matryoshka_backward(1.0, lcache)
+    else:
+        loss, lcache = infonce_forward(emb[:b], emb[b:], scale=cfg.scale, symmetric=cfg.symmetric)
+        da, dp = infonce_backward(1.0, lcache)
     grads = encoder.backward(xp_of(emb).concatenate([da, dp]), cache)
     return loss, lcache["accuracy"], grads
 

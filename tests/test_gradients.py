@@ -95,6 +95,29 @@ def test_infonce_backward(symmetric, scale):
     assert max(errs.values()) < TOL, errs
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_matryoshka_infonce_backward(symmetric):
+    """The mean of InfoNCE over prefixes 2, 5 and 8 of the vectors: its hand-written
+    backward against finite differences, and its value against the terms by hand."""
+    rng = np.random.default_rng(8)
+    a, p = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+    dims = [2, 5, 8]
+    f = lambda: loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)[0]  # noqa: E731
+    value, cache = loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)
+    terms = [loss.infonce_forward(a[:, :k], p[:, :k], scale=7.0, symmetric=symmetric)[0] for k in dims]
+    assert abs(value - np.mean(terms)) < 1e-12
+    assert cache["accuracy"] == loss.infonce_forward(a, p, 7.0, symmetric)[1]["accuracy"]
+    da, dp = loss.matryoshka_backward(1.0, cache)
+    errs = check_grads(f, {"a": a, "p": p}, {"a": da, "p": dp})
+    assert max(errs.values()) < TOL, errs
+    # a single prefix = the full dimension is plain InfoNCE, value and gradient
+    v1, c1 = loss.matryoshka_forward(a, p, [8], scale=7.0)
+    v0, c0 = loss.infonce_forward(a, p, scale=7.0)
+    assert v1 == v0
+    assert all(np.array_equal(x, y) for x, y in zip(loss.matryoshka_backward(1.0, c1),
+                                                     loss.infonce_backward(1.0, c0)))
+
+
 def test_infonce_values():
     """Perfectly matched, well separated pairs: loss ~0 and accuracy 1; the
     symmetric loss of a symmetric similarity equals the one-way loss."""

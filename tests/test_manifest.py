@@ -97,3 +97,30 @@ def test_damaged_config_with_matching_manifest(model):
     (model / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(MinembedError, match="config.json is unreadable or damaged"):
         load(model)
+
+
+def test_legacy_npz_model_directory_loads_and_encodes(tmp_path):
+    """A directory written before safetensors (config.json, tokenizer.json, model.npz,
+    a manifest listing model.npz), made by hand, still loads and encodes: its vectors
+    are the mean of the token rows, normalised."""
+    tok = train_tokenizer(TEXTS, vocab_size=64)
+    config = {"model": "bag", "vocab_size": tok.get_vocab_size(), "dim": 8, "normalize": True}
+    table = np.random.default_rng(3).standard_normal((tok.get_vocab_size(), 8)).astype(np.float32)
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "tokenizer.json").write_text(tok.to_str())
+    np.savez(d / "model.npz", tok_emb=table)
+    from minembed.model import write_manifest
+    write_manifest(str(d), ("config.json", "tokenizer.json", "model.npz"))
+    assert "model.safetensors" not in os.listdir(d)
+    m = load(d)
+    assert np.array_equal(m.params["tok_emb"], table)
+    ids = tok.encode("a lazy fox", add_special_tokens=False).ids
+    want = table[ids].mean(axis=0)
+    np.testing.assert_allclose(m.encode("a lazy fox"), want / np.linalg.norm(want), atol=1e-6)
+    with open(d / "model.npz", "r+b") as f:  # and the manifest still guards it
+        f.seek(100)
+        f.write(b"\xff")
+    with pytest.raises(MinembedError, match="model.npz"):
+        load(d)

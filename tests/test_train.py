@@ -145,6 +145,8 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
     (dict(dim=0), "--dim"), (dict(epochs=0), "--epochs"), (dict(model="lstm"), "--model"),
     (dict(positives="dropout"), "dropout needs an encoder with dropout"),
     (dict(model="transformer", dim=30, heads=4), "multiple of --heads"),
+    (dict(matryoshka="8,64", dim=32), "--matryoshka.*from 1 to --dim \\(32\\)"),
+    (dict(matryoshka="0,8"), "--matryoshka"), (dict(matryoshka="8,x"), "--matryoshka"),
 ])
 def test_invalid_settings(tmp_path, topic_txt, kw, msg):
     with pytest.raises(MinembedError, match=msg):
@@ -157,3 +159,29 @@ def test_too_few_documents_for_a_batch(tmp_path):
     p.write_text("\n".join(f"document number {i} has a few words in it." for i in range(10)))
     m = train(str(p), tmp_path / "m", TrainConfig(vocab_size=100, max_steps=3), quiet=True)
     assert m.config["training"]["batch_size"] == 10  # lowered to fit the 10 documents
+
+
+def test_matryoshka_training_makes_prefixes_embeddings(tmp_path, topic_txt, topic_docs):
+    """--matryoshka 4: the first 4 dimensions, renormalised, classify the topics as well
+    as the full vectors do, and clearly better than the first 4 of a model trained at
+    32 alone (same seed); config.json records the trained dimensions."""
+    texts, labels = topic_docs
+    cfg = dict(FAST, epochs=6, seed=1)
+    plain = train(topic_txt, tmp_path / "plain", TrainConfig(**cfg), quiet=True)
+    mat = train(topic_txt, tmp_path / "mat", TrainConfig(matryoshka="4", **cfg), quiet=True)
+    assert mat.config["matryoshka"] == [4, 32] and mat.config["training"]["matryoshka"] == "4,32"
+    assert "matryoshka" not in plain.config
+    knn = lambda m, k: np.mean([knn_accuracy(m.encode(texts, dim=k), labels, metric="cosine", seed=s)  # noqa
+                                for s in range(5)])
+    with pytest.warns(UserWarning, match="trained at dimension 32, not 4"):
+        plain4 = knn(plain, 4)
+    mat4 = knn(mat, 4)
+    assert mat4 >= 0.97 and mat4 > plain4 + 0.05, (mat4, plain4)
+    # dim=k is the renormalised prefix of the raw vectors
+    raw = mat.encode(texts[:5], normalize=False)
+    want = raw[:, :4] / np.linalg.norm(raw[:, :4], axis=1, keepdims=True)
+    np.testing.assert_allclose(mat.encode(texts[:5], dim=4), want, rtol=1e-5, atol=1e-6)
+    assert mat.encode("star planet", dim=4).shape == (4,)
+    for bad in (0, 33, 2.5, True):
+        with pytest.raises(MinembedError, match="dim must be an integer from 1 to 32"):
+            mat.encode(["x"], dim=bad)

@@ -324,7 +324,7 @@ def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, n
 @click.option("--perplexity", type=float, help="t-SNE perplexity [30, lower for tiny corpora]")
 @click.option("--exaggeration", type=float,
               help="t-SNE exaggeration after the early phase (openTSNE; e.g. 4: tighter, more "
-                   "separated clusters)  [default: none, i.e. 1]")
+                   "separated clusters)  [default: 1]")
 @click.option("--max-docs", type=int, help="map a random subset of this many documents")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--title", help="the title [model, corpus, documents, labels and kNN accuracy]")

@@ -1,18 +1,16 @@
-"""Pictures: a 2-D map of a corpus (t-SNE of its embeddings), as a PNG or an
-interactive HTML page, and training curves. The ``plot`` extra (matplotlib,
-openTSNE, plotly) is imported only here, when a picture is drawn; matplotlib
-without pyplot (a Figure on the Agg canvas: no display, no global backend).
+"""Pictures: a 2-D map of a corpus (t-SNE of its embeddings) as a PNG or an HTML page,
+and training curves. The ``plot`` extra (matplotlib without pyplot, openTSNE, plotly) is
+imported only here, when a picture is drawn.
 
-t-SNE (Kobak & Berens 2019): L2-normalised embeddings (cosine geometry, as kNN and
-search use), PCA to 50 dimensions, PCA initialisation, learning rate N/12,
-perplexity 30 (lowered for tiny corpora); by openTSNE (FFT-accelerated) when
-installed, else scikit-learn's (no exaggeration; slow past ~20k points). openTSNE
-maps 100k documents in TSNE100K on 2 cores (benchmarks/bench_map.py).
+t-SNE (Kobak & Berens 2019) of the L2-normalised embeddings (cosine geometry, as kNN and
+search use) after PCA to 50 dimensions: PCA initialisation, learning rate N/12, perplexity
+30; by openTSNE (FFT-accelerated) when installed, else scikit-learn's (no exaggeration; slow
+past ~20k points). t-SNE of 100k documents: 5-7 minutes on 2 busy cores (bench_map.py).
 
-The HTML page is Plotly's (plotly.js inlined, no network needed): hover, pan, zoom
-and a legend that hides or isolates labels come with it; it draws SVG (WebGL past
-10k points), which a DOM dump can check; the search box is a short post-plot
-script. Bokeh needs as much script for a search and more dependencies.
+The HTML page is Plotly's (plotly.js inlined): hover, pan, zoom and a legend that hides
+labels come with it, drawn as SVG (WebGL past 10k points) that a DOM dump can check; the
+search box is a short post-plot script (map_search.js). Bokeh needs as much script for a
+search, and more dependencies.
 """
 import csv
 import html
@@ -74,13 +72,12 @@ def tsne(X, perplexity=None, seed=0, pca_dim=50, exaggeration=None):
     if X.shape[1] > pca_dim and n > pca_dim:
         X = PCA(n_components=pca_dim, random_state=seed).fit_transform(X)
     X, perplexity = X.astype(np.float64), float(min(perplexity or 30.0, max(1.0, (n - 1) / 3)))
+    if exaggeration not in (None, 1):  # scikit-learn's t-SNE has no such option
+        _need("openTSNE", "maps with --exaggeration")
     try:
         from openTSNE import TSNE
     except ImportError:
         from sklearn.manifold import TSNE
-        if exaggeration not in (None, 1):
-            raise MinembedError("--exaggeration needs openTSNE: pip install openTSNE (in a clone "
-                                "of minembed: pip install -e \".[plot]\")") from None
         return TSNE(perplexity=perplexity, init="pca", learning_rate="auto",
                     random_state=seed).fit_transform(X).astype(np.float32)
     return np.asarray(TSNE(perplexity=perplexity, initialization="pca", exaggeration=exaggeration,
@@ -134,28 +131,43 @@ def _marker(n):
 
 def plot_map(coords, labels, path, title=None):
     """Scatter of the 2-D coordinates coloured by label, each label's name written at the
-    median of its points (no legend)."""
+    median of its points (nudged up or down off the names already written; no legend).
+    Returns the names' boxes in pixels."""
     from matplotlib import patheffects
+    from matplotlib.transforms import Bbox
     fig = _figure(FIGSIZE)
     size, alpha = _marker(len(coords))
     ax = fig.add_axes([0.01, 0.01, 0.98, 0.93])
     groups = _groups(labels, len(coords))
     for name, idx, color in groups:
         ax.scatter(coords[idx, 0], coords[idx, 1], s=size, color=color, alpha=alpha, linewidths=0)
-    for name, idx, color in groups if labels is not None else []:
-        ax.text(*np.median(coords[idx], axis=0), name, color=color, fontsize=8, weight="bold",
-                ha="center", va="center",
-                path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
     ax.set_axis_off()
     ax.set_aspect("equal", adjustable="datalim")
-    ax.set_title(title or f"t-SNE of {len(coords):,} documents", fontsize=10)
+    ax.apply_aspect()  # final data limits before the names' extents are measured
+    renderer, placed = fig.canvas.get_renderer(), []
+    for name, idx, color in groups if labels is not None else []:
+        dark = [0.7 * int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)]  # readable on white
+        t = ax.annotate(name, np.median(coords[idx], axis=0), (0, 0), textcoords="offset points",
+                        color=dark, fontsize=8, weight="bold", ha="center", va="center",
+                        annotation_clip=False, parse_math=False,
+                        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
+
+        def overlap(dy):  # area shared with the names already written
+            t.xyann = (0, dy)
+            box = t.get_window_extent(renderer)
+            return sum(i.width * i.height for b in placed if (i := Bbox.intersection(box, b)))
+        t.xyann = (0, min((0, 9, -9, 18, -18, 27, -27, 36, -36), key=overlap))  # nearest free
+        placed.append(t.get_window_extent(renderer))
+    ax.set_title(title or f"t-SNE of {len(coords):,} documents", fontsize=10, parse_math=False)
     _save_png(fig, path)
+    return placed
 
 
 def _snippet(text, width=80, lines=4):
     """The first lines of a text for a hover box, wrapped and HTML-escaped."""
     out = textwrap.wrap(" ".join(text[:width * lines].split()), width)
-    return "<br>".join(html.escape(s) for s in out[:lines]) + (" ..." if len(out) > lines else "")
+    more = " ..." if len(out) > lines else ""
+    return "<br>".join(html.escape(s, quote=False) for s in out[:lines]) + more
 
 
 def write_html(coords, texts, labels, path, title):
@@ -166,17 +178,18 @@ def write_html(coords, texts, labels, path, title):
     Trace = go.Scattergl if n > 10000 else go.Scatter  # SVG while it stays fast, then WebGL
     fig, docs = go.Figure(), []
     for name, idx, color in _groups(labels, n):
-        hover = [f"#{i} <b>{html.escape(name or '')}</b><br>{_snippet(texts[i])}" for i in idx]
+        esc = html.escape(name or "", quote=False)
+        hover = [f"#{i} <b>{esc}</b><br>{_snippet(texts[i])}" for i in idx]
         fig.add_trace(Trace(x=coords[idx, 0], y=coords[idx, 1], mode="markers", hovertext=hover,
                             hoverinfo="text", name=f"{name} ({len(idx):,})",
                             marker=dict(color=color, size=2 * np.sqrt(size) + 1, opacity=alpha)))
         docs.append([texts[i][:1000].lower() for i in idx])
         if name is not None:  # the label's name at its median, as in the PNG
             x, y = np.median(coords[idx], axis=0)
-            fig.add_annotation(x=x, y=y, text=html.escape(name), showarrow=False,
+            fig.add_annotation(x=x, y=y, text=esc, showarrow=False,
                                font=dict(color="#222", size=11), bordercolor=color,
                                bgcolor="rgba(255,255,255,0.75)")
-    fig.update_layout(title=dict(text=html.escape(title), font=dict(size=14)),
+    fig.update_layout(title=dict(text=html.escape(title, quote=False), font=dict(size=14)),
                       template="plotly_white", dragmode="pan", showlegend=labels is not None,
                       legend=dict(itemsizing="constant", font=dict(size=11)),
                       hoverlabel=dict(align="left"), margin=dict(l=10, r=10, t=50, b=10),
@@ -214,6 +227,8 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
 
     ``model``: a Model or a model directory. ``max_docs``: a random subset (seeded)
     for very big corpora. Returns (coords, labels, written paths)."""
+    from sklearn import config_context
+
     from .data import Corpus
     from .evaluate import K, knn_accuracy
     from .model import Model, load
@@ -225,7 +240,7 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
     if bad:
         raise MinembedError(f"a map is written as .png or .html, not {bad[0]!r}")
     if ".png" in kinds:
-        _figure((1, 1))  # fail early, before the slow part, if matplotlib or plotly is missing
+        _figure((1, 1))  # fail early, before the slow part, if a package is missing
     if ".html" in kinds:
         _need("plotly.graph_objects", "HTML maps")
     if not isinstance(model, Model):
@@ -247,7 +262,8 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
         if labels is not None:
             title += f", {len(set(labels))} labels"
             if len(labels) >= 2 * K and len(set(labels)) > 1:
-                acc = knn_accuracy(X, labels, metric="cosine")
+                with config_context(working_memory=128):  # not 1 GB of distances
+                    acc = knn_accuracy(X, labels, metric="cosine")
                 title += f", kNN accuracy {100 * acc:.1f} % (k = {K}, cosine)"
     written = []
     for o, kind in zip(outs, kinds):

@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -135,7 +136,7 @@ def test_tsne_openTSNE_and_the_scikit_learn_fallback(monkeypatch):
     monkeypatch.setitem(sys.modules, "openTSNE", None)  # not installed: scikit-learn's
     Y = viz.tsne(X)
     assert len(seen) == 2 and Y.shape == (200, 2) and knn_accuracy(Y, y) == 1.0
-    with pytest.raises(MinembedError, match="--exaggeration needs openTSNE"):
+    with pytest.raises(MinembedError, match=r"maps with --exaggeration need openTSNE: pip install openTSNE"):
         viz.tsne(X, exaggeration=4)
     with pytest.raises(MinembedError, match="at least 5 documents"):
         viz.tsne(X[:4])
@@ -215,6 +216,18 @@ def test_html_map_renders_in_a_browser(html_map, tmp_path, topic_docs):
     hits = sum("guitar" in t[:1000].lower() for t in texts)
     assert 0 < hits < 240
     assert f'<span id="minembed-hits">{hits} of 240 documents match</span>' in dom
+    # hover: plotly's own hover on document 0 (the first point of the first label) draws its
+    # index, label and first line into the page
+    hover = tmp_path / "hover.html"
+    hover.write_text(html_map.read_text(encoding="utf-8").replace("</body>", HOVER + "</body>"),
+                     encoding="utf-8")
+    dom = run_chromium(tmp_path, hover.as_uri(), "--dump-dom")
+    shown = re.sub(r"<[^>]+>", " ", dom[dom.index('class="hoverlayer"'):])
+    assert re.search(rf"#0\s+{labels[0]}\s", shown) and textwrap.wrap(texts[0], 80)[0] in shown
+
+
+HOVER = ("<script>setTimeout(function () { Plotly.Fx.hover(document.querySelector("
+         "'.plotly-graph-div'), [{curveNumber: 0, pointNumber: 0}]); }, 1000);</script>")
 
 
 def test_missing_matplotlib_is_a_clear_error(model_dir, topic_txt, tmp_path, monkeypatch):
@@ -244,3 +257,17 @@ def test_missing_plotly_and_bad_outputs_are_clear_errors(model_dir, topic_txt, t
     assert error("-o", tmp_path / "m.html") == ('Error: HTML maps need plotly: pip install plotly '
                                                 '(in a clone of minembed: pip install -e ".[plot]")')
     assert not (tmp_path / "m.npy").exists() and not (tmp_path / "m.png").exists()
+
+
+def test_label_names_do_not_cover_each_other(tmp_path):
+    """Six labels whose points share one median: each name is nudged off the others."""
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(600, 2)).astype(np.float32)
+    labels = [f"label number {i % 6}" for i in range(600)]
+    boxes = viz.plot_map(coords, labels, str(tmp_path / "m.png"))
+    assert len(boxes) == 6 and png_size(tmp_path / "m.png") == (1000, 800)
+    for i, a in enumerate(boxes):
+        for b in boxes[:i]:
+            assert not a.overlaps(b)
+    centres = sorted(b.y0 + b.height / 2 for b in boxes)  # stacked about the common median
+    assert 0 < np.diff(centres).min() and max(centres) - min(centres) < 6 * 2 * boxes[0].height

@@ -46,7 +46,7 @@ def main():
     minembed eval model [labelled.jsonl]   kNN accuracy and retrieval vs TF-IDF
     minembed compare [labelled.jsonl]      the paper's configurations, one table
     minembed search model corpus "query"   nearest documents to a query
-    minembed map model [corpus] -o map.png    t-SNE map of the corpus
+    minembed map model [corpus] -o map.html   t-SNE map of the corpus (.png or .html)
     minembed plot-log model -o curve.png   loss and kNN accuracy against steps
     """
     warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
@@ -370,22 +370,30 @@ def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, n
 @main.command("map")
 @click.argument("model_dir", type=click.Path())
 @click.argument("corpus", required=False, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", default="map.png", show_default=True, type=click.Path(dir_okay=False),
-              help="the PNG; the coordinates go next to it (.npy and .csv)")
+@click.option("-o", "--out", multiple=True, type=click.Path(dir_okay=False),
+              help="map.png (a picture) or map.html (an interactive page); repeat for both; the "
+                   "coordinates go next to it (.npy and .csv)  [default: map.png]")
 @_corpus_options
 @click.option("--perplexity", type=float, help="t-SNE perplexity [30, lower for tiny corpora]")
+@click.option("--exaggeration", type=float,
+              help="t-SNE exaggeration after the early phase (openTSNE; e.g. 4: tighter, more "
+                   "separated clusters)  [default: 1]")
 @click.option("--max-docs", type=int, help="map a random subset of this many documents")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--title", help="the picture's title")
-def map_(model_dir, corpus, out, fmt, encoding, errors, perplexity, max_docs, seed, title):
+@click.option("--title", help="the title [model, corpus, documents, labels and kNN accuracy]")
+def map_(model_dir, corpus, out, fmt, encoding, errors, perplexity, exaggeration, max_docs, seed,
+         title):
     """A 2-D map of CORPUS (default: the built-in corpus) embedded by the model in
-    MODEL_DIR: t-SNE (PCA initialisation) of the document embeddings, drawn as a
-    scatter coloured by label when the corpus has labels (jsonl "label"). Needs
-    matplotlib (in a clone: pip install -e ".[plot]")."""
+    MODEL_DIR: t-SNE (openTSNE when installed, else scikit-learn's; PCA initialisation)
+    of the document embeddings, coloured by label when the corpus has labels (jsonl
+    "label"), each label's name at the middle of its points. A .html output is one
+    self-contained page: hover shows a document, pan, zoom, search. Needs the plot
+    extra (in a clone: pip install -e ".[plot]")."""
     from .viz import map_corpus
 
-    _, _, paths = map_corpus(model_dir, corpus, out, fmt=fmt, perplexity=perplexity, seed=seed,
-                             max_docs=max_docs, title=title, encoding=encoding, errors=errors)
+    _, _, paths = map_corpus(model_dir, corpus, list(out) or ["map.png"], fmt=fmt,
+                             perplexity=perplexity, seed=seed, max_docs=max_docs, title=title,
+                             encoding=encoding, errors=errors, exaggeration=exaggeration)
     click.echo(f"wrote {', '.join(paths)}", err=True)
 
 

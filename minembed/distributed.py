@@ -166,8 +166,9 @@ class Comm:
         xp, counts = xp_of(g.values), self.counts(len(g.rows))
         # bytes a rank receives: gathered rows (ids + values) vs a ring all-reduce of (V, D+1)
         if sum(counts) * (D * 4 + 8) <= SPARSE_FACTOR * 2 * V * (D + 1) * 4 * (self.size - 1) / self.size:
-            return merge_rows(self.allgather(g.rows.astype(np.int64), counts),
-                              self.allgather(g.values, counts), V)
+            rows = g.rows.astype(np.int64).view(g.values.dtype).reshape(len(g.rows), -1)  # the bits
+            got = self.allgather(xp.concatenate([g.values, rows], axis=1), counts)  # one message
+            return merge_rows(xp.ascontiguousarray(got[:, D:]).view(np.int64).ravel(), got[:, :D], V)
         t = xp.zeros((V, D + 1), g.values.dtype)  # the last column counts the ranks using a row
         t[g.rows, :D], t[g.rows, D] = g.values, 1
         rows = xp.flatnonzero(self.allreduce(t)[:, D])
@@ -226,9 +227,8 @@ def make_step(comm=None, micro_batch=0):
             return encoder.forward(params, to_device(sub_ids, xp), to_device(sub_off, xp), enc_cfg,
                                    train=True, rng=g)
 
-        out = [forward(i) for i in range(len(chunks))]
-        if micro_batch:
-            out = [(e, None) for e, _ in out]                               # no caches kept
+        out = [forward(i) if not micro_batch else (forward(i)[0], None)  # micro: no caches kept
+               for i in range(len(chunks))]
         k = [b - a for a, b in chunks]
         local = xp.stack([xp.concatenate([e[:c] for (e, _), c in zip(out, k)]),
                           xp.concatenate([e[c:] for (e, _), c in zip(out, k)])], axis=1)  # (n, 2, D)

@@ -9,7 +9,7 @@ batch for every R (each rank encodes B/R pairs):
   bag          B = 256 pairs, 512 views of 32-64 Zipf-like ids, V = 30,000, D = 256 (bench_bag's)
   transformer  B = 64 pairs, views of 32-64 ids, V = 30,000, 2 layers, d = 128, FFN 512, dropout 0.1
 Per step (median over steps, after 2 warm-up steps): the step's wall time on rank 0, the time
-its collectives took (``Comm.seconds``: waiting for the slowest rank included), and the bytes
+its collectives took (waiting for the slowest rank included), and the bytes
 one rank receives in the collectives' ring algorithms (all-gather: (R-1)/R of the gathered
 array; all-reduce: 2 (R-1)/R of the array). With more ranks than cores, MPICH's ring all-gather
 (its default for large messages) pays a context switch per segment (1.3 s for 3 MB on 4 ranks
@@ -71,22 +71,23 @@ def worker(model, steps):
     w = WORK[model]
     enc, ecfg, params, tcfg = setup(model, w["cfg"])
     adam, step = optim.adam_init(params), dist.make_step(comm)
-    R, sent = comm.size, [0]  # bytes one rank receives (ring algorithms), counted on the side
+    R, sent, spent = comm.size, [0], [0.0]  # bytes one rank receives (ring algorithms), seconds
     gather, reduce = comm.allgather, comm.allreduce
 
-    def counted_gather(x, counts):
-        sent[0] += x.nbytes // max(1, len(x)) * sum(counts) * (R - 1) // R
-        return gather(x, counts)
-
-    def counted_reduce(x):
-        sent[0] += 2 * x.nbytes * (R - 1) // R
-        return reduce(x)
-    comm.allgather, comm.allreduce = counted_gather, counted_reduce
+    def timed(f, x, nbytes, *a):
+        sent[0] += nbytes
+        t0 = time.perf_counter()
+        out = f(x, *a)
+        spent[0] += time.perf_counter() - t0
+        return out
+    comm.allgather = lambda x, counts: timed(gather, x, x.nbytes // max(1, len(x)) * sum(counts) * (R - 1) // R,
+                                             counts)
+    comm.allreduce = lambda x: timed(reduce, x, 2 * x.nbytes * (R - 1) // R)
     times, comms, moved = [], [], []
     for s in range(steps + 2):
         rng = np.random.default_rng([0, 2, s])
         ids, offsets = make_batch(rng, w["B"], w["lo"], w["hi"])
-        c0, b0 = comm.seconds, sent[0]
+        c0, b0 = spent[0], sent[0]
         comm.mpi.Barrier()
         t0 = time.perf_counter()
         loss, acc, grads = step(enc, params, ecfg, ids, offsets, tcfg, rng)
@@ -95,7 +96,7 @@ def worker(model, steps):
         t = time.perf_counter() - t0
         if s >= 2:
             times.append(t)
-            comms.append(comm.seconds - c0)
+            comms.append(spent[0] - c0)
             moved.append(sent[0] - b0)
     # the RowGrad sum both ways, on this step's gradient of the table (bag only)
     merge = {}

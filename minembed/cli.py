@@ -133,7 +133,7 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     batch, negatives are gathered from all, and rank 0 writes the model:
         mpiexec -n 4 minembed train corpus.txt -o model"""
     from .checkpoint import TrainingInterrupted, read_info
-    from .distributed import connect, world_size
+    from .distributed import connect
     from .run import train as run
     from .train import TrainConfig
 
@@ -164,7 +164,7 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
         path = corpus if corpus is not None or info is None else info["corpus"]["path"]
         texts, labels = Corpus(path, fmt, max_doc_chars, encoding, errors).labelled("--eval-every")
         eval_fn = lambda model: evaluate_model(model, texts, labels)  # noqa: E731
-    comm = connect(device) if distributed or world_size() > 1 else None
+    comm = connect(device, force=distributed)  # None: one process
     go = lambda: run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force,  # noqa: E731
                      quiet=quiet, device=device, max_doc_chars=max_doc_chars, eval_every=eval_every,
                      eval_fn=eval_fn, checkpoint_every=checkpoint_every, resume=resume_dir is not None,

@@ -27,7 +27,7 @@ from . import optim
 from .backend import get_xp, to_device
 from .crops import PairSampler
 from .data import MAX_DOC_CHARS, Corpus
-from .distributed import make_step
+from .distributed import collective, make_step
 from .errors import MinembedError
 from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
@@ -270,7 +270,8 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         adam = {"step": int(ckpt.info["adam_step"]), "m": {k: to_device(v, xp) for k, v in ckpt.m.items()},
                 "v": {k: to_device(v, xp) for k, v in ckpt.v.items()}}
         start, elapsed = ckpt.step, float(ckpt.info.get("elapsed", 0.0))
-        lead and ckpt_mod.truncate_log(out.file("log.jsonl"), start)
+        if lead:
+            ckpt_mod.truncate_log(out.file("log.jsonl"), start)
     spe = len(sampler.usable) // cfg.batch_size
     total = spe * cfg.epochs if not cfg.max_steps else min(spe * cfg.epochs, cfg.max_steps)
     run_info = {"training": dataclasses.asdict(cfg), "eval_every": eval_every,
@@ -307,14 +308,15 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         peak[0] = max(peak[0], r["grad_norm"])
         dead[0] = dead[0] + 1 if r["grad_norm"] <= 1e-4 * peak[0] else 0
         if dead[0] >= DEAD_STEPS:
-            raise MinembedError(f"training is dead: the gradient vanished ({r['grad_norm']:.1e}, from "
-                                f"{peak[0]:.1e}) for {DEAD_STEPS} steps in a row at step {step}; the "
-                                f"learning rate {cfg.lr:g} is probably far too high (try a lower --lr)")
+            raise collective(MinembedError(  # (every process sees the same gradient norm)
+                f"training is dead: the gradient vanished ({r['grad_norm']:.1e}, from {peak[0]:.1e}) for "
+                f"{DEAD_STEPS} steps in a row at step {step}; the learning rate {cfg.lr:g} is probably "
+                f"far too high (try a lower --lr)"))
         if comm is not None:  # Ctrl-C on any process stops all, after this step
             stop.requested = comm.any(stop.requested)
         if stop.requested:
             save(step)
-            raise ckpt_mod.TrainingInterrupted(step, out.path)
+            raise collective(ckpt_mod.TrainingInterrupted(step, out.path))  # all stop here
         if step < total and (checkpoint_every and step % checkpoint_every == 0 or checkpoint_every
                              is None and time.monotonic() - last_save[0] >= ckpt_mod.CHECKPOINT_SECONDS):
             save(step)
@@ -323,9 +325,10 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start, on_step,
                    make_step(comm, micro_batch) if comm is not None or micro_batch else None)
     except Diverged as e:  # params are still those of the last good step: keep them
-        lead and save_model(out.path, config, params, tok)
+        if lead:
+            save_model(out.path, config, params, tok)
         err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower --lr)")
-        err.saved = True
+        err.saved = err.collective = True  # (every process diverges at this step)
         raise err from None
     finally:
         stop.restore()

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_distributed.py [--ranks 1 2 4] [--steps 12] [--model bag|transformer|both]
     python benchmarks/bench_distributed.py --memory [--runs 128:0 256:0 1024:256 1024:64]
+    python benchmarks/bench_distributed.py --project    (docs/scaling.md's model: 8-64 GPU ranks)
 
 Ranks: each R is one ``mpiexec -n R`` job (the mpich wheel's; ``pip install -e ".[mpi]"``)
 running ``minembed.distributed.make_step`` + Adam on synthetic batches, the same global
@@ -136,6 +137,38 @@ def memory_worker(batch, micro):
                           rss_gb=rss)))
 
 
+# --project: an alpha-beta model of a step on R GPU ranks, each with b pairs (weak scaling:
+# B = R b). Compute: one H200's measured step at b pairs (README: bag b = 4096, 2.57 ms;
+# transformer b = 256, 62.3 ms) minus its loss, plus the loss every rank computes on all B
+# pairs: 6 B^2 D flop at F. Collectives (NCCL): an all-gather of N bytes costs
+# (R-1)/R N / beta, an all-reduce 2 (R-1)/R N / beta, each plus alpha log2 R; two tiny ones
+# (row counts, stop flag) cost alpha log2 R each. "Sharded": each rank computes only its b
+# anchors' loss rows against all B positives (6 b B D flop, (b, B) matrices) and a
+# reduce-scatter of dL/dp ((R-1)/R 4 B D bytes) gives each rank its positives' gradient.
+NVLINK, IB = (350e9, 10e-6), (45e9, 25e-6)   # bus bandwidth (B/s) and latency (s): in a node, across
+F = 40e12                                      # fp32 matmul flop/s reached by the loss's products
+MODELS = {"bag": dict(b=4096, step=2.57e-3, D=256, V=30_000, P=0, U=25_000),
+          "transformer": dict(b=256, step=62.3e-3, D=256, V=30_000, P=3.2e6, U=10_000)}
+
+
+def project(model, R):
+    m = MODELS[model]
+    B, D, V = R * m["b"], m["D"], m["V"]
+    beta, alpha = NVLINK if R <= 8 else IB
+    lat = alpha * np.log2(R)
+    loss = lambda n: 6 * n * n * D / F  # noqa: E731
+    gather = 8 * B * D * (R - 1) / R                               # (B, 2, D) float32
+    dense = 2 * 4 * m["P"] * (R - 1) / R                            # the dense gradients
+    rows = min((R - 1) * m["U"] * (4 * D + 8), 2 * 4 * V * (D + 1) * (R - 1) / R)  # the table's
+    moved = gather + dense + rows
+    comm = moved / beta + lat * (4 + (m["P"] > 0))
+    compute = m["step"] - loss(m["b"]) + loss(B)
+    fits = 12 * B * B < 100e9                                       # S, P and g: (B, B) float32 each
+    sharded = m["step"] - loss(m["b"]) + 6 * m["b"] * B * D / F + comm + 4 * B * D * (R - 1) / R / beta + lat
+    return dict(B=B, moved=moved, comm=comm, compute=compute, step=compute + comm, fits=fits,
+                sharded=sharded)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
@@ -144,7 +177,22 @@ def main():
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--runs", nargs="+", default=["128:0", "256:0", "1024:256", "1024:64"])
     ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--project", action="store_true")
     a = ap.parse_args()
+    if a.project:
+        print("| model | GPU ranks | global batch | MB received per rank | communication ms | compute ms "
+              "(of it the loss) | step ms | pairs/s | sharded loss: step ms, pairs/s |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for model in MODELS:
+            for R in (1, 8, 16, 32, 64):
+                p = project(model, R)
+                loss = 6 * p["B"] ** 2 * MODELS[model]["D"] / F
+                step = (f"{1e3 * p['compute']:.1f} ({1e3 * loss:.1f}) | {1e3 * p['step']:.1f} | "
+                        f"{p['B'] / p['step']:,.0f}") if p["fits"] else \
+                    f"(B, B) matrices: {12 * p['B'] ** 2 / 1e9:.0f} GB, do not fit | – | –"
+                print(f"| {model} | {R} | {p['B']:,} | {p['moved'] / 1e6:.1f} | {1e3 * p['comm']:.2f} | {step} | "
+                      f"{1e3 * p['sharded']:.1f}, {p['B'] / p['sharded']:,.0f} |")
+        return
     if a.worker:
         return memory_worker(*map(int, a.runs[0].split(":"))) if a.memory else worker(a.model, a.steps)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")

@@ -201,6 +201,7 @@ def make_step(comm=None, micro_batch=0):
             cache = out[i][1] if out[i][1] is not None else forward(i)[1]   # re-encoded with caches
             out[i] = None
             g = encoder.backward(xp.concatenate([da[a:b], dp[a:b]]), cache)  # our rows of dL/de
+            del cache                                        # before the next chunk's forward
             grads = g if grads is None else {k: merge_rows(
                 xp.concatenate([grads[k].rows, v.rows]), xp.concatenate([grads[k].values, v.values]),
                 params[k].shape[0]) if isinstance(v, RowGrad) else grads[k] + v for k, v in g.items()}

@@ -22,6 +22,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MinembedError as e:
+            if getattr(e, "quiet", False):  # one of many processes: rank 0 says it
+                sys.exit(1)
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -106,9 +108,14 @@ def _config_options(f):
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="continue the interrupted run in this model directory, with its settings "
                    "and its corpus (give CORPUS only if the file moved)")
+@click.option("--distributed", is_flag=True,
+              help="train on the processes mpiexec started, together (the default when there are "
+                   "several): mpiexec -n R minembed train ...")
+@click.option("--micro-batch", type=click.IntRange(0), default=0,
+              help="encode this many pairs at a time: less memory, the same gradient (0: all)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress or messages")
 def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eval_every, device,
-          force, quiet, checkpoint_every, resume_dir, **opts):
+          force, quiet, checkpoint_every, resume_dir, distributed, micro_batch, **opts):
     """Train an encoder on CORPUS (default: the built-in corpus of numpy, scipy and
     scikit-learn docstrings) and write a model directory.
 
@@ -122,8 +129,14 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     \b
     Ctrl-C saves a checkpoint and stops; continue with
         minembed train --resume MODEL_DIR
-    which ends with exactly the model an uninterrupted run gives."""
+    which ends with exactly the model an uninterrupted run gives.
+
+    \b
+    On many processes (pip install -e ".[mpi]"), each encodes its share of every
+    batch, negatives are gathered from all, and rank 0 writes the model:
+        mpiexec -n 4 minembed train corpus.txt -o model"""
     from .checkpoint import TrainingInterrupted, read_info
+    from .distributed import connect
     from .run import train as run
     from .train import TrainConfig
 
@@ -131,7 +144,8 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     if resume_dir is not None:
         ctx = click.get_current_context()
         fixed = [max(p.opts, key=len) for p in ctx.command.params if p.name not in
-                 ("corpus", "device", "quiet", "checkpoint_every", "resume_dir")
+                 ("corpus", "device", "quiet", "checkpoint_every", "resume_dir", "distributed",
+                  "micro_batch")
                  and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
         if fixed:
             raise MinembedError(f"--resume continues a run with its own settings; "
@@ -153,13 +167,16 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
         path = corpus if corpus is not None or info is None else info["corpus"]["path"]
         texts, labels = Corpus(path, fmt, max_doc_chars, encoding, errors).labelled("--eval-every")
         eval_fn = lambda model: evaluate_model(model, texts, labels)  # noqa: E731
+    comm = connect(device, force=distributed)  # None: one process
+    go = lambda: run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force,  # noqa: E731
+                     quiet=quiet, device=device, max_doc_chars=max_doc_chars, eval_every=eval_every,
+                     eval_fn=eval_fn, checkpoint_every=checkpoint_every, resume=resume_dir is not None,
+                     encoding=encoding, errors=errors, comm=comm, micro_batch=micro_batch)
     try:
-        run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force, quiet=quiet,
-            device=device, max_doc_chars=max_doc_chars, eval_every=eval_every, eval_fn=eval_fn,
-            checkpoint_every=checkpoint_every, resume=resume_dir is not None, encoding=encoding,
-            errors=errors)
+        go() if comm is None else comm.guard(go)
     except TrainingInterrupted as e:
-        click.echo(f"\n{e}", err=True)
+        if not getattr(e, "quiet", False):
+            click.echo(f"\n{e}", err=True)
         sys.exit(130)
 
 

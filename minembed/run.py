@@ -27,6 +27,7 @@ from . import optim
 from .backend import get_xp, to_device
 from .crops import PairSampler
 from .data import MAX_DOC_CHARS, Corpus
+from .distributed import collective, make_step
 from .errors import MinembedError
 from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
@@ -41,8 +42,12 @@ class OutputDir:
     interrupted run's checkpoint) without ``force``; ``open()`` creates it and
     takes an exclusive lock, so two runs never write one directory."""
 
-    def __init__(self, path, force=False, resume=False):
+    def __init__(self, path, force=False, resume=False, check=True):
         self.path, self._lock, self.created = os.fspath(path), None, False
+        if check:  # (only the process that writes it: rank 0 of many)
+            self._check(force, resume)
+
+    def _check(self, force, resume):
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise MinembedError(f"output path exists and is not a directory: {self.path}")
         if resume and not os.path.isdir(self.path):
@@ -114,8 +119,8 @@ class StopSignals:
     checkpoint; a second Ctrl-C aborts at once. Only in the main thread (Python
     delivers signals there); elsewhere signals keep their usual handlers."""
 
-    def __init__(self):
-        self.requested, self._old = False, {}
+    def __init__(self, loud=True):
+        self.requested, self._old, self.loud = False, {}, loud
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -124,8 +129,9 @@ class StopSignals:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping: saving a checkpoint at the end of this step (Ctrl-C again to abort)",
-              file=sys.stderr)
+        if self.loud:  # (of many processes, rank 0 saves the checkpoint)
+            print("\nstopping: saving a checkpoint at the end of this step (Ctrl-C again to abort)",
+                  file=sys.stderr)
 
     def restore(self):
         for sig, old in self._old.items():
@@ -135,7 +141,8 @@ class StopSignals:
 
 def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer_path=None,
           force=False, quiet=False, device="cpu", max_doc_chars=MAX_DOC_CHARS, eval_every=0,
-          eval_fn=None, checkpoint_every=None, resume=False, encoding="utf-8", errors="strict"):
+          eval_fn=None, checkpoint_every=None, resume=False, encoding="utf-8", errors="strict",
+          comm=None, micro_batch=0):
     """Train an encoder on a corpus (a path, or None for the built-in corpus) into out_dir.
 
     Checkpoints (minembed/checkpoint.py) go to ``out_dir/checkpoint`` every
@@ -148,16 +155,49 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     checkpoint; a path given must be the same file, e.g. moved). The result
     is the model an uninterrupted run gives, bit for bit.
 
+    ``comm`` (minembed.distributed.Comm): train on its R processes together, each
+    encoding B/R pairs of every batch; rank 0 alone writes the output directory.
+    ``micro_batch``: encode that many pairs at a time (gradient caching: less memory,
+    the same gradient).
+
     Returns the trained Model. Raises MinembedError for anything the user can fix.
     """
+    lead = comm is None or comm.rank == 0
+    quiet, eval_fn = (quiet, eval_fn) if lead else (True, None)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     xp = get_xp(device)
     if checkpoint_every is not None and checkpoint_every < 0:
         raise MinembedError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    out = OutputDir(out_dir, force=force, resume=resume)
-    ckpt = None
+    args = (corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_doc_chars, resume, encoding,
+            errors, lead, say, comm)
+    if comm is None:
+        out, ckpt, cfg, source, tok, data, sampler = _prepare(None, *args)[0]
+        out.open()
+    else:  # rank 0 first (it fills the caches the others read), and its checkpoint to all
+        out, ckpt, cfg, source, tok, data, sampler = comm.lead_first(lambda c: _prepare(c, *args))
+        comm.lead_first(lambda _: (out.open() if lead else None, None))
+    keep = False
+    try:
+        model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
+                     ckpt, checkpoint_every, comm, micro_batch)
+        keep = True
+        return model
+    except ckpt_mod.TrainingInterrupted:
+        keep = True  # a checkpoint was saved
+        raise
+    except MinembedError as e:
+        keep = getattr(e, "saved", False)  # a diverged run's last good weights
+        raise
+    finally:
+        out.close(keep=keep or ckpt is not None or ckpt_mod.has_checkpoint(out.path))
+
+
+def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_doc_chars, resume,
+             encoding, errors, lead, say, comm):
+    """Everything before the first step: ((out, ckpt, cfg, source, tok, data, sampler), ckpt)."""
+    out = OutputDir(out_dir, force=force, resume=resume, check=lead)
     if resume:
-        ckpt = ckpt_mod.load_checkpoint(out.path)
+        ckpt = ckpt or ckpt_mod.load_checkpoint(out.path)
         cfg, source = _resume_settings(ckpt, corpus)
         tok = ckpt.tokenizer
         say(f"resuming {out.path} at step {ckpt.step} on {source.name}")
@@ -186,21 +226,10 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     if ckpt is not None and ckpt.info["corpus"]["stats"] != dict(st, tokens=int(data.n_tokens)):
         raise MinembedError(f"cannot resume: {source.name} does not give the documents the run "
                             f"was trained on ({ckpt.info['corpus']['stats']})")
-    out.open()
-    keep = False
-    try:
-        model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
-                     ckpt, checkpoint_every)
-        keep = True
-        return model
-    except ckpt_mod.TrainingInterrupted:
-        keep = True  # a checkpoint was saved
-        raise
-    except MinembedError as e:
-        keep = getattr(e, "saved", False)  # a diverged run's last good weights
-        raise
-    finally:
-        out.close(keep=keep or ckpt is not None or ckpt_mod.has_checkpoint(out.path))
+    if comm is not None and cfg.batch_size < comm.size:
+        raise MinembedError(f"a batch of {cfg.batch_size} pairs cannot be shared by {comm.size} "
+                            f"processes (--batch-size at least {comm.size})")
+    return (out, ckpt, cfg, source, tok, data, sampler), ckpt
 
 
 def _resume_settings(ckpt, corpus):
@@ -226,7 +255,8 @@ def _resume_settings(ckpt, corpus):
 
 
 def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn, ckpt,
-         checkpoint_every):
+         checkpoint_every, comm=None, micro_batch=0):
+    lead = comm is None or comm.rank == 0
     encoder = encoder_module(cfg.model)
     enc_cfg = cfg.encoder_config(tok.get_vocab_size())
     config = dict(enc_cfg, format="minembed", format_version=1, training=dataclasses.asdict(cfg),
@@ -240,18 +270,21 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         adam = {"step": int(ckpt.info["adam_step"]), "m": {k: to_device(v, xp) for k, v in ckpt.m.items()},
                 "v": {k: to_device(v, xp) for k, v in ckpt.v.items()}}
         start, elapsed = ckpt.step, float(ckpt.info.get("elapsed", 0.0))
-        ckpt_mod.truncate_log(out.file("log.jsonl"), start)
+        if lead:
+            ckpt_mod.truncate_log(out.file("log.jsonl"), start)
     spe = len(sampler.usable) // cfg.batch_size
     total = spe * cfg.epochs if not cfg.max_steps else min(spe * cfg.epochs, cfg.max_steps)
     run_info = {"training": dataclasses.asdict(cfg), "eval_every": eval_every,
                 "corpus": dict(source.identity, stats=dict(sampler.stats, tokens=int(data.n_tokens)))}
-    log = open(out.file("log.jsonl"), "a" if ckpt is not None else "w")
+    log = open(out.file("log.jsonl") if lead else os.devnull, "a" if ckpt is not None else "w")
     bar = Progress(total, "training", "step", done=start, quiet=quiet)
     t0 = time.perf_counter() - elapsed  # "time" in the log counts the run's training time
     last_save, dead, peak = [time.monotonic()], [0], [0.0]
-    stop = StopSignals()
+    stop = StopSignals(loud=lead)
 
     def save(step):
+        if not lead:
+            return
         log.flush()
         os.fsync(log.fileno())  # the log holds every step the checkpoint holds
         ckpt_mod.save_checkpoint(out.path, step, params, adam, tok,
@@ -275,28 +308,35 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         peak[0] = max(peak[0], r["grad_norm"])
         dead[0] = dead[0] + 1 if r["grad_norm"] <= 1e-4 * peak[0] else 0
         if dead[0] >= DEAD_STEPS:
-            raise MinembedError(f"training is dead: the gradient vanished ({r['grad_norm']:.1e}, from "
-                                f"{peak[0]:.1e}) for {DEAD_STEPS} steps in a row at step {step}; the "
-                                f"learning rate {cfg.lr:g} is probably far too high (try a lower --lr)")
+            raise collective(MinembedError(  # (every process sees the same gradient norm)
+                f"training is dead: the gradient vanished ({r['grad_norm']:.1e}, from {peak[0]:.1e}) for "
+                f"{DEAD_STEPS} steps in a row at step {step}; the learning rate {cfg.lr:g} is probably "
+                f"far too high (try a lower --lr)"))
+        if comm is not None:  # Ctrl-C on any process stops all, after this step
+            stop.requested = comm.any(stop.requested)
         if stop.requested:
             save(step)
-            raise ckpt_mod.TrainingInterrupted(step, out.path)
+            raise collective(ckpt_mod.TrainingInterrupted(step, out.path))  # all stop here
         if step < total and (checkpoint_every and step % checkpoint_every == 0 or checkpoint_every
                              is None and time.monotonic() - last_save[0] >= ckpt_mod.CHECKPOINT_SECONDS):
             save(step)
 
     try:
-        train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start, on_step)
+        train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start, on_step,
+                   make_step(comm, micro_batch) if comm is not None or micro_batch else None)
     except Diverged as e:  # params are still those of the last good step: keep them
-        save_model(out.path, config, params, tok)
+        if lead:
+            save_model(out.path, config, params, tok)
         err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower --lr)")
-        err.saved = True
+        err.saved = err.collective = True  # (every process diverges at this step)
         raise err from None
     finally:
         stop.restore()
         bar.close()
         log.close()
     config["training"].update(steps=total, seconds=round(time.perf_counter() - t0, 2))
+    if not lead:
+        return Model(config, params, tok)
     save_model(out.path, config, params, tok)
     ckpt_mod.remove_checkpoint(out.path)  # the run is complete: the model is all there is to keep
     say(f"trained {total} steps in {time.perf_counter() - t0:.1f} s; model saved to {out.path}")

@@ -42,10 +42,8 @@ def auto_epochs(model, steps_per_epoch):
 
 
 def _f(default, help, check=None, must=None, choices=None):
-    """A setting: its default, its --help text and its check, in one place (the CLI's
-    options are made from these)."""
-    return dataclasses.field(default=default, metadata=dict(help=help, check=check, must=must,
-                                                            choices=choices))
+    """A setting: its default, --help text and check, in one place (the CLI's options come from these)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, check=check, must=must, choices=choices))
 
 
 POS, NONNEG, NUMBER = (lambda v: v > 0, "positive"), (lambda v: v >= 0, ">= 0"), \
@@ -163,10 +161,12 @@ def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
     return loss, lcache["accuracy"], grads
 
 
-def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None):
+def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None,
+               step_fn=None):
     """Steps start+1 .. total of the run ``cfg`` (resolved, epochs set) on ``sampler``'s
     pairs, updating ``params`` and the Adam state ``adam`` in place; ``on_step(step,
-    record)`` after each (loss, in-batch accuracy, lr, gradient norm, epoch, seconds)."""
+    record)`` after each (loss, in-batch accuracy, lr, gradient norm, epoch, seconds).
+    ``step_fn``: one like train_step, instead of it (many processes: minembed/distributed.py)."""
     xp = xp_of(*params.values())
     spe = len(sampler.usable) // cfg.batch_size             # steps per epoch
     warmup = int(round(cfg.warmup * spe))
@@ -179,8 +179,8 @@ def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, 2, step])    # crops, masks, dropout of this step
         ids, offsets = sampler.sample(order[i * cfg.batch_size:(i + 1) * cfg.batch_size], rng)
-        loss, acc, grads = train_step(encoder, params, enc_cfg, to_device(ids, xp),
-                                      to_device(offsets, xp), cfg, rng)
+        loss, acc, grads = (step_fn or train_step)(encoder, params, enc_cfg, to_device(ids, xp),
+                                                   to_device(offsets, xp), cfg, rng)
         gnorm = optim.clip_grads(grads, cfg.clip)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise Diverged(f"training diverged: the loss became {loss} at step {step}")

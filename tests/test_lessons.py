@@ -19,11 +19,12 @@ KEY_LINES = {
     "05_train_bag.py": "TF-IDF + SVD 100 + L2",
     "06_transformer_block.py": "the whole transformer",
     "07_crops_vs_dropout.py": "in-batch accuracy over the last steps",
+    "10_many_processes.py": "finite differences across 2 processes",
 }
 
 
-def test_there_are_nine_lessons():
-    assert len(LESSONS) == 9, LESSONS
+def test_there_are_ten_lessons():
+    assert len(LESSONS) == 10, LESSONS
 
 
 @pytest.mark.parametrize("lesson", LESSONS)

@@ -204,8 +204,10 @@ def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_
     else:
         cfg = (cfg or TrainConfig()).resolved()
         source = Corpus(corpus, fmt, max_doc_chars, encoding, errors)
-        if sum(1 for _, _ in zip(range(2), source.texts())) < 2:  # before any slow work
-            raise MinembedError(f"{source.name}: only one document; contrastive training needs at "
+        n = sum(1 for _, _ in zip(range(2), source.texts()))  # before any slow work
+        if n < 2:
+            raise MinembedError(f"{source.name}: no documents found (the file is blank)" if n == 0 else
+                                f"{source.name}: only one document; contrastive training needs at "
                                 f"least 2 (in-batch negatives)")
         tok = load_tokenizer(tokenizer_path) if tokenizer_path else source.tokenizer(cfg.vocab_size, say)
     data = source.tokenized(tok, say, progress=not quiet)

@@ -6,17 +6,12 @@ InfoNCE with in-batch negatives: for B pairs (a_i, p_i),
     loss = mean_i [ logsumexp_j S_ij - S_ii ]     cross-entropy, target = the diagonal
 
 With P = softmax over each row of S, dloss/dS = (P - I) / B. The symmetric
-variant (CLIP) averages this with the same loss over the columns
-(positives -> anchors), whose gradient is (Q - I) / B with Q = softmax over columns.
+variant (CLIP) averages this with the loss over the columns, gradient (Q - I) / B.
+Matryoshka (Kusupati et al. 2022) trains every prefix in a list of dims K too:
 
-Matryoshka InfoNCE (Kusupati et al. 2022) trains every prefix in a list of
-dimensions K (the full one last) to be an embedding on its own:
+    loss = mean_{k in K} InfoNCE(a[:, :k], p[:, :k]);  da[:, :k] += dInfoNCE_k/da_k / |K|
 
-    loss = mean_{k in K} InfoNCE(a[:, :k], p[:, :k])
-    da[:, :k] += dInfoNCE_k/da_k / |K|        (each term feeds its first k columns)
-
-The mean, not the sum: the loss and its gradient stay on the scale of one
-InfoNCE, so the learning rates tuned for it still fit.
+(the mean keeps the loss on one InfoNCE's scale: the tuned learning rates fit).
 """
 from . import cuda
 from .backend import to_numpy, xp_of

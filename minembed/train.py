@@ -23,7 +23,7 @@ import numpy as np
 from . import optim
 from .backend import to_device, xp_of
 from .errors import MinembedError
-from .loss import infonce_backward, infonce_forward, matryoshka_backward, matryoshka_forward
+from .loss import matryoshka_backward, matryoshka_forward
 
 # Settings that differ per encoder: the bag model wants a huge learning rate
 # (the paper used 0.5; 0.1 with batch 128 was as good or better here) because
@@ -132,10 +132,8 @@ class TrainConfig:
 
 def matryoshka_dims(spec, dim):
     """"32,64,128" -> [32, 64, 128, dim]: ascending, distinct, the full dimension last."""
-    try:
-        dims = sorted({int(k) for k in str(spec).replace(" ", "").split(",") if k} | {dim})
-    except ValueError:
-        dims = [0]
+    ks = str(spec).replace(" ", "").split(",")
+    dims = sorted({int(k) for k in ks if k} | {dim}) if all(k.isdigit() for k in ks if k) else [0]
     if dims[0] < 1 or dims[-1] > dim:
         raise MinembedError(f"--matryoshka must be a comma-separated list of dimensions from 1 to "
                             f"--dim ({dim}), e.g. 32,64,128; got {spec!r}")
@@ -150,13 +148,9 @@ def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
     """Forward and backward of one batch of pairs: (loss, accuracy, grads)."""
     emb, cache = encoder.forward(params, ids, offsets, enc_cfg, train=True, rng=rng)
     b = emb.shape[0] // 2
-    if cfg.matryoshka:    # InfoNCE on each prefix of the vectors, averaged
-        dims = matryoshka_dims(cfg.matryoshka, emb.shape[1])
-        loss, lcache = matryoshka_forward(emb[:b], emb[b:], dims, cfg.scale, cfg.symmetric)
-        da, dp = matryoshka_backward(1.0, lcache)
-    else:
-        loss, lcache = infonce_forward(emb[:b], emb[b:], scale=cfg.scale, symmetric=cfg.symmetric)
-        da, dp = infonce_backward(1.0, lcache)
+    dims = matryoshka_dims(cfg.matryoshka or "", emb.shape[1])  # [D], or the Matryoshka prefixes too
+    loss, lcache = matryoshka_forward(emb[:b], emb[b:], dims, cfg.scale, cfg.symmetric)
+    da, dp = matryoshka_backward(1.0, lcache)
     grads = encoder.backward(xp_of(emb).concatenate([da, dp]), cache)
     return loss, lcache["accuracy"], grads
 

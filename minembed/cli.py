@@ -77,10 +77,10 @@ def _config_options(f):
     from .train import TrainConfig
     for field in reversed(dataclasses.fields(TrainConfig)):
         m, name = field.metadata, "--" + field.name.replace("_", "-")
-        if field.name == "lazy":
-            f = click.option("--lazy/--dense", default=True, show_default=True, help=m["help"])(f)
-        elif field.type == "bool" or field.type is bool:
-            f = click.option(name, is_flag=True, help=m["help"])(f)
+        if field.type is bool:   # --lazy/--dense, --bag-init/--no-bag-init, --symmetric
+            flag = "--lazy/--dense" if field.name == "lazy" else \
+                f"{name}/--no-{name[2:]}" if field.default else name
+            f = click.option(flag, default=field.default, show_default=field.default, help=m["help"])(f)
         else:
             kind = click.Choice(m["choices"]) if m["choices"] else \
                 {"int": int, "float": float, "str": str}.get(field.type, field.type)
@@ -354,7 +354,7 @@ def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, n
     training steps and time.
 
     \b
-    Each trained row runs a fixed number of steps (bag 800, transformer 420),
+    Each trained row runs a fixed number of steps (bag: train's 40 epochs; transformer 420),
     so the table is the same on any machine; the time is what the transformer
     rows take on your CPU (about 4 minutes in all on 2 quiet cores for the
     built-in corpus, twice that on a busy machine; --fast: about a minute).

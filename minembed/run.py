@@ -256,6 +256,36 @@ def _resume_settings(ckpt, corpus):
     return cfg, source
 
 
+def _bag_table(cfg, data, tok, xp, quiet, comm):
+    """The transformer's first token table: a bag model of its dimension trained first on the
+    same corpus (crops, the bag model's defaults), its rows rescaled to a fresh table's std
+    (0.02). From scratch the transformer learns what tokens mean through attention alone;
+    from a bag table it starts knowing it (docs/quality.md: +8 kNN points on the built-in corpus)."""
+    bcfg = TrainConfig(dim=cfg.dim, seed=cfg.seed, vocab_size=cfg.vocab_size, crops=cfg.crops,
+                       crop_sentences=cfg.crop_sentences, sentence_min=cfg.sentence_min,
+                       sentence_max=cfg.sentence_max, span_min=cfg.span_min, span_max=cfg.span_max)
+    bcfg = bcfg.resolved()
+    sampler = PairSampler(data, bcfg)
+    bcfg = dataclasses.replace(bcfg, batch_size=min(bcfg.batch_size, len(sampler.usable)))
+    spe = len(sampler.usable) // bcfg.batch_size
+    bcfg = dataclasses.replace(bcfg, epochs=auto_epochs("bag", spe))
+    enc_cfg = bcfg.encoder_config(tok.get_vocab_size())
+    bag = encoder_module("bag")
+    params = {k: to_device(v, xp) for k, v in bag.init_params(enc_cfg, np.random.default_rng([cfg.seed, 3])).items()}
+    bar = Progress(spe * bcfg.epochs, "bag model for the token table", "step", quiet=quiet)
+    try:
+        train_loop(bag, params, optim.adam_init(params), sampler, bcfg, enc_cfg, spe * bcfg.epochs,
+                   on_step=lambda step, r: bar.update(1))
+    except Diverged as e:
+        raise MinembedError(f"the bag model for the transformer's token table: {e} (try --no-bag-init)")
+    finally:
+        bar.close()
+    table = params["tok_emb"]
+    if comm is not None:  # the same table on every process, whatever their BLAS did
+        table = comm.allreduce(table) / comm.size
+    return table * (0.02 / float(table.std()))
+
+
 def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn, ckpt,
          checkpoint_every, comm=None, micro_batch=0):
     lead = comm is None or comm.rank == 0
@@ -266,6 +296,8 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
     if ckpt is None:
         params = encoder.init_params(enc_cfg, np.random.default_rng([cfg.seed, 0]))
         params = {k: to_device(v, xp) for k, v in params.items()}
+        if cfg.model == "transformer" and cfg.bag_init:
+            params["tok_emb"] = _bag_table(cfg, data, tok, xp, quiet, comm)
         adam, start, elapsed = optim.adam_init(params), 0, 0.0
     else:  # weights, Adam's moments and step: the rest follows from the step number
         params = {k: to_device(v, xp) for k, v in ckpt.params.items()}

@@ -25,20 +25,21 @@ from .backend import to_device, xp_of
 from .errors import MinembedError
 from .loss import matryoshka_backward, matryoshka_forward
 
-# Settings that differ per encoder: the bag model wants a huge learning rate
-# (the paper used 0.5; 0.1 with batch 128 was as good or better here) because
-# each row only moves when its token occurs; the transformer the usual small one.
+# Settings that differ per encoder (measured on four corpora: docs/quality.md). The bag
+# model wants a huge learning rate (each row moves only when its token occurs) and a
+# softer softmax (scale 10: same-topic documents are often each other's negatives).
 MODEL_DEFAULTS = {
-    "bag": dict(lr=0.1, batch_size=128, optimizer="adam", weight_decay=0.0, clip=0.0),
-    "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0),
+    "bag": dict(lr=0.1, batch_size=128, optimizer="adam", weight_decay=0.0, clip=0.0, dim=256, scale=10.0),
+    "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0, dim=128,
+                        scale=20.0),
 }
-# No --epochs: enough epochs for AUTO_STEPS steps, at least 3 and at most 100
-# (on the built-in 2.7k documents kNN accuracy still rises up to ~800 steps).
-AUTO_STEPS = {"bag": 800, "transformer": 300}
+AUTO = {"bag": (40, 800, 5000), "transformer": (10, 400, 1500)}  # no --epochs: (epochs, min, max steps)
 
 
-def auto_epochs(model, steps_per_epoch):
-    return int(min(100, max(3, math.ceil(AUTO_STEPS[model] / max(1, steps_per_epoch)))))
+def auto_epochs(model, spe):
+    """Epochs for AUTO's number of epochs, kept within its range of steps (spe: steps per epoch)."""
+    epochs, lo, hi = AUTO[model]
+    return max(1, math.ceil(min(max(epochs * spe, lo), hi) / max(1, spe)))
 
 
 def _f(default, help, check=None, must=None, choices=None):
@@ -60,7 +61,7 @@ def at_least(n):
 class TrainConfig:
     model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer",
                     choices=("bag", "transformer"))
-    dim: int = _f(256, "embedding dimension", *POS)
+    dim: int = _f(None, "embedding dimension [bag: 256, transformer: 128]", *POS)
     epochs: int = _f(None, "passes over the corpus [enough for 800 steps (bag), 300 (transformer)]", *POS)
     max_steps: int = _f(0, "stop after this many steps (the schedule ends there too); 0: all epochs", *NONNEG)
     batch_size: int = _f(None, "positive pairs per step [bag: 128, transformer: 64]",
@@ -71,12 +72,12 @@ class TrainConfig:
     weight_decay: float = _f(None, "AdamW decoupled weight decay [0.01]", *NONNEG)
     lazy: bool = _f(True, "Adam on the embedding rows a batch used (lazy) or on every row (dense)")
     clip: float = _f(None, "clip the global gradient norm (0: off) [bag: 0, transformer: 1]", *NONNEG)
-    scale: float = _f(20.0, "cosine similarity scale = 1/temperature", *NUMBER)
+    scale: float = _f(None, "cosine similarity scale = 1/temperature [bag: 10, transformer: 20]", *NUMBER)
     symmetric: bool = _f(False, "InfoNCE in both directions (anchors<->positives)")
     matryoshka: str = _f(None, "Matryoshka: also train these prefix dimensions as embeddings, e.g. "
                                "32,64,128 (the loss is the mean of InfoNCE over them and --dim)")
     seed: int = _f(0, "same seed, same model")
-    vocab_size: int = _f(8192, "vocabulary of the tokenizer trained on the corpus", *at_least(64))
+    vocab_size: int = _f(16384, "vocabulary of the tokenizer trained on the corpus", *at_least(64))
     crops: str = _f("auto", "sentence crops, token spans, or auto: sentence crops where a document has two",
                     choices=("auto", "sentences", "spans"))
     crop_sentences: int = _f(2, "consecutive sentences per crop", *POS)
@@ -87,11 +88,12 @@ class TrainConfig:
     positives: str = _f("crops", "two crops; one crop twice with dropout (SimCSE, transformer only); "
                                  "or crops with masked tokens", choices=("crops", "dropout", "mask"))
     mask_frac: float = _f(0.3, "fraction of tokens masked with --positives mask", *OPEN)
-    layers: int = _f(4, "transformer blocks", *POS)
+    layers: int = _f(2, "transformer blocks", *POS)
     heads: int = _f(4, "attention heads", *POS)
-    ffn: int = _f(1024, "feed-forward width", *POS)
-    max_len: int = _f(128, "transformer: longest view in tokens (longer ones are cut)", *at_least(2))
+    ffn: int = _f(512, "feed-forward width", *POS)
+    max_len: int = _f(64, "transformer: longest view in tokens (longer ones are cut)", *at_least(2))
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
+    bag_init: bool = _f(True, "transformer: its token table from a bag model trained first (seconds)")
 
     def resolved(self):
         """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""

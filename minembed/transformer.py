@@ -25,7 +25,7 @@ from . import layers as L
 from .backend import to_numpy, xp_of
 from .optim import densify
 
-DEFAULTS = dict(dim=256, layers=4, heads=4, ffn=1024, max_len=128, dropout=0.1)
+DEFAULTS = dict(dim=128, layers=2, heads=4, ffn=512, max_len=64, dropout=0.1)
 BUCKETS = 4     # length buckets for attention (config["buckets"] overrides); see layout()
 
 

@@ -89,7 +89,8 @@ def test_ranks_train_the_model_one_process_trains(model, env):
         if n == 1:  # the same numbers in the same order
             assert dl == 0 and dw == 0
         assert dl < 1e-5 and dw < 1e-5
-        assert max(float(np.abs(one[1][k] - many[1][k]).max()) for k in one[1]) < 1e-5
+        for k in one[1]:  # elementwise: float32 rounding, which Adam scales up where a gradient is ~0
+            assert float(np.abs(one[1][k] - many[1][k]).max()) < 1e-4 * max(1.0, float(np.abs(one[1][k]).max()))
 
 
 def test_collectives_and_the_gathers_backward_on_two_and_three_ranks(env):

@@ -12,6 +12,8 @@ the touched rows only: O(rows used) instead of O(V).
 """
 import math
 
+import numpy as np
+
 from . import cuda
 from .backend import to_numpy, xp_of
 from .layers import RowGrad
@@ -33,47 +35,63 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     """
     if cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
         return cuda.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    xp = xp_of(p)
-    rows, g = (g.rows, g.values) if isinstance(g, RowGrad) else (..., g)
-    if weight_decay:
-        p *= 1.0 - lr * weight_decay
-    m *= beta1
-    m[rows] += (1.0 - beta1) * g  # rows are distinct: gather, add, scatter back
+    if not isinstance(g, RowGrad):
+        return _adam_blocks(p, None, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    m *= beta1                             # the moments of every row decay ...
+    m[g.rows] += (1.0 - beta1) * g.values  # ... and g's rows (distinct) get g: gather, add, scatter
     v *= beta2
-    v[rows] += (1.0 - beta2) * (g * g)
-    _apply(xp, p, m, v, step, lr, beta1, beta2, eps)
+    v[g.rows] += (1.0 - beta2) * (g.values * g.values)
+    _adam_blocks(p, None, None, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
 def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                      weight_decay=0.0):
     """Lazy AdamW: the dense formula on p[rows], m[rows], v[rows] only (rows distinct,
-    as a RowGrad's are): gather, update, scatter back."""
+    as a RowGrad's are): gather, update, scatter back, a block of rows at a time."""
     if cuda.use_kernels(p, g_rows, m, v):  # on a GPU: one fused kernel
         return cuda.adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    _adam_blocks(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
+
+
+BLOCK = 1 << 15  # numbers per block (128 KB of float32): a block's passes stay in the L1/L2 cache
+
+
+def _adam_blocks(p, rows, g, m, v, step, lr, beta1, beta2, eps, wd):
+    """AdamW on p[rows] (rows None: all of p) from g (None: m, v are updated already),
+    block by block: main memory sees one read of p, m, v, g and one write of p, m, v
+    (the floor); each line below is one pass over a block in cache."""
     xp = xp_of(p)
-    pr, mr, vr = p[rows], m[rows], v[rows]
-    if weight_decay:
-        pr *= 1.0 - lr * weight_decay
-    mr *= beta1
-    mr += (1.0 - beta1) * g_rows
-    vr *= beta2
-    vr += (1.0 - beta2) * (g_rows * g_rows)
-    _apply(xp, pr, mr, vr, step, lr, beta1, beta2, eps)
-    p[rows], m[rows], v[rows] = pr, mr, vr
-
-
-def _apply(xp, p, m, v, step, lr, beta1, beta2, eps):
     # p -= lr_t * m / (sqrt(v) + eps_t) is the same update as with m_hat, v_hat:
     # lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t).
-    # Folding the bias corrections into two scalars saves two passes over memory.
     c2 = math.sqrt(1.0 - beta2 ** step)
-    lr_t = lr * c2 / (1.0 - beta1 ** step)
-    # One scratch array, updated in place: each line is one pass over memory.
-    upd = xp.sqrt(v)
-    upd += eps * c2                # sqrt(v) + eps_t
-    xp.divide(m, upd, out=upd)     # m / (sqrt(v) + eps_t)
-    upd *= lr_t
-    p -= upd
+    lr_t, eps_t = lr * c2 / (1.0 - beta1 ** step), eps * c2
+    n = p.shape[0] if rows is None else rows.shape[0]
+    k = max(1, BLOCK // max(1, p[:1].size)) if xp is np else n  # rows a block (a GPU: one)
+    buf = xp.empty((4, max(1, min(k, n))) + p.shape[1:], p.dtype)
+    for s in range(0, n, k):
+        t, pb, mb, vb = buf[:, :min(k, n - s)]
+        if rows is None:                                   # views: updated in place
+            pb, mb, vb = p[s:s + k], m[s:s + k], v[s:s + k]
+        else:                                              # copies, scattered back below
+            r = rows[s:s + k]
+            xp.take(p, r, axis=0, out=pb), xp.take(m, r, axis=0, out=mb), xp.take(v, r, axis=0, out=vb)
+        if wd:
+            pb *= 1.0 - lr * wd
+        if g is not None:
+            gb = g[s:s + k]
+            mb *= beta1
+            mb += xp.multiply(gb, 1.0 - beta1, out=t)      # m = b1 m + (1 - b1) g
+            vb *= beta2
+            xp.multiply(gb, gb, out=t)
+            t *= 1.0 - beta2
+            vb += t                                        # v = b2 v + (1 - b2) g^2
+        xp.sqrt(vb, out=t)
+        t += eps_t
+        xp.divide(mb, t, out=t)
+        t *= lr_t
+        pb -= t                                            # p -= lr_t m / (sqrt(v) + eps_t)
+        if rows is not None:
+            p[r], m[r], v[r] = pb, mb, vb
 
 
 def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,

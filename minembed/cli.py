@@ -65,6 +65,8 @@ def _corpus_options(f):
 
 _DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
                        show_default=True, help="where to compute (gpu needs CuPy)")
+_THREADS = click.option("--threads", type=click.IntRange(min=1), envvar="MINEMBED_THREADS",
+                        help="BLAS threads [MINEMBED_THREADS, else bag: 1, transformer: the idle cores]")
 
 
 def _config_options(f):
@@ -96,6 +98,7 @@ def _config_options(f):
 @click.option("--eval-every", type=int, default=0,
               help="with a labelled corpus: record kNN accuracy in the log every N steps")
 @_DEVICE
+@_THREADS
 @click.option("--force", is_flag=True, help="overwrite a model already in the output directory")
 @click.option("--checkpoint-every", type=int, default=None,
               help="save a checkpoint (weights, optimiser state, position) every N steps; "
@@ -105,7 +108,7 @@ def _config_options(f):
                    "and its corpus (give CORPUS only if the file moved)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress or messages")
 def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eval_every, device,
-          force, quiet, checkpoint_every, resume_dir, **opts):
+          threads, force, quiet, checkpoint_every, resume_dir, **opts):
     """Train an encoder on CORPUS (default: the built-in corpus of numpy, scipy and
     scikit-learn docstrings) and write a model directory.
 
@@ -128,7 +131,7 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     if resume_dir is not None:
         ctx = click.get_current_context()
         fixed = [max(p.opts, key=len) for p in ctx.command.params if p.name not in
-                 ("corpus", "device", "quiet", "checkpoint_every", "resume_dir")
+                 ("corpus", "device", "threads", "quiet", "checkpoint_every", "resume_dir")
                  and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
         if fixed:
             raise MinembedError(f"--resume continues a run with its own settings; "
@@ -154,7 +157,7 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
         run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force, quiet=quiet,
             device=device, max_doc_chars=max_doc_chars, eval_every=eval_every, eval_fn=eval_fn,
             checkpoint_every=checkpoint_every, resume=resume_dir is not None, encoding=encoding,
-            errors=errors)
+            errors=errors, threads=threads)
     except TrainingInterrupted as e:
         click.echo(f"\n{e}", err=True)
         sys.exit(130)
@@ -170,7 +173,8 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
 @click.option("--normalize/--no-normalize", default=None,
               help="unit-length vectors (default: as the model's config says; true for trained models)")
 @_DEVICE
-def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, normalize, device):
+@_THREADS
+def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, normalize, device, threads):
     """Embed the documents of INPUT with the model in MODEL_DIR into a .npy file
     (one row per document, in file order)."""
     import io
@@ -181,7 +185,8 @@ def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, norm
     model = load(model_dir, device=device)
     texts, _ = Corpus(input_path, fmt, encoding=encoding, errors=errors).read()
     bar = Progress(len(texts), "embedding", "document")
-    X = model.encode(texts, batch_size=batch_size, normalize=normalize, progress=bar.update)
+    X = model.encode(texts, batch_size=batch_size, normalize=normalize, progress=bar.update,
+                     threads=threads)
     bar.close()
     buf = io.BytesIO()
     np.save(buf, X)
@@ -197,7 +202,8 @@ def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, norm
               help="kNN accuracy over this many random 90/10 splits (mean ± sd); 1: the fixed split")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @_DEVICE
-def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device):
+@_THREADS
+def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, threads):
     """Evaluate the model in MODEL_DIR on CORPUS (default: the built-in one).
 
     \b
@@ -210,8 +216,10 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device):
     from .data import Corpus
     from .model import Model, load
     from .progress import Progress
+    from .threads import limit
 
     model = load(model_dir, device=device)
+    click.get_current_context().with_resource(limit(model.config["model"], threads))  # kNN's too
     source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
     texts, labels = source.read()
     untrained = Model(model.config, model.encoder.init_params(

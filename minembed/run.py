@@ -30,6 +30,7 @@ from .data import MAX_DOC_CHARS, Corpus
 from .errors import MinembedError
 from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
+from .threads import choose as choose_threads, limit as limit_threads
 from .tokenize import load_tokenizer, mask_token_id
 from .train import Diverged, TrainConfig, auto_epochs, train_loop
 
@@ -135,7 +136,8 @@ class StopSignals:
 
 def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer_path=None,
           force=False, quiet=False, device="cpu", max_doc_chars=MAX_DOC_CHARS, eval_every=0,
-          eval_fn=None, checkpoint_every=None, resume=False, encoding="utf-8", errors="strict"):
+          eval_fn=None, checkpoint_every=None, resume=False, encoding="utf-8", errors="strict",
+          threads=None):
     """Train an encoder on a corpus (a path, or None for the built-in corpus) into out_dir.
 
     Checkpoints (minembed/checkpoint.py) go to ``out_dir/checkpoint`` every
@@ -146,7 +148,8 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     ``resume=True`` continues the run whose checkpoint is in out_dir, with its
     settings and its corpus (``corpus`` None: the path recorded in the
     checkpoint; a path given must be the same file, e.g. moved). The result
-    is the model an uninterrupted run gives, bit for bit.
+    is the model an uninterrupted run gives, bit for bit. ``threads``: BLAS threads (None:
+    MINEMBED_THREADS, else chosen for the model: minembed/threads.py); the same model for any.
 
     Returns the trained Model. Raises MinembedError for anything the user can fix.
     """
@@ -186,11 +189,13 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     if ckpt is not None and ckpt.info["corpus"]["stats"] != dict(st, tokens=int(data.n_tokens)):
         raise MinembedError(f"cannot resume: {source.name} does not give the documents the run "
                             f"was trained on ({ckpt.info['corpus']['stats']})")
+    n_threads = choose_threads(cfg.model, threads)
     out.open()
     keep = False
     try:
-        model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
-                     ckpt, checkpoint_every)
+        with limit_threads(cfg.model, n_threads):
+            model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
+                         ckpt, checkpoint_every)
         keep = True
         return model
     except ckpt_mod.TrainingInterrupted:

@@ -22,11 +22,13 @@ import numpy as np
 
 from .backend import get_xp, to_device, to_numpy, xp_of
 from .errors import MinembedError
+from .threads import limit
 from .tokenize import encode_texts, tokenizer_from_str
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 MODEL_FILES = ("config.json", "tokenizer.json", WEIGHTS)
+TOKENIZE_CHUNK = 8192  # texts per call of the tokenizer in encode()
 
 
 def encoder_module(name):
@@ -194,7 +196,7 @@ class Model:
     def dim(self):
         return int(self.config["dim"])
 
-    def encode(self, texts, batch_size=256, normalize=None, progress=None):
+    def encode(self, texts, batch_size=256, normalize=None, progress=None, threads=None):
         """Embed texts: float32 array (N, dim); a single string gives one vector (dim,).
         Texts are processed in batches of similar length (sorted by length, then
         restored to the input order). An empty text gives a zero vector.
@@ -204,9 +206,10 @@ class Model:
         vectors by cosine similarity only, so their direction is what was learned
         and their length is noise (for the bag model, kNN with Euclidean distance
         on raw means is 6-12 points worse than on unit vectors).
-        ``progress(n)`` is called with the number of texts of each batch done."""
+        ``progress(n)`` is called with the number of texts of each batch done.
+        ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: minembed/threads.py)."""
         if isinstance(texts, str):
-            return self.encode([texts], batch_size, normalize)[0]
+            return self.encode([texts], batch_size, normalize, threads=threads)[0]
         if texts is None or not hasattr(texts, "__iter__"):
             raise MinembedError(f"encode() takes a string or a list of strings, got "
                                 f"{type(texts).__name__}")
@@ -221,17 +224,20 @@ class Model:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         xp = xp_of(*self.params.values())
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in idx])
-            emb = self.encoder.encode(self.params, to_device(ids, xp), to_device(offsets, xp),
-                                      self.config)
-            out[idx] = to_numpy(emb)
-            if progress is not None:
-                progress(len(idx))
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, 1e-12)
+        # the tokenizer's threads want big batches (256 texts: 0.75x the speed of 8,192)
+        chunk = max(batch_size, TOKENIZE_CHUNK)
+        with limit(self.config["model"], threads):
+            for c in range(0, len(texts), chunk):
+                ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in order[c:c + chunk]])
+                for b in range(0, len(offsets) - 1, batch_size):
+                    o = offsets[b:b + batch_size + 1]
+                    emb = to_numpy(self.encoder.encode(self.params, to_device(ids[o[0]:o[-1]], xp),
+                                                       to_device(o - o[0], xp), self.config))
+                    if normalize:  # while the batch is in cache
+                        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+                    out[order[c + b:c + b + len(o) - 1]] = emb
+                    if progress is not None:
+                        progress(len(o) - 1)
         return out
 
 

@@ -51,6 +51,17 @@ def get_xp(device="cpu"):
     raise MinembedError(f"unknown device {device!r} (expected cpu, gpu or auto)")
 
 
+BLOCK = 1 << 15  # numbers a block (128 KB of float32: it stays in the L2 cache)
+
+
+def row_blocks(a):
+    """Slices of a's first axis of about BLOCK numbers each (one slice on a GPU): a chain of
+    elementwise passes run block by block reads and writes main memory once, not every pass."""
+    n = a.shape[0]
+    k = max(1, BLOCK // max(1, a[:1].size)) if xp_of(a) is np else max(1, n)
+    return [slice(s, s + k) for s in range(0, n, k)]
+
+
 def to_numpy(a):
     """Host copy of an array (a no-op for NumPy arrays)."""
     return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)

@@ -12,10 +12,8 @@ the touched rows only: O(rows used) instead of O(V).
 """
 import math
 
-import numpy as np
-
 from . import cuda
-from .backend import to_numpy, xp_of
+from .backend import row_blocks, to_numpy, xp_of
 from .layers import RowGrad
 
 
@@ -53,9 +51,6 @@ def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, ep
     _adam_blocks(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
-BLOCK = 1 << 15  # numbers per block (128 KB of float32): a block's passes stay in the L1/L2 cache
-
-
 def _adam_blocks(p, rows, g, m, v, step, lr, beta1, beta2, eps, wd):
     """AdamW on p[rows] (rows None: all of p) from g (None: m, v are updated already),
     block by block: main memory sees one read of p, m, v, g and one write of p, m, v
@@ -65,20 +60,20 @@ def _adam_blocks(p, rows, g, m, v, step, lr, beta1, beta2, eps, wd):
     # lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t).
     c2 = math.sqrt(1.0 - beta2 ** step)
     lr_t, eps_t = lr * c2 / (1.0 - beta1 ** step), eps * c2
-    n = p.shape[0] if rows is None else rows.shape[0]
-    k = max(1, BLOCK // max(1, p[:1].size)) if xp is np else n  # rows a block (a GPU: one)
-    buf = xp.empty((4, max(1, min(k, n))) + p.shape[1:], p.dtype)
-    for s in range(0, n, k):
-        t, pb, mb, vb = buf[:, :min(k, n - s)]
+    src = p if rows is None else g                         # the blocks cut p's rows or g's
+    blocks = row_blocks(src)
+    buf = xp.empty((4, blocks[0].stop if blocks else 0) + p.shape[1:], p.dtype)
+    for b in blocks:
+        t, pb, mb, vb = buf[:, :len(src[b])]
         if rows is None:                                   # views: updated in place
-            pb, mb, vb = p[s:s + k], m[s:s + k], v[s:s + k]
+            pb, mb, vb = p[b], m[b], v[b]
         else:                                              # copies, scattered back below
-            r = rows[s:s + k]
+            r = rows[b]
             xp.take(p, r, axis=0, out=pb), xp.take(m, r, axis=0, out=mb), xp.take(v, r, axis=0, out=vb)
         if wd:
             pb *= 1.0 - lr * wd
         if g is not None:
-            gb = g[s:s + k]
+            gb = g[b]
             mb *= beta1
             mb += xp.multiply(gb, 1.0 - beta1, out=t)      # m = b1 m + (1 - b1) g
             vb *= beta2

@@ -1,9 +1,8 @@
 """NumPy or CuPy: one code path for both.
 
-Every function in minembed takes its array module from its inputs (``xp_of``)
-instead of importing CuPy, so the package imports and runs where CuPy is
-absent. ``get_xp(device)`` turns a user's ``--device cpu|gpu|auto`` into a
-module; ``to_numpy`` brings any array back to the host.
+Every function in minembed takes its array module from its inputs (``xp_of``) instead of
+importing CuPy, so the package imports and runs where CuPy is absent. ``get_xp(device)`` turns
+a user's ``--device cpu|gpu|auto`` into a module; ``to_numpy`` brings any array to the host.
 """
 import numpy as np
 
@@ -55,8 +54,8 @@ BLOCK = 1 << 15  # numbers a block (128 KB of float32: it stays in the L2 cache)
 
 
 def row_blocks(a):
-    """Slices of a's first axis of about BLOCK numbers each (one slice on a GPU): a chain of
-    elementwise passes run block by block reads and writes main memory once, not every pass."""
+    """Slices of a's first axis, about BLOCK numbers each (one on a GPU): a chain of passes run
+    block by block reads and writes main memory once, not once a pass."""
     n = a.shape[0]
     k = max(1, BLOCK // max(1, a[:1].size)) if xp_of(a) is np else max(1, n)
     return [slice(s, s + k) for s in range(0, n, k)]

@@ -8,9 +8,8 @@ A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i):
     forward:   out = A @ table[uniq]            (N, D)   (A indexed by token id: (N, V) @ (V, D))
     backward:  d table[uniq] = A.T @ dout       (U, D); every other row: 0
 
-so the backward touches only the U rows the batch used; scipy's CSR product does
-its scatter-add far faster than ``np.add.at`` (benchmarks/bench_bag.py), and the
-forward (all that encoding does) never looks for the distinct ids.
+so the backward touches only the U rows the batch used (scipy's CSR product: far faster
+than ``np.add.at``), and the forward (all that encoding does) never looks for them.
 """
 import numpy as np
 
@@ -62,8 +61,7 @@ def embedding_bag_backward(dout, cache):
     inv = (xp.cumsum(seen) - 1)[ids]           # (M,) position of each id in uniq
     A = _sparse_module(xp).csr_matrix((weights, inv, offsets),
                                       shape=(offsets.shape[0] - 1, uniq.shape[0]))  # (N, U)
-    values = xp.asarray(A.T @ dout)
-    return RowGrad(uniq, values)
+    return RowGrad(uniq, xp.asarray(A.T.tocsr() @ dout))  # as CSR: rows written in order
 
 
 # the encoder interface (docs/DESIGN.md): the model is just this one layer

@@ -66,8 +66,7 @@ class PairSampler:
         first = self.doc_kept_start[docs] + window  # (b,) index into self.kept
         k = first[:, None] + np.arange(self.n_sent)  # (b, n) kept indices
         sent = self.kept[k]  # (b, n) sentence ids
-        starts, lengths = so[sent], so[sent + 1] - so[sent]
-        return starts, lengths  # (b, n) each: n ranges per view
+        return so[sent], so[sent + 1] - so[sent]  # starts, lengths (b, n): n ranges per view
 
     def _span_views(self, docs, rng):
         off = np.asarray(self.corpus.doc_offsets)

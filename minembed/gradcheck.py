@@ -2,8 +2,7 @@
 
     df/dx[i] ~= (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)      (error O(eps^2))
 
-In float64 with eps ~ 1e-6 a correct analytic gradient agrees to ~1e-8
-relative error; a wrong derivative is off by O(1).
+In float64 with eps ~ 1e-6 a correct gradient agrees to ~1e-8 relative; a wrong one is O(1) off.
 """
 import numpy as np
 

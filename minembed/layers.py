@@ -1,13 +1,12 @@
-"""Layers as pairs of plain functions, side by side: ``x_forward(...) -> (out, cache)``
-(the cache holds exactly what the backward needs) and ``x_backward(dout, cache)``,
-which returns the gradients of the forward's inputs in their order (docs/DESIGN.md).
-Arrays may be NumPy or CuPy: each function takes its module from its inputs.
+"""Layers as pairs of plain functions, side by side: ``x_forward(...) -> (out, cache)`` (the
+cache holds exactly what the backward needs) and ``x_backward(dout, cache)``, which returns the
+gradients of the forward's inputs in their order (docs/DESIGN.md). Arrays may be NumPy or
+CuPy: each function takes its module from its inputs.
 
-Token rows are *packed*: a ragged batch of N views with M real tokens is an (M, C)
-array, no padding; position-wise layers (linear, LayerNorm, GELU, dropout) never
-see padding. Only attention needs a rectangle: ``pad_forward`` scatters the rows
-into (N, T, C) grids, with a key mask (N, T), True on real tokens. Dropout masks
-are a function of a NumPy Generator's state, so a test can replay them.
+Token rows are *packed*: a ragged batch of N views with M real tokens is an (M, C) array, no
+padding; position-wise layers (linear, LayerNorm, GELU, dropout) never see padding. Only
+attention needs a rectangle: ``pad_forward`` scatters the rows into (N, T, C) grids, with a key
+mask (N, T), True on real tokens. Dropout masks are a function of a NumPy Generator's state.
 """
 import math
 from typing import NamedTuple
@@ -19,12 +18,8 @@ from .backend import row_blocks, xp_of
 
 
 class RowGrad(NamedTuple):
-    """Gradient of an embedding table that touches only some rows.
-
-    rows:   (U,) int, the distinct rows a batch used (sorted)
-    values: (U, D), the gradient for those rows; every other row's is zero.
-    The optimiser updates those rows only (lazy Adam) or densifies it.
-    """
+    """Gradient of an embedding table that touches only some rows: rows (U,) int, the
+    distinct rows a batch used (sorted); values (U, D), their gradient (other rows': zero)."""
     rows: object
     values: object
 
@@ -115,15 +110,12 @@ def gelu_backward(dy, cache):
     # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2)
     if cuda.use_kernels(dy):
         return cuda.gelu_backward(dy, cache)
-    xp = xp_of(dy)
-    x, t = cache
+    xp, (x, t) = xp_of(dy), cache
     d = xp.empty_like(x)
     x2, t2, d2, dy2 = (a.reshape(-1, x.shape[-1]) for a in (x, t, d, dy))
-    blocks = row_blocks(x2)
-    s = xp.empty_like(x2[blocks[0]]) if blocks else None
-    for b in blocks:                     # a block at a time, in cache
-        tb, xb, db, sb = t2[b], x2[b], d2[b], s[:len(t2[b])]
-        xp.multiply(tb, tb, out=sb)
+    for b in row_blocks(x2):             # a block at a time, in cache
+        tb, xb, db = t2[b], x2[b], d2[b]
+        sb = tb * tb
         sb -= 1.0                        # -(1 - t^2)
         xp.multiply(xb, xb, out=db)
         db *= -3.0 * GELU_A * GELU_C
@@ -228,15 +220,15 @@ def unpad_backward(dx, cache):
 
 
 # multi-head self-attention on packed rows
-#   x (M, D) packed rows; grids: a list of (index, key_mask), one per run of
-#   consecutive views padded to a common length T_b (a length bucket), in row
-#   order: index (M_b,) the grid cell of each row, key_mask (N_b, T_b) bool.
+#   x (M, D) packed rows; grids: a list of (index, key_mask), one per run of consecutive views
+#   padded to a common length T_b (a length bucket), in row order: index (M_b,) the grid cell
+#   of each row, key_mask (N_b, T_b) bool.
 #   qkv = x @ w_qkv + b_qkv                      (M, 3D), columns [q | k | v]
 #   per view and head: a = softmax(q k^T / sqrt(Dh), masked keys) ;  a' = drop(a)
 #                      ctx = a' v                 (T, Dh)
 #   y = concat_heads(ctx) @ w_out + b_out        (M, D)
-# The projections run once on all M rows (large matmuls); only the core
-# (scores, softmax, a' v) runs per grid, on (N_b * H) small matmuls.
+# The projections run once on all M rows (large matmuls); only the core (scores, softmax,
+# a' v) runs per grid, on (N_b * H) small matmuls.
 def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
     """qkv (M_b, 3D) packed rows of one grid -> ctx (M_b, D)."""
     xp = xp_of(qkv)

@@ -5,9 +5,9 @@ InfoNCE with in-batch negatives: for B pairs (a_i, p_i),
     S_ij = scale * cos(a_i, p_j)                  (B, B), scale = 1/temperature
     loss = mean_i [ logsumexp_j S_ij - S_ii ]     cross-entropy, target = the diagonal
 
-With P = softmax over each row of S, dloss/dS = (P - I) / B. The symmetric
-variant (CLIP) averages this with the same loss over the columns
-(positives -> anchors), whose gradient is (Q - I) / B with Q = softmax over columns.
+With P = softmax over each row of S, dloss/dS = (P - I) / B. The symmetric variant (CLIP)
+averages this with the same loss over the columns (positives -> anchors), whose gradient is
+(Q - I) / B with Q = softmax over columns.
 """
 from . import cuda
 from .backend import to_numpy, xp_of
@@ -29,12 +29,10 @@ def l2_normalize_backward(dn, cache):
 
 
 def infonce_rows(s):
-    """Cross-entropy of each row of s (R, C) with target the diagonal entry.
-
-    Returns g = softmax(s) - I (d loss_i / d s_ij, R x C), the per-row losses
-    loss_i = logsumexp_j s_ij - s_ii (R,), and hit_i = [argmax_j s_ij == i].
-    Subtracting the row max first means exp never overflows. On a GPU this is
-    one kernel (kernels.cu: infonce_rows), whose twin this is."""
+    """Cross-entropy of each row of s (R, C) with target the diagonal entry: g = softmax(s) - I
+    (d loss_i / d s_ij, R x C), the per-row losses loss_i = logsumexp_j s_ij - s_ii (R,), and
+    hit_i = [argmax_j s_ij == i]. Subtracting the row max first means exp never overflows. On a
+    GPU this is one kernel (kernels.cu: infonce_rows), whose twin this is."""
     if cuda.use_kernels(s):
         return cuda.infonce_rows(s)
     xp = xp_of(s)

@@ -5,10 +5,9 @@ learning-rate schedule and gradient clipping. For p with gradient g at step t:
     m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
     p <- p - lr * m_hat / (sqrt(v_hat) + eps),   m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
 
-An embedding table's gradient is a ``RowGrad`` (the rows a batch used). *Dense*
-Adam takes the other rows' gradient as zero, so all V rows move (PyTorch's Adam
-on a dense EmbeddingBag gradient); *lazy* Adam (PyTorch's SparseAdam) updates
-the touched rows only: O(rows used) instead of O(V).
+An embedding table's gradient is a ``RowGrad`` (the rows a batch used). *Dense* Adam takes
+the other rows' gradient as zero, so all V rows move (PyTorch's Adam); *lazy* Adam (PyTorch's
+SparseAdam) updates the touched rows only: O(rows used) instead of O(V).
 """
 import math
 
@@ -20,41 +19,30 @@ from .layers import RowGrad
 def adam_init(params):
     """Optimiser state: step count and zeroed moments for every parameter."""
     xp = xp_of(*params.values())
-    return {"step": 0,
-            "m": {k: xp.zeros_like(p) for k, p in params.items()},
+    return {"step": 0, "m": {k: xp.zeros_like(p) for k, p in params.items()},
             "v": {k: xp.zeros_like(p) for k, p in params.items()}}
 
 
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-    """One dense AdamW update of p, in place (m and v too).
-
-    g is a gradient shaped like p, or a RowGrad (zero outside g.rows, where m and v
-    only decay): the same numbers as with densify(g), without a dense (V, D) gradient.
-    """
+    """One dense AdamW update of p, m and v in place. g is shaped like p, or a RowGrad (zero
+    outside g.rows, where m and v only decay: densify(g)'s numbers without a dense gradient)."""
     if cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
         return cuda.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
     if not isinstance(g, RowGrad):
-        return _adam_blocks(p, None, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
+        return adam_update_rows(p, None, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
     m *= beta1                             # the moments of every row decay ...
     m[g.rows] += (1.0 - beta1) * g.values  # ... and g's rows (distinct) get g: gather, add, scatter
     v *= beta2
     v[g.rows] += (1.0 - beta2) * (g.values * g.values)
-    _adam_blocks(p, None, None, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    adam_update_rows(p, None, None, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
-def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-                     weight_decay=0.0):
-    """Lazy AdamW: the dense formula on p[rows], m[rows], v[rows] only (rows distinct,
-    as a RowGrad's are): gather, update, scatter back, a block of rows at a time."""
-    if cuda.use_kernels(p, g_rows, m, v):  # on a GPU: one fused kernel
-        return cuda.adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    _adam_blocks(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
-
-
-def _adam_blocks(p, rows, g, m, v, step, lr, beta1, beta2, eps, wd):
-    """AdamW on p[rows] (rows None: all of p) from g (None: m, v are updated already),
-    block by block: main memory sees one read of p, m, v, g and one write of p, m, v
-    (the floor); each line below is one pass over a block in cache."""
+def adam_update_rows(p, rows, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """Lazy AdamW: the dense formula on p[rows], m[rows], v[rows] only (rows distinct, as a
+    RowGrad's; None: all; g None: m, v updated already). A block of rows at a time (gather,
+    update in cache, scatter back): memory sees p, m, v, g read and p, m, v written once."""
+    if rows is not None and cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
+        return cuda.adam_update_rows(p, rows, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
     xp = xp_of(p)
     # p -= lr_t * m / (sqrt(v) + eps_t) is the same update as with m_hat, v_hat:
     # lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t).
@@ -70,8 +58,8 @@ def _adam_blocks(p, rows, g, m, v, step, lr, beta1, beta2, eps, wd):
         else:                                              # copies, scattered back below
             r = rows[b]
             xp.take(p, r, axis=0, out=pb), xp.take(m, r, axis=0, out=mb), xp.take(v, r, axis=0, out=vb)
-        if wd:
-            pb *= 1.0 - lr * wd
+        if weight_decay:
+            pb *= 1.0 - lr * weight_decay
         if g is not None:
             gb = g[b]
             mb *= beta1
@@ -91,17 +79,15 @@ def _adam_blocks(p, rows, g, m, v, step, lr, beta1, beta2, eps, wd):
 
 def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
               lazy=True):
-    """Update every parameter from its gradient. ``lazy`` picks the row-wise
-    update for RowGrad gradients (otherwise they are applied densely)."""
+    """Update every parameter from its gradient; ``lazy``: RowGrads update their rows only."""
     state["step"] += 1
     t = state["step"]
     for name, p in params.items():
         g, m, v = grads[name], state["m"][name], state["v"][name]
-        if isinstance(g, RowGrad):
-            if lazy:
-                adam_update_rows(p, g.rows, g.values, m, v, t, lr, beta1, beta2, eps, weight_decay)
-                continue
-        adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
+        if isinstance(g, RowGrad) and lazy:
+            adam_update_rows(p, g.rows, g.values, m, v, t, lr, beta1, beta2, eps, weight_decay)
+        else:
+            adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
 
 
 def densify(g, shape):

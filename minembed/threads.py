@@ -30,12 +30,26 @@ def choose(model=None, threads=None):
     if model == "bag":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # the load average is an exponential average (1 min); a process using r cores for the
-    # last t seconds adds r (1 - exp(-t / 60)) to it
+    # the load average is an exponential average (1 min): a process using r cores for the last
+    # t seconds adds r (1 - exp(-t / 60)); it lags a load that just began, which the threads
+    # running now (/proc/loadavg) show
     t = max(1e-3, time.monotonic() - _T0[0])
     own = (time.process_time() - _T0[1]) / t * (1 - math.exp(-t / 60))
-    load = getattr(os, "getloadavg", lambda: (0.0,))()[0] - own
+    load = max(getattr(os, "getloadavg", lambda: (0.0,))()[0] - own, _running_elsewhere())
     return max(1, min(cores, round(cores - load)))
+
+
+def _running_elsewhere():
+    """Threads of other processes running or waiting to run right now (Linux), else 0."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        for task in os.listdir("/proc/self/task"):  # less this process's own
+            with open(f"/proc/self/task/{task}/stat") as f:
+                running -= f.read().rsplit(")", 1)[1].split()[0] == "R"
+        return running
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @contextlib.contextmanager

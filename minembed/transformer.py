@@ -6,15 +6,14 @@
         x = x + drop(mlp(ln2(x)))                        mlp = linear -> GELU -> linear
     emb = mean over each view's rows of ln_f(x)          (N, D)
 
-The lookups and the final mean are the bag model's layer: a lookup is a ragged
-mean over views of one token each, the pooling a ragged mean over each view's
-rows of x taken as a table; so one scatter (the bag backward) serves every
-embedding gradient and the pooling's.
+The lookups and the final mean are the bag model's layer: a lookup is a ragged mean over views
+of one token each, the pooling a ragged mean over each view's rows of x taken as a table; so
+one scatter (the bag backward) serves every embedding gradient and the pooling's.
 
-Views arrive ragged (``ids`` + ``offsets``) and are cut to ``max_len`` tokens.
-Position-wise layers see the M real tokens only; attention pads them into grids
-with a key mask, the views sorted by length and split into a few buckets, each
-padded to its own longest view. Padding never gets a gradient.
+Views arrive ragged (``ids`` + ``offsets``) and are cut to ``max_len`` tokens. Position-wise
+layers see the M real tokens only; attention pads them into grids with a key mask, the views
+sorted by length and split into a few buckets, each padded to its own longest view. Padding
+never gets a gradient.
 """
 import math
 
@@ -37,9 +36,8 @@ def _config(config):
 
 
 def init_params(config, rng):
-    """BERT/GPT-2 init: N(0, 0.02) weights and embeddings, zero biases,
-    LayerNorm gain 1 / bias 0, residual output projections (attention out
-    and the second MLP linear) scaled by 1/sqrt(2 * layers). float32."""
+    """BERT/GPT-2 init: N(0, 0.02) weights and embeddings, zero biases, LayerNorm gain 1 / bias
+    0, residual output projections (attention out, second MLP linear) scaled by 1/sqrt(2 L)."""
     cfg = _config(config)
     V, D, F, std = cfg["vocab_size"], cfg["dim"], cfg["ffn"], 0.02
     std_res = std / math.sqrt(2 * cfg["layers"])
@@ -95,10 +93,8 @@ def layout(ids, offsets, max_len, buckets=1):
 
 
 def forward(params, ids, offsets, config, train=False, rng=None):
-    """emb (N, dim) in the params' dtype, and the cache for ``backward``.
-
-    train=True turns dropout on (attention weights and residual branches,
-    p = config["dropout"]); its masks are drawn from ``rng`` (required)."""
+    """emb (N, dim) in the params' dtype, and the cache for ``backward``. train=True turns
+    dropout on (attention weights, residual branches; p = config["dropout"]; masks from rng)."""
     return _forward(params, ids, offsets, config, train, rng, keep_cache=True)
 
 

@@ -216,10 +216,10 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, thr
     from .data import Corpus
     from .model import Model, load
     from .progress import Progress
-    from .threads import limit
+    from .runtime import tuned
 
     model = load(model_dir, device=device)
-    click.get_current_context().with_resource(limit(model.config["model"], threads))  # kNN's too
+    click.get_current_context().with_resource(tuned(model.config["model"], threads))  # kNN's too
     source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
     texts, labels = source.read()
     untrained = Model(model.config, model.encoder.init_params(

@@ -22,7 +22,7 @@ import numpy as np
 
 from .backend import get_xp, to_device, to_numpy, xp_of
 from .errors import MinembedError
-from .threads import limit
+from .runtime import tuned
 from .tokenize import encode_texts, tokenizer_from_str
 
 FORMAT_VERSION = 1
@@ -207,7 +207,7 @@ class Model:
         and their length is noise (for the bag model, kNN with Euclidean distance
         on raw means is 6-12 points worse than on unit vectors).
         ``progress(n)`` is called with the number of texts of each batch done.
-        ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: minembed/threads.py)."""
+        ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: minembed/runtime.py)."""
         if isinstance(texts, str):
             return self.encode([texts], batch_size, normalize, threads=threads)[0]
         if texts is None or not hasattr(texts, "__iter__"):
@@ -226,7 +226,7 @@ class Model:
         xp = xp_of(*self.params.values())
         # the tokenizer's threads want big batches (256 texts: 0.75x the speed of 8,192)
         chunk = max(batch_size, TOKENIZE_CHUNK)
-        with limit(self.config["model"], threads):
+        with tuned(self.config["model"], threads):
             for c in range(0, len(texts), chunk):
                 ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in order[c:c + chunk]])
                 for b in range(0, len(offsets) - 1, batch_size):

@@ -30,7 +30,7 @@ from .data import MAX_DOC_CHARS, Corpus
 from .errors import MinembedError
 from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
-from .threads import choose as choose_threads, limit as limit_threads
+from .runtime import choose_threads, tuned
 from .tokenize import load_tokenizer, mask_token_id
 from .train import Diverged, TrainConfig, auto_epochs, train_loop
 
@@ -149,7 +149,7 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     settings and its corpus (``corpus`` None: the path recorded in the
     checkpoint; a path given must be the same file, e.g. moved). The result
     is the model an uninterrupted run gives, bit for bit. ``threads``: BLAS threads (None:
-    MINEMBED_THREADS, else chosen for the model: minembed/threads.py); the same model for any.
+    MINEMBED_THREADS, else chosen for the model: minembed/runtime.py); the same model for any.
 
     Returns the trained Model. Raises MinembedError for anything the user can fix.
     """
@@ -193,7 +193,7 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     out.open()
     keep = False
     try:
-        with limit_threads(cfg.model, n_threads):
+        with tuned(cfg.model, n_threads):
             model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
                          ckpt, checkpoint_every)
         keep = True

@@ -125,6 +125,18 @@ class Torch:
         return (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), loss.item()
 
 
+def copy_bandwidth(mb=64, reps=5):
+    """GB/s of main memory, read + write, as np.copyto of a 64 MB array sees it (the best of reps)."""
+    a = np.ones(mb * 2 ** 20 // 4, np.float32)
+    b = np.empty_like(a)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        ts.append(time.perf_counter() - t)
+    return 2 * a.nbytes / min(ts) / 1e9
+
+
 # ----------------------------------------------------------------------------- encode
 def encode_bench(torch, reps, n_texts):
     from minembed import builtin as docstrings
@@ -245,6 +257,10 @@ def main():
             cells = " | ".join(f"{x:.1f}" for x in m[:4])
             print(f"| {k} | {cells} | **{m[4]:.1f}** | {rel} |")
         print()
+        gbs, mb = copy_bandwidth(), 7 * np.median(rows) * D * 4 / 1e6
+        print(f"Adam's floor (lazy): read p, m, v, g and write p, m, v of the rows once = {mb:.0f} MB; "
+              f"at {gbs:.1f} GB/s (a 64 MB copy here, now) {mb / gbs:.1f} ms; measured "
+              f"{med[names[0]][3]:.1f} ms\n")
         if best:  # the step ratio per round, to show the spread
             per = [a[4] / min(b[4], c[4]) for a, b, c in zip(
                 times[names[0]], times[names[2]], times[names[3]])]

@@ -50,14 +50,10 @@ def adam_update_rows(p, rows, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-
     lr_t, eps_t = lr * c2 / (1.0 - beta1 ** step), eps * c2
     src = p if rows is None else g                         # the blocks cut p's rows or g's
     blocks = row_blocks(src)
-    buf = xp.empty((4, blocks[0].stop if blocks else 0) + p.shape[1:], p.dtype)
+    buf = xp.empty((blocks[0].stop if blocks else 0,) + p.shape[1:], p.dtype)
     for b in blocks:
-        t, pb, mb, vb = buf[:, :len(src[b])]
-        if rows is None:                                   # views: updated in place
-            pb, mb, vb = p[b], m[b], v[b]
-        else:                                              # copies, scattered back below
-            r = rows[b]
-            xp.take(p, r, axis=0, out=pb), xp.take(m, r, axis=0, out=mb), xp.take(v, r, axis=0, out=vb)
+        t, r = buf[:len(src[b])], b if rows is None else rows[b]
+        pb, mb, vb = p[r], m[r], v[r]  # rows None: views, updated in place; else copies, put back
         if weight_decay:
             pb *= 1.0 - lr * weight_decay
         if g is not None:

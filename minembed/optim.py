@@ -37,18 +37,19 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     adam_update_rows(p, None, None, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
-def adam_update_rows(p, rows, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=0.0):
     """Lazy AdamW: the dense formula on p[rows], m[rows], v[rows] only (rows distinct, as a
-    RowGrad's; None: all; g None: m, v updated already). A block of rows at a time (gather,
+    RowGrad's; None: all; g_rows None: m, v updated already). A block of rows at a time (gather,
     update in cache, scatter back): memory sees p, m, v, g read and p, m, v written once."""
-    if rows is not None and cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
-        return cuda.adam_update_rows(p, rows, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    if rows is not None and cuda.use_kernels(p, g_rows, m, v):  # on a GPU: one fused kernel
+        return cuda.adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
     xp = xp_of(p)
     # p -= lr_t * m / (sqrt(v) + eps_t) is the same update as with m_hat, v_hat:
     # lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t).
     c2 = math.sqrt(1.0 - beta2 ** step)
     lr_t, eps_t = lr * c2 / (1.0 - beta1 ** step), eps * c2
-    src = p if rows is None else g                         # the blocks cut p's rows or g's
+    g, src = g_rows, p if rows is None else g_rows         # the blocks cut p's rows or g's
     blocks = row_blocks(src)
     buf = xp.empty((blocks[0].stop if blocks else 0,) + p.shape[1:], p.dtype)
     for b in blocks:

@@ -1,18 +1,16 @@
-"""How the process runs the numbers: BLAS threads and the C allocator, around training and
-encoding (``with tuned(model, threads):``).
+"""How the process runs the numbers, around training and encoding: ``with tuned(model, threads):``
 
 BLAS threads (threadpoolctl): ``threads`` (``--threads``), else MINEMBED_THREADS, else chosen.
-OpenBLAS's idle workers spin after each product, so more threads than idle cores oversubscribe:
-with one core of two busy elsewhere the default bag training took 5-7x its time, a transformer
-step up to 30x. The bag model's products are small (the InfoNCE matrices): one thread. The
-transformer's GEMMs get the idle cores: the cores this process may use less the load from other
-processes, the larger of the load average (1 min, less this process's own share) and the
-threads running now (which a load that just began shows), at least one. The results do not
-depend on the count (OpenBLAS splits a product's rows and columns among threads, never a sum).
+OpenBLAS's idle workers spin after each product, so threads beyond the idle cores oversubscribe
+(a core busy elsewhere made the bag training 5-7x slower, a transformer step up to 30x). The bag
+model's products are small (InfoNCE's): one thread. The transformer gets the idle cores: the
+cores we may use less the load of other processes, the larger of the load average (1 min, less
+our own share) and the threads running now (a load that just began), at least one. Results do
+not depend on the count (OpenBLAS splits a product's rows and columns among threads, no sums).
 
-The allocator (glibc, transformer only): blocks over 32 MB go back to the system when freed, so
-each step's (tokens, ffn) activations came back as fresh pages for the kernel to zero; keeping
-freed memory for reuse made a step 4-11% faster at the same peak memory (benchmarks/README.md).
+The allocator (glibc, transformer only): freed blocks over 32 MB went back to the system, so each
+step's (tokens, ffn) activations came back as fresh pages for the kernel to zero; keeping them
+for reuse made a step 4-11% faster at the same peak memory.
 """
 import contextlib
 import ctypes

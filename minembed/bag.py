@@ -39,8 +39,9 @@ def embedding_bag_forward(table, ids, offsets):
     n = offsets.shape[0] - 1
     lengths = xp.diff(offsets)
     # each occurrence weighs 1/len(its view); repeated tokens add up in the product
-    view_of = xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1  # (M,)
-    weights = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)[view_of]
+    w = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)
+    weights = xp.repeat(w, lengths) if xp is np else \
+        w[xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1]  # (CuPy: no array repeat)
     # out = A @ table[uniq], with A's entries indexed by id: (N, V) @ (V, D)
     A_ids = _sparse_module(xp).csr_matrix((weights, ids, offsets), shape=(n, table.shape[0]))
     out = xp.asarray(A_ids @ table)

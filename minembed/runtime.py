@@ -4,9 +4,9 @@ BLAS threads (threadpoolctl): ``threads`` (``--threads``), else MINEMBED_THREADS
 OpenBLAS's idle workers spin after each product, so threads beyond the idle cores oversubscribe
 (a core busy elsewhere made the bag training 5-7x slower, a transformer step up to 30x). The bag
 model's products are small (InfoNCE's): one thread. The transformer gets the idle cores: the
-cores we may use less the load of other processes, the larger of the load average (1 min, less
-our own share) and the threads running now (a load that just began), at least one. Results do
-not depend on the count (OpenBLAS splits a product's rows and columns among threads, no sums).
+cores we may use less the threads of other processes running now (/proc/loadavg; the load
+average lags a minute behind), at least one. Results do not depend on the count (OpenBLAS
+splits a product's rows and columns among threads, never a sum).
 
 The allocator (glibc, transformer only): freed blocks over 32 MB went back to the system, so each
 step's (tokens, ffn) activations came back as fresh pages for the kernel to zero; keeping them
@@ -14,7 +14,6 @@ for reuse made a step 4-11% faster at the same peak memory.
 """
 import contextlib
 import ctypes
-import math
 import os
 import platform
 import sys
@@ -24,7 +23,6 @@ from .errors import MinembedError
 
 _cache = [None, None]  # (modules loaded, ThreadpoolController): scanning the libraries takes ~2 ms
 _active = []  # the thread counts of the contexts we are inside
-_T0 = time.monotonic(), time.process_time()  # this process's own load: CPU seconds since then
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
@@ -38,24 +36,25 @@ def choose_threads(model=None, threads=None):
     if model == "bag":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # a process using r cores for the last t seconds adds r (1 - exp(-t / 60)) to the average
-    t = max(1e-3, time.monotonic() - _T0[0])
-    own = (time.process_time() - _T0[1]) / t * (1 - math.exp(-t / 60))
-    load = max(getattr(os, "getloadavg", lambda: (0.0,))()[0] - own, _running_elsewhere())
-    return max(1, min(cores, round(cores - load)))
+    return max(1, min(cores, cores - _busy_elsewhere()))
 
 
-def _running_elsewhere():
-    """Threads of other processes running or waiting to run right now (Linux), else 0."""
+def _busy_elsewhere(samples=3):
+    """Threads of other processes running or waiting to run now: the most of a few looks
+    2 ms apart at /proc (Linux); elsewhere the load average (1 min: it lags)."""
     try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        for task in os.listdir("/proc/self/task"):  # less this process's own
-            with open(f"/proc/self/task/{task}/stat") as f:
-                running -= f.read().rsplit(")", 1)[1].split()[0] == "R"
-        return running
+        counts = []
+        for i in range(samples):
+            time.sleep(0.002 * (i > 0))
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            for task in os.listdir("/proc/self/task"):  # less this process's own
+                with open(f"/proc/self/task/{task}/stat") as f:
+                    running -= f.read().rsplit(")", 1)[1].split()[0] == "R"
+            counts.append(running)
+        return max(counts)
     except (OSError, ValueError, IndexError):
-        return 0
+        return round(getattr(os, "getloadavg", lambda: (0.0,))()[0])
 
 
 def _mallopt(mmap_threshold, trim_threshold, trim=False):

@@ -16,9 +16,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-import common  # noqa: E402,F401  (puts the repository on sys.path)
-
 
 def main():
     ap = argparse.ArgumentParser()

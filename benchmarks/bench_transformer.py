@@ -1,6 +1,7 @@
 """One training step of the default transformer, ours (NumPy) vs PyTorch CPU eager.
 
-    python benchmarks/bench_transformer.py [--steps 5] [--threads 2] [--no-torch] [--profile]
+    python benchmarks/bench_transformer.py [--steps 5] [--no-torch] [--profile]
+                                           [--threads N] [--torch-threads N] [--load N]
 
 Workload (docs/DESIGN.md defaults): B = 64 pairs = 128 views of 64-128 random
 tokens, vocab 30,000, d 256, 4 layers, 4 heads, FFN 1024, dropout 0.1, an
@@ -11,6 +12,13 @@ median over steps; encode throughput (train=False); peak RSS.
 
 Ours runs alone first (so the peak RSS is ours), then ours and torch steps
 alternate so that both see the same machine load; the table compares those.
+PyTorch is eager ``nn.TransformerEncoderLayer`` (norm_first, tanh GELU), whose
+attention is ``scaled_dot_product_attention`` (need_weights=False): its best
+CPU variant. NumPy's BLAS gets minembed's thread count for the transformer
+(the idle cores; --threads), PyTorch the idle cores too (--torch-threads);
+--load N adds N busy processes. The floor: the step's FLOPs (linears and
+attention products, counted from the batch's length buckets) over the GEMM
+GFLOP/s measured here, in this process, with the same threads.
 """
 import argparse
 import os
@@ -21,6 +29,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import common  # noqa: E402
 from minembed import transformer as tr  # noqa: E402
 
 try:
@@ -178,6 +187,32 @@ def encode_rate(model, batches):
     return sum(len(o) - 1 for _, o in batches) / (time.perf_counter() - t0)
 
 
+def step_flops(batches, cfg):
+    """Median FLOPs of a training step: linears 6 M params (forward 2, backward 4), attention
+    products 12 per view, head and layer: N_b T_b^2 D (q k^T and a v; backward twice that)."""
+    D, F, L = cfg["dim"], cfg["ffn"], cfg["layers"]
+    lin = 4 * D * D + 2 * D * F
+    out = []
+    for ids, offsets in batches:
+        lay = tr.layout(ids, offsets, cfg["max_len"], cfg.get("buckets", tr.BUCKETS))
+        att = sum(m.shape[0] * m.shape[1] ** 2 for _, m in lay["grids"]) * D
+        out.append(L * (6 * len(lay["ids"]) * lin + 12 * att))
+    return float(np.median(out))
+
+
+def gemm_gflops(M=12288, K=256, N=1024, reps=5):
+    """float32 GEMM speed of NumPy's BLAS here (the shapes of the MLP's first linear), the best
+    of ``reps`` (the floor: what the machine gives at best)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * M * K * N / min(ts) / 1e9
+
+
 def profile_ours(ours, batch):
     import cProfile
     import pstats
@@ -191,24 +226,29 @@ def profile_ours(ours, batch):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--encode-batches", type=int, default=4)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--buckets", default=str(tr.BUCKETS),
                     help="attention length buckets; a list (1,4) compares them side by side")
+    common.add_options(ap)
     args = ap.parse_args()
+    ours_threads, torch_threads = common.setup(args, "transformer")
 
     rng = np.random.default_rng(0)
     batches = [make_batch(rng) for _ in range(args.steps + 1)]
     enc_batches = batches[:args.encode_batches]
     print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, {tr.DEFAULTS}")
+    print(common.machine(args, ours_threads, torch_threads))
     print(f"loss: {'minembed.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
           f"adam: {'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
 
     settings = [int(b) for b in args.buckets.split(",")]
     variants = {nb: Ours(buckets=nb) for nb in settings}
     ours = variants[settings[-1]]
+    flops, gflops = step_flops(batches[1:], ours.cfg), gemm_gflops()
+    print(f"{flops / 1e9:.0f} GFLOP a step; NumPy GEMM {gflops:.0f} GFLOP/s now ({ours_threads} "
+          f"threads): {flops / gflops / 1e9:.2f} s")
     for o in variants.values():
         o.step(*batches[0])                                  # warm-up
     if args.profile:
@@ -230,15 +270,18 @@ def main():
     if args.no_torch:
         return
     try:
-        theirs = Torch(args.threads)
+        theirs = Torch(torch_threads)
     except ImportError:
         print("torch not installed: skipping the PyTorch comparison")
         return
     theirs.step(*batches[0])
-    t_o, t_t = [], []
+    t_o, t_t, cpu_o, cpu_t, rates = [], [], [], [], []
     for bt in batches[1:]:                                   # alternate: same machine load
-        t_o.append(ours.step(*bt)[:3])
-        t_t.append(theirs.step(*bt)[:3])
+        rates.append(gemm_gflops(reps=3))
+        for who, t, cpu in ((ours, t_o, cpu_o), (theirs, t_t, cpu_t)):
+            c = time.process_time()
+            t.append(who.step(*bt)[:3])
+            cpu.append(time.process_time() - c)
     enc_o, enc_t = [], []
     for _ in range(3):
         enc_o.append(encode_rate(ours, enc_batches))
@@ -246,13 +289,19 @@ def main():
     (fo, bo, ao), so = median_steps(t_o)
     (ft, bt_, at), st = median_steps(t_t)
     eo, et = np.median(enc_o), np.median(enc_t)
-    print(f"\nside by side, median of {args.steps} alternating steps, {args.threads} threads")
-    print("| | step (s) | fwd (s) | bwd (s) | Adam (s) | encode (texts/s) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| minembed (NumPy) | {so:.3f} | {fo:.3f} | {bo:.3f} | {ao:.3f} | {eo:.0f} |")
-    print(f"| PyTorch eager | {st:.3f} | {ft:.3f} | {bt_:.3f} | {at:.3f} | {et:.0f} |")
-    print(f"| ratio ours/torch | {so / st:.2f} | {fo / ft:.2f} | {bo / bt_:.2f} | {ao / at:.2f} | "
-          f"{et / eo:.2f} (time) |")
+    per = np.sum(t_o, axis=1) / np.sum(t_t, axis=1)
+    floor = flops / np.median(rates) / 1e9
+    print(f"\nside by side, median of {args.steps} alternating steps "
+          f"({common.machine(args, ours_threads, torch_threads)})")
+    print("| | step (s) | fwd (s) | bwd (s) | Adam (s) | CPU s a step | encode (texts/s) |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| minembed (NumPy) | {so:.3f} | {fo:.3f} | {bo:.3f} | {ao:.3f} | {np.median(cpu_o):.2f} | {eo:.0f} |")
+    print(f"| PyTorch eager, SDPA | {st:.3f} | {ft:.3f} | {bt_:.3f} | {at:.3f} | {np.median(cpu_t):.2f} | {et:.0f} |")
+    print(f"| ratio ours/torch | **{so / st:.2f}** | {fo / ft:.2f} | {bo / bt_:.2f} | {ao / at:.2f} | "
+          f"{np.median(cpu_o) / np.median(cpu_t):.2f} | **{eo / et:.2f}** (throughput) |")
+    print(f"step ratio per round: {', '.join(f'{r:.2f}' for r in per)}")
+    print(f"floor: {flops / 1e9:.0f} GFLOP / {np.median(rates):.0f} GFLOP/s (NumPy GEMM, median of the "
+          f"rounds) = {floor:.2f} s = {floor / so:.0%} of our step")
     print(f"peak RSS: ours alone {rss:.0f} MB; process after torch too {peak_rss_mb():.0f} MB")
 
 

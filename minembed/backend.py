@@ -1,30 +1,24 @@
 """NumPy or CuPy: one code path for both.
 
-Every function in minembed takes its array module from its inputs (``xp_of``)
-instead of importing CuPy, so the package imports and runs where CuPy is
-absent. ``get_xp(device)`` turns a user's ``--device cpu|gpu|auto`` into a
-module; ``to_numpy`` brings any array back to the host.
+Every function in minembed takes its array module from its inputs (``xp_of``) instead of
+importing CuPy, so the package imports and runs where CuPy is absent. ``get_xp(device)`` turns
+a user's ``--device cpu|gpu|auto`` into a module; ``to_numpy`` brings any array to the host.
 """
+import functools
+
 import numpy as np
 
 from .errors import MinembedError
 
-_cupy = None
-_cupy_checked = False
 
-
+@functools.cache
 def _try_cupy():
     """Import CuPy once, lazily; None when it is missing or no GPU is usable."""
-    global _cupy, _cupy_checked
-    if not _cupy_checked:
-        _cupy_checked = True
-        try:
-            import cupy  # noqa: F401  (optional dependency, never imported at top level)
-            if cupy.cuda.runtime.getDeviceCount() > 0:
-                _cupy = cupy
-        except Exception:
-            _cupy = None
-    return _cupy
+    try:
+        import cupy  # optional dependency, never imported at top level
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:
+        return None
 
 
 def gpu_available():
@@ -49,6 +43,17 @@ def get_xp(device="cpu"):
     if device == "auto":
         return _try_cupy() or np
     raise MinembedError(f"unknown device {device!r} (expected cpu, gpu or auto)")
+
+
+BLOCK = 1 << 16  # numbers a block (256 KB of float32: a few such stay in the L2 cache)
+
+
+def row_blocks(a):
+    """Slices of a's first axis, about BLOCK numbers each (one on a GPU): a chain of passes run
+    block by block reads and writes main memory once, not once a pass."""
+    n = a.shape[0]
+    k = max(1, BLOCK // max(1, a[:1].size)) if xp_of(a) is np else max(1, n)
+    return [slice(s, s + k) for s in range(0, n, k)]
 
 
 def to_numpy(a):

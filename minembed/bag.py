@@ -1,6 +1,6 @@
-"""The bag-of-token-embeddings encoder: a text's vector is the mean of its
-token vectors (an ``EmbeddingBag(mode="mean")`` written by hand). Batches are
-*ragged*: one flat id array plus offsets, no padding.
+"""The bag-of-token-embeddings encoder: a text's vector is the mean of its token vectors (an
+``EmbeddingBag(mode="mean")`` written by hand). Batches are *ragged*: one flat id array plus
+offsets, no padding.
 
 The layer is a sparse matrix product. For N views over U distinct tokens let
 A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i):
@@ -8,9 +8,8 @@ A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i):
     forward:   out = A @ table[uniq]            (N, D)   (A indexed by token id: (N, V) @ (V, D))
     backward:  d table[uniq] = A.T @ dout       (U, D); every other row: 0
 
-so the backward touches only the U rows the batch used; scipy's CSR product does
-its scatter-add far faster than ``np.add.at`` (benchmarks/bench_bag.py), and the
-forward (all that encoding does) never looks for the distinct ids.
+so the backward touches only the U rows the batch used (scipy's CSR product: far faster
+than ``np.add.at``), and the forward (all that encoding does) never looks for them.
 """
 import numpy as np
 
@@ -27,11 +26,9 @@ def _sparse_module(xp):
 
 
 def embedding_bag_forward(table, ids, offsets):
-    """Mean of each view's token rows.
-
-    table: (V, D); ids: (M,) int; offsets: (N+1,) int, view i = ids[offsets[i]:offsets[i+1]].
-    Returns out (N, D) in table's dtype (an empty view gives a zero vector) and the cache.
-    """
+    """Mean of each view's token rows. table: (V, D); ids: (M,) int; offsets: (N+1,) int, view
+    i = ids[offsets[i]:offsets[i+1]]. Returns out (N, D) in table's dtype (an empty view gives a
+    zero vector) and the cache."""
     if cuda.use_kernels(table):  # on a GPU: one kernel (minembed/kernels/kernels.cu)
         return cuda.embedding_bag_forward(table, ids, offsets)
     xp = xp_of(table)
@@ -40,8 +37,9 @@ def embedding_bag_forward(table, ids, offsets):
     n = offsets.shape[0] - 1
     lengths = xp.diff(offsets)
     # each occurrence weighs 1/len(its view); repeated tokens add up in the product
-    view_of = xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1  # (M,)
-    weights = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)[view_of]
+    w = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)
+    weights = xp.repeat(w, lengths) if xp is np else \
+        w[xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1]  # (CuPy: no array repeat)
     # out = A @ table[uniq], with A's entries indexed by id: (N, V) @ (V, D)
     A_ids = _sparse_module(xp).csr_matrix((weights, ids, offsets), shape=(n, table.shape[0]))
     out = xp.asarray(A_ids @ table)
@@ -62,8 +60,7 @@ def embedding_bag_backward(dout, cache):
     inv = (xp.cumsum(seen) - 1)[ids]           # (M,) position of each id in uniq
     A = _sparse_module(xp).csr_matrix((weights, inv, offsets),
                                       shape=(offsets.shape[0] - 1, uniq.shape[0]))  # (N, U)
-    values = xp.asarray(A.T @ dout)
-    return RowGrad(uniq, values)
+    return RowGrad(uniq, xp.asarray(A.T.tocsr() @ dout))  # as CSR: rows written in order
 
 
 # the encoder interface (docs/DESIGN.md): the model is just this one layer

@@ -70,6 +70,8 @@ def _corpus_options(f):
 
 _DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
                        show_default=True, help="where to compute (gpu needs CuPy)")
+_THREADS = click.option("--threads", type=click.IntRange(min=1), envvar="MINEMBED_THREADS",
+                        help="BLAS threads [MINEMBED_THREADS, else bag: 1, transformer: the idle cores]")
 
 
 def _config_options(f):
@@ -101,6 +103,7 @@ def _config_options(f):
 @click.option("--eval-every", type=int, default=0,
               help="with a labelled corpus: record kNN accuracy in the log every N steps")
 @_DEVICE
+@_THREADS
 @click.option("--force", is_flag=True, help="overwrite a model already in the output directory")
 @click.option("--checkpoint-every", type=int, default=None,
               help="save a checkpoint (weights, optimiser state, position) every N steps; "
@@ -115,7 +118,7 @@ def _config_options(f):
               help="encode this many pairs at a time: less memory, the same gradient (0: all)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress or messages")
 def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eval_every, device,
-          force, quiet, checkpoint_every, resume_dir, distributed, micro_batch, **opts):
+          threads, force, quiet, checkpoint_every, resume_dir, distributed, micro_batch, **opts):
     """Train an encoder on CORPUS (default: the built-in corpus of numpy, scipy and
     scikit-learn docstrings) and write a model directory.
 
@@ -144,8 +147,8 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     if resume_dir is not None:
         ctx = click.get_current_context()
         fixed = [max(p.opts, key=len) for p in ctx.command.params if p.name not in
-                 ("corpus", "device", "quiet", "checkpoint_every", "resume_dir", "distributed",
-                  "micro_batch")
+                 ("corpus", "device", "threads", "quiet", "checkpoint_every", "resume_dir",
+                  "distributed", "micro_batch")
                  and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
         if fixed:
             raise MinembedError(f"--resume continues a run with its own settings; "
@@ -171,7 +174,8 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     go = lambda: run(corpus, out, cfg, fmt=fmt, tokenizer_path=tokenizer_path, force=force,  # noqa: E731
                      quiet=quiet, device=device, max_doc_chars=max_doc_chars, eval_every=eval_every,
                      eval_fn=eval_fn, checkpoint_every=checkpoint_every, resume=resume_dir is not None,
-                     encoding=encoding, errors=errors, comm=comm, micro_batch=micro_batch)
+                     encoding=encoding, errors=errors, comm=comm, micro_batch=micro_batch,
+                     threads=threads)
     try:
         go() if comm is None else comm.guard(go)
     except TrainingInterrupted as e:
@@ -195,9 +199,10 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
               show_default=True, help="int8: per-dimension scales from  minembed quantize MODEL  "
                                       "(x ~ q * scale / 127); binary: the sign bits, 8 to a byte")
 @_DEVICE
+@_THREADS
 @click.option("-q", "--quiet", is_flag=True, help="no progress")
 def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, normalize, dim, dtype,
-          device, quiet):
+          device, threads, quiet):
     """Embed the documents of INPUT with the model in MODEL_DIR into a .npy file
     (one row per document, in file order). INPUT is read as a stream and the rows
     written as they come: memory stays bounded whatever its size."""
@@ -207,7 +212,7 @@ def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, norm
 
     model = load(model_dir, device=device)
     shape = embed_file(model, Corpus(input_path, fmt, encoding=encoding, errors=errors), output, dim,
-                       dtype, normalize, batch_size, quiet)
+                       dtype, normalize, batch_size, quiet, threads)
     click.echo(f"wrote {shape[0]} x {shape[1]} {'uint8 (packed bits)' if dtype == 'binary' else dtype} "
                f"embeddings to {output}", err=True)
 
@@ -267,7 +272,8 @@ def export_(model_dir, out_dir, target, force):
               help="kNN accuracy over this many random 90/10 splits (mean ± sd); 1: the fixed split")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @_DEVICE
-def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device):
+@_THREADS
+def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, threads):
     """Evaluate the model in MODEL_DIR on CORPUS (default: the built-in one).
 
     \b
@@ -280,8 +286,10 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device):
     from .data import Corpus
     from .model import Model, load
     from .progress import Progress
+    from .runtime import tuned
 
     model = load(model_dir, device=device)
+    click.get_current_context().with_resource(tuned(model.config["model"], threads))  # kNN's too
     source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
     texts, labels = source.read()
     untrained = Model(model.config, model.encoder.init_params(

@@ -1,16 +1,16 @@
 """Positive pairs: two views of one document.
 
-* Sentence crops (the paper's): keep the sentences of ``sentence_min``..``_max``
-  characters; a crop is ``crop_sentences`` consecutive kept sentences (a sliding
-  window); a pair is two *different* crops of one document. It needs 2 windows.
-* Token spans (Contriever's): two independent random spans of the document,
-  each ``span_min``..``span_max`` of its tokens. With ``crops="auto"`` documents
-  with too few kept sentences fall back to them; under 2 tokens: skipped.
-* ``positives``: ``crops``; ``dropout`` (one crop twice, for encoders with
-  dropout: SimCSE); ``mask`` (crops with a fraction of tokens masked).
+* Sentence crops (the paper's): keep the sentences of ``sentence_min``..``_max`` characters; a
+  crop is ``crop_sentences`` consecutive kept sentences (a sliding window); a pair is two
+  *different* crops of one document. It needs 2 windows.
+* Token spans (Contriever's): two independent random spans of the document, each
+  ``span_min``..``span_max`` of its tokens. With ``crops="auto"`` documents with too few kept
+  sentences fall back to them; under 2 tokens: skipped.
+* ``positives``: ``crops``; ``dropout`` (one crop twice, for encoders with dropout: SimCSE);
+  ``mask`` (crops with a fraction of tokens masked).
 
-Every view is a list of token ranges gathered with one vectorised index
-computation (``_gather_ranges``): no Python loop over documents or tokens.
+Every view is a list of token ranges gathered with one vectorised index computation
+(``_gather_ranges``): no Python loop over documents or tokens.
 """
 import dataclasses
 
@@ -21,10 +21,8 @@ from .train import TrainConfig
 
 
 def _gather_ranges(starts, lengths):
-    """Indices of the concatenated ranges [starts[i], starts[i] + lengths[i]).
-
-    idx = repeat(starts - (cumulative length before range i), lengths) + arange(total)
-    """
+    """Indices of the concatenated ranges [starts[i], starts[i] + lengths[i]):
+    idx = repeat(starts - (cumulative length before range i), lengths) + arange(total)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     total = int(lengths.sum())
     before = np.cumsum(lengths) - lengths
@@ -32,11 +30,11 @@ def _gather_ranges(starts, lengths):
 
 
 class PairSampler:
-    """Draws batches of positive pairs from a TokenizedCorpus, as the settings say:
-    ``cfg`` (a TrainConfig; default TrainConfig()) with ``settings`` overriding its
-    fields, e.g. PairSampler(data, crops="spans"). Used: crops, crop_sentences,
-    sentence_min/max, span_min/max, positives, mask_frac, and max_len for the
-    transformer. ``mask_id``: the tokenizer's [MASK] id (positives="mask")."""
+    """Draws batches of positive pairs from a TokenizedCorpus, as the settings say: ``cfg`` (a
+    TrainConfig; default TrainConfig()) with ``settings`` overriding its fields, e.g.
+    PairSampler(data, crops="spans"). Used: crops, crop_sentences, sentence_min/max,
+    span_min/max, positives, mask_frac, and max_len for the transformer. ``mask_id``: the
+    tokenizer's [MASK] id (positives="mask")."""
 
     def __init__(self, corpus, cfg=None, mask_id=None, **settings):
         c = self.cfg = dataclasses.replace(cfg or TrainConfig(), **settings).resolved()
@@ -52,9 +50,8 @@ class PairSampler:
         before = np.searchsorted(self.kept, np.asarray(corpus.doc_sents))
         self.doc_kept_start = before[:-1]  # index into self.kept
         self.n_windows = np.maximum(np.diff(before) - self.n_sent + 1, 0)
-        use_sent = self.n_windows >= 2 if c.crops != "spans" else np.zeros_like(doc_len, bool)
+        self.is_sent = use_sent = self.n_windows >= 2 if c.crops != "spans" else np.zeros_like(doc_len, bool)
         use_span = (~use_sent) & (doc_len >= 2) if c.crops != "sentences" else np.zeros_like(use_sent)
-        self.is_sent = use_sent
         self.usable = np.flatnonzero(use_sent | use_span)
         self.stats = {"documents": int(len(doc_len)), "sentence_crops": int(use_sent.sum()),
                       "token_spans": int(use_span.sum()),
@@ -66,8 +63,7 @@ class PairSampler:
         first = self.doc_kept_start[docs] + window  # (b,) index into self.kept
         k = first[:, None] + np.arange(self.n_sent)  # (b, n) kept indices
         sent = self.kept[k]  # (b, n) sentence ids
-        starts, lengths = so[sent], so[sent + 1] - so[sent]
-        return starts, lengths  # (b, n) each: n ranges per view
+        return so[sent], so[sent + 1] - so[sent]  # starts, lengths (b, n): n ranges per view
 
     def _span_views(self, docs, rng):
         off = np.asarray(self.corpus.doc_offsets)
@@ -78,9 +74,9 @@ class PairSampler:
         return start[:, None], length[:, None]
 
     def _views(self, docs, rng, window=None):
-        """One view per document as ranges (starts, lengths), each (b, n_sent)
-        (span views use the first column only), and the sentence windows drawn,
-        so that a second call with ``window=`` picks a different crop."""
+        """One view per document as ranges (starts, lengths), each (b, n_sent) (span views use
+        the first column only), and the sentence windows drawn, so that a second call with
+        ``window=`` picks a different crop."""
         is_sent = self.is_sent[docs]
         s_docs = docs[is_sent]
         w = self.n_windows[s_docs]
@@ -88,8 +84,7 @@ class PairSampler:
             win = (rng.random(len(s_docs)) * w).astype(np.int64)
         else:  # a different window: shift by 1..w-1, modulo w
             win = (window + 1 + (rng.random(len(s_docs)) * (w - 1)).astype(np.int64)) % w
-        starts = np.zeros((len(docs), self.n_sent), dtype=np.int64)
-        lens = np.zeros((len(docs), self.n_sent), dtype=np.int64)
+        starts, lens = (np.zeros((len(docs), self.n_sent), dtype=np.int64) for _ in "sl")
         starts[is_sent], lens[is_sent] = self._sentence_views(s_docs, win)
         starts[~is_sent, :1], lens[~is_sent, :1] = self._span_views(docs[~is_sent], rng)
         return (starts, lens), win
@@ -107,16 +102,14 @@ class PairSampler:
         # a random read of a mapped file maps whole page-cache folios (up to MBs each)
         # into our resident memory: release them, so that memory stays flat in corpus size
         self.corpus.release_pages()
-        offsets = np.zeros(len(view_len) + 1, dtype=np.int64)
-        np.cumsum(view_len, out=offsets[1:])
-        if self.cfg.positives == "mask":
-            ids = ids.copy()
+        offsets = np.r_[0, np.cumsum(view_len)].astype(np.int64)
+        if self.cfg.positives == "mask":  # ids is a copy (a gather)
             ids[rng.random(len(ids)) < self.cfg.mask_frac] = self.mask_id
         return ids, offsets
 
     def sample(self, docs, rng):
-        """Positive pairs for the given documents: a ragged batch of 2B views,
-        anchors first (views 0..B-1), then their positives (B..2B-1)."""
+        """Positive pairs for the given documents: a ragged batch of 2B views, anchors first
+        (views 0..B-1), then their positives (B..2B-1)."""
         docs = np.asarray(docs, dtype=np.int64)
         a, win = self._views(docs, rng)
         if self.cfg.positives == "dropout":

@@ -229,7 +229,7 @@ class _Replay:
                     for p, b in zip(gpos, gb)]                  # (offset, T_b) of its attention draw
         self.rows, self.lens = glay["starts"][gpos] * D, np.diff(lay["starts"])  # and its rows'
         self.grids, self.H, self.D, self.MD, self.A = lay["grids"], H, D, len(glay["ids"]) * D, att[-1]
-        self.it = self._draws(c["layers"])
+        self.it, self.left = self._draws(c["layers"]), None
 
     def _at(self, k, n):
         """Uniforms k..k+n-1 of the step's float32 stream: float32 draw i is a 32-bit half of
@@ -256,6 +256,10 @@ class _Replay:
                 yield np.concatenate([self._at(o + s, l * D) for s, l in zip(self.rows, L)]).reshape(-1, D)
 
     def random(self, shape, dtype=None):
-        u = next(self.it)
+        """The next draw; a draw may be asked for in leading slices (attention, a view at a
+        time on a CPU), which is the same stream."""
+        if self.left is None or not len(self.left):
+            self.left = next(self.it)
+        u, self.left = self.left[:shape[0]], self.left[shape[0]:]
         assert u.shape == tuple(shape), (u.shape, shape)
         return u

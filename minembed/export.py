@@ -24,6 +24,7 @@ from .backend import to_numpy
 from .errors import MinembedError
 from .model import _umask, add_file, atomic_write_bytes, weights_bytes
 from .progress import Progress
+from .runtime import tuned
 from .tokenize import _NpyWriter
 
 TARGETS = ("sentence-transformers", "model2vec")
@@ -146,10 +147,11 @@ def _chunks(texts, docs=4096, chars=8_000_000):
 
 
 def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, batch_size=256,
-               quiet=False):
+               quiet=False, threads=None):
     """Embed the documents of ``corpus`` (a data.Corpus, read as a stream) into the .npy
     file ``out``, a chunk at a time: memory is bounded whatever the input's size. The
-    file appears under its name only when complete. Returns its shape."""
+    file appears under its name only when complete. Returns its shape. ``threads``: BLAS
+    threads (None: MINEMBED_THREADS, else chosen: minembed/runtime.py)."""
     if dtype not in DTYPES:
         raise MinembedError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
     k = model.check_dim(dim)
@@ -164,7 +166,7 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
                                    dir=os.path.dirname(out))
         os.close(fd)
         w = _NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
-        with warnings.catch_warnings():  # check_dim above said it once
+        with warnings.catch_warnings(), tuned(model.config["model"], threads):  # check_dim said it
             warnings.simplefilter("ignore")
             for chunk in _chunks(corpus.texts()):
                 w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k), dtype, scales))

@@ -2,8 +2,7 @@
 
     df/dx[i] ~= (f(x + eps e_i) - f(x - eps e_i)) / (2 eps)      (error O(eps^2))
 
-In float64 with eps ~ 1e-6 a correct analytic gradient agrees to ~1e-8
-relative error; a wrong derivative is off by O(1).
+In float64 with eps ~ 1e-6 a correct gradient agrees to ~1e-8 relative; a wrong one is O(1) off.
 """
 import numpy as np
 
@@ -16,12 +15,9 @@ def rel_error(a, b):
 
 
 def numerical_grad(f, x, eps=1e-6, max_entries=None, rng=None):
-    """Central-difference gradient of the scalar ``f()`` with respect to ``x``.
-
-    ``x`` is perturbed in place (and restored), so ``f`` should read it.
-    With ``max_entries`` only a random subset of entries is probed; the
-    returned array holds NaN elsewhere (compare with ``mask=~isnan``).
-    """
+    """Central-difference gradient of the scalar ``f()`` with respect to ``x``, which is perturbed
+    in place (and restored), so ``f`` should read it. With ``max_entries`` only a random subset
+    of entries is probed; the returned array holds NaN elsewhere (compare with ``mask=~isnan``)."""
     grad = np.full(x.shape, np.nan) if max_entries else np.zeros(x.shape)
     flat, gflat = x.reshape(-1), grad.reshape(-1)  # views: writing flat writes x
     idx = np.arange(flat.size)
@@ -39,13 +35,9 @@ def numerical_grad(f, x, eps=1e-6, max_entries=None, rng=None):
 
 
 def check_grads(f, params, grads, eps=1e-6, max_entries=None, seed=0):
-    """Relative error of each analytic gradient against finite differences.
-
-    f:       () -> float, the loss computed from the current ``params``
-    params:  dict name -> float64 array, perturbed in place by the checker
-    grads:   dict name -> analytic gradient of f with respect to params[name]
-    Returns dict name -> relative error (compare with e.g. 1e-6).
-    """
+    """Relative error of each analytic gradient against finite differences: {name: error}
+    (compare with e.g. 1e-6). f: () -> float, the loss computed from the current ``params``
+    (name -> float64 array, perturbed in place); grads: name -> the analytic gradient."""
     rng, errors = np.random.default_rng(seed), {}
     for name, x in params.items():
         num = numerical_grad(f, x, eps=eps, max_entries=max_entries, rng=rng)

@@ -1,13 +1,12 @@
-"""Layers as pairs of plain functions, side by side: ``x_forward(...) -> (out, cache)``
-(the cache holds exactly what the backward needs) and ``x_backward(dout, cache)``,
-which returns the gradients of the forward's inputs in their order (docs/DESIGN.md).
-Arrays may be NumPy or CuPy: each function takes its module from its inputs.
+"""Layers as pairs of plain functions, side by side: ``x_forward(...) -> (out, cache)`` (the cache
+holds exactly what the backward needs) and ``x_backward(dout, cache)``, which returns the
+gradients of the forward's inputs in their order (docs/DESIGN.md). Arrays may be NumPy or CuPy:
+each function takes its module from its inputs.
 
-Token rows are *packed*: a ragged batch of N views with M real tokens is an (M, C)
-array, no padding; position-wise layers (linear, LayerNorm, GELU, dropout) never
-see padding. Only attention needs a rectangle: ``pad_forward`` scatters the rows
-into (N, T, C) grids, with a key mask (N, T), True on real tokens. Dropout masks
-are a function of a NumPy Generator's state, so a test can replay them.
+Token rows are *packed*: a ragged batch of N views with M real tokens is an (M, C) array, no
+padding; position-wise layers (linear, LayerNorm, GELU, dropout) never see padding. Only
+attention needs a rectangle: ``pad_forward`` scatters the rows into (N, T, C) grids, with a key
+mask (N, T), True on real tokens. Dropout masks are a function of a NumPy Generator's state.
 """
 import math
 from typing import NamedTuple
@@ -15,16 +14,12 @@ from typing import NamedTuple
 import numpy as np
 
 from . import cuda
-from .backend import xp_of
+from .backend import row_blocks, xp_of
 
 
 class RowGrad(NamedTuple):
-    """Gradient of an embedding table that touches only some rows.
-
-    rows:   (U,) int, the distinct rows a batch used (sorted)
-    values: (U, D), the gradient for those rows; every other row's is zero.
-    The optimiser updates those rows only (lazy Adam) or densifies it.
-    """
+    """Gradient of an embedding table that touches only some rows: rows (U,) int, the
+    distinct rows a batch used (sorted); values (U, D), their gradient (other rows': zero)."""
     rows: object
     values: object
 
@@ -41,8 +36,7 @@ def linear_backward(dy, cache):
     x, w = cache
     xp = xp_of(dy)
     dx = dy @ w.T
-    x2 = x.reshape(-1, x.shape[-1])
-    dy2 = dy.reshape(-1, dy.shape[-1])
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
     dw = x2.T @ dy2  # a transposed view costs nothing in BLAS
     # db as ones @ dy (a GEMV), not dy2.sum(axis=0): 0.04 ms against 0.95 ms on a GPU
     # (49k x 256, H200); as fast or faster on a CPU, and more accurate (blocked sums).
@@ -96,40 +90,46 @@ def gelu_forward(x):
     if cuda.use_kernels(x):
         return cuda.gelu_forward(x)
     xp = xp_of(x)
-    u = x * x
-    u *= GELU_A * GELU_C
-    u += GELU_C
-    u *= x                               # u = c (x + a x^3)
-    t = xp.tanh(u, out=u)                # t = tanh(u), reuses u's buffer
-    y = t + 1.0
-    y *= x
-    y *= 0.5
+    t, y = xp.empty_like(x), xp.empty_like(x)
+    x2, t2, y2 = (a.reshape(-1, x.shape[-1]) for a in (x, t, y))
+    for b in row_blocks(x2):             # a block at a time: each pass runs in cache
+        xb, u, yb = x2[b], t2[b], y2[b]
+        xp.multiply(xb, xb, out=u)
+        u *= GELU_A * GELU_C
+        u += GELU_C
+        u *= xb                          # u = c (x + a x^3)
+        xp.tanh(u, out=u)                # t = tanh(u)
+        xp.add(u, 1.0, out=yb)
+        yb *= xb
+        yb *= 0.5
     return y, (x, t)
 
 
 def gelu_backward(dy, cache):
     # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2)
-    # (memory-bound: two temporaries, every other step in place)
     if cuda.use_kernels(dy):
         return cuda.gelu_backward(dy, cache)
-    x, t = cache
-    s = t * t
-    s -= 1.0                             # -(1 - t^2)
-    d = x * x
-    d *= -3.0 * GELU_A * GELU_C
-    d -= GELU_C                          # -du/dx
-    d *= s
-    d *= x                               # x (1 - t^2) du/dx
-    d += t
-    d += 1.0
-    d *= 0.5
-    d *= dy
+    xp, (x, t) = xp_of(dy), cache
+    d = xp.empty_like(x)
+    x2, t2, d2, dy2 = (a.reshape(-1, x.shape[-1]) for a in (x, t, d, dy))
+    for b in row_blocks(x2):             # a block at a time, in cache
+        tb, xb, db = t2[b], x2[b], d2[b]
+        sb = tb * tb
+        sb -= 1.0                        # -(1 - t^2)
+        xp.multiply(xb, xb, out=db)
+        db *= -3.0 * GELU_A * GELU_C
+        db -= GELU_C                     # -du/dx
+        db *= sb
+        db *= xb                         # x (1 - t^2) du/dx
+        db += tb
+        db += 1.0
+        db *= 0.5
+        db *= dy2[b]
     return d
 
 
-# softmax over the last dim with a key mask (True = key may be attended to).
-# Masked keys get probability exactly 0; a row whose keys are all masked gets
-# all zeros (not NaN).
+# softmax over the last dim with a key mask (True = key may be attended to). Masked keys get
+# probability exactly 0; a row whose keys are all masked gets all zeros (not NaN).
 def softmax_forward(z, mask=None):
     if cuda.use_kernels(z):
         return cuda.softmax_forward(z, mask)
@@ -161,10 +161,9 @@ def softmax_backward(dp, cache):
 
 # dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 def dropout_mask(shape, p, rng, xp=np):
-    """The keep mask (True with probability 1 - p), a function of the NumPy Generator
-    ``rng``'s state: float32 uniforms from rng; on a GPU drawn there by a Philox
-    generator seeded from rng (drawing and copying a host mask would cost more than
-    the step), so GPU masks differ from CPU ones for the same seed."""
+    """The keep mask (True with probability 1 - p), a function of the NumPy Generator ``rng``'s
+    state: float32 uniforms from rng; on a GPU drawn there by a Philox generator seeded from rng
+    (a host mask costs more than the step to copy): GPU masks differ from CPU ones."""
     if xp is np:
         return rng.random(shape, dtype=np.float32) >= p
     gen = xp.random.RandomState(int(rng.integers(2 ** 63)),
@@ -218,15 +217,15 @@ def unpad_backward(dx, cache):
 
 
 # multi-head self-attention on packed rows
-#   x (M, D) packed rows; grids: a list of (index, key_mask), one per run of
-#   consecutive views padded to a common length T_b (a length bucket), in row
-#   order: index (M_b,) the grid cell of each row, key_mask (N_b, T_b) bool.
+#   x (M, D) packed rows; grids: a list of (index, key_mask), one per run of consecutive views
+#   padded to a common length T_b (a length bucket), in row order: index (M_b,) the grid cell
+#   of each row, key_mask (N_b, T_b) bool.
 #   qkv = x @ w_qkv + b_qkv                      (M, 3D), columns [q | k | v]
 #   per view and head: a = softmax(q k^T / sqrt(Dh), masked keys) ;  a' = drop(a)
 #                      ctx = a' v                 (T, Dh)
 #   y = concat_heads(ctx) @ w_out + b_out        (M, D)
-# The projections run once on all M rows (large matmuls); only the core
-# (scores, softmax, a' v) runs per grid, on (N_b * H) small matmuls.
+# The projections run once on all M rows (large matmuls); only the core (scores, softmax,
+# a' v) runs per grid, on (N_b * H) small matmuls.
 def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
     """qkv (M_b, 3D) packed rows of one grid -> ctx (M_b, D)."""
     xp = xp_of(qkv)
@@ -235,48 +234,46 @@ def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
     H, Dh = heads, D // heads
     scale = 1.0 / math.sqrt(Dh)
     qkv_grid, c_pad = pad_forward(qkv, index, N, T)              # (N, T, 3D)
-    # Per view and head, contiguous blocks: q, v (N, H, T, Dh) and k stored
-    # transposed, kT (N, H, Dh, T); q @ kT on contiguous blocks is ~2x faster
-    # than on strided views of the grid.
+    # Per view and head, contiguous blocks: q, v (N, H, T, Dh) and k stored transposed, kT
+    # (N, H, Dh, T); q @ kT on contiguous blocks is ~2x faster than on strided views of the grid.
     g = qkv_grid.reshape(N, T, 3, H, Dh)
     q = xp.ascontiguousarray(g[:, :, 0].transpose(0, 2, 1, 3))
     kT = xp.ascontiguousarray(g[:, :, 1].transpose(0, 2, 3, 1))
     v = xp.ascontiguousarray(g[:, :, 2].transpose(0, 2, 1, 3))
     del qkv_grid, g
 
-    s = q @ kT                                                   # (N, H, T, T)
-    s *= scale
-    a, c_sm = softmax_forward(s, key_mask[:, None, None, :])
-    del s
-    a_d, c_drop = dropout_forward(a, p_drop, rng)
-    ctx = xp.empty((N, T, H, Dh), dtype=qkv.dtype)
-    xp.matmul(a_d, v, out=ctx.transpose(0, 2, 1, 3))             # heads side by side
+    # The rest a view at a time on a CPU, so that the scores, softmax, dropout and a' v of
+    # a view stay in cache (the backward ran 1.5x faster); all views at once on a GPU.
+    views = [slice(n, n + 1) for n in range(N)] if xp is np else [slice(None)]
+    ctx, c_views = xp.empty((N, T, H, Dh), dtype=qkv.dtype), []
+    for b in views:
+        s = q[b] @ kT[b]                                         # (n, H, T, T)
+        s *= scale
+        a, c_sm = softmax_forward(s, key_mask[b, None, None, :])
+        a_d, c_drop = dropout_forward(a, p_drop, rng)
+        xp.matmul(a_d, v[b], out=ctx[b].transpose(0, 2, 1, 3))  # heads side by side
+        c_views.append((c_sm, c_drop))
     ctx, c_unpad = unpad_forward(ctx.reshape(N, T, D), index)    # (M_b, D)
-    return ctx, (c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad)
+    return ctx, (c_pad, q, kT, v, scale, views, c_views, c_unpad)
 
 
 def attention_core_backward(dctx, cache):
-    c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad = cache
+    c_pad, q, kT, v, scale, views, c_views, c_unpad = cache
     xp = xp_of(dctx)
     N, H, T, Dh = q.shape
     dctx = unpad_backward(dctx, c_unpad)                         # (N, T, D)
     dctx = dctx.reshape(N, T, H, Dh).transpose(0, 2, 1, 3)       # (N, H, T, Dh) view
-    a = c_sm[0]
-    # recompute a' = a * keep / (1 - p) (the same product as dropout's backward)
-    a_d = a if c_drop is None else dropout_backward(a, c_drop)
-
     dqkv = xp.empty((N, T, 3, H, Dh), dtype=dctx.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views into dqkv
-    xp.matmul(a_d.swapaxes(-1, -2), dctx, out=dv)                # dv = a'^T dctx
-    del a_d
-    da = dctx @ v.swapaxes(-1, -2)                               # da' = dctx v^T
-    da = dropout_backward(da, c_drop)
-    ds = softmax_backward(da, c_sm)
-    del da
-    ds *= scale                                                  # s = scale q k^T
-    xp.matmul(ds, kT.swapaxes(-1, -2), out=dq)                   # dq = ds k
-    xp.matmul(ds.swapaxes(-1, -2), q, out=dk)                    # dk = ds^T q
-    del ds
+    for b, (c_sm, c_drop) in zip(views, c_views):
+        # recompute a' = a * keep / (1 - p) (the same product as dropout's backward)
+        a_d = c_sm[0] if c_drop is None else dropout_backward(c_sm[0], c_drop)
+        xp.matmul(a_d.swapaxes(-1, -2), dctx[b], out=dv[b])      # dv = a'^T dctx
+        da = dctx[b] @ v[b].swapaxes(-1, -2)                     # da' = dctx v^T
+        ds = softmax_backward(dropout_backward(da, c_drop), c_sm)
+        ds *= scale                                              # s = scale q k^T
+        xp.matmul(ds, kT[b].swapaxes(-1, -2), out=dq[b])         # dq = ds k
+        xp.matmul(ds.swapaxes(-1, -2), q[b], out=dk[b])          # dk = ds^T q
     return pad_backward(dqkv.reshape(N, T, 3 * H * Dh), c_pad)   # (M_b, 3D)
 
 

@@ -26,19 +26,17 @@ def l2_normalize_forward(x, eps=1e-12):
 
 
 def l2_normalize_backward(dn, cache):
-    """dx = (dn - n (n . dn)) / ||x||: the part of dn along n is removed,
-    because moving x along itself does not change n."""
+    """dx = (dn - n (n . dn)) / ||x||: the part of dn along n is removed (moving x along itself
+    does not change n)."""
     n, norm = cache
     return (dn - n * (dn * n).sum(axis=1, keepdims=True)) / norm
 
 
 def infonce_rows(s):
-    """Cross-entropy of each row of s (R, C) with target the diagonal entry.
-
-    Returns g = softmax(s) - I (d loss_i / d s_ij, R x C), the per-row losses
-    loss_i = logsumexp_j s_ij - s_ii (R,), and hit_i = [argmax_j s_ij == i].
-    Subtracting the row max first means exp never overflows. On a GPU this is
-    one kernel (kernels.cu: infonce_rows), whose twin this is."""
+    """Cross-entropy of each row of s (R, C) with target the diagonal entry: g = softmax(s) - I
+    (d loss_i / d s_ij, R x C), the per-row losses loss_i = logsumexp_j s_ij - s_ii (R,), and
+    hit_i = [argmax_j s_ij == i]. Subtracting the row max first means exp never overflows. On a
+    GPU this is one kernel (kernels.cu: infonce_rows), whose twin this is."""
     if cuda.use_kernels(s):
         return cuda.infonce_rows(s)
     xp = xp_of(s)
@@ -69,12 +67,9 @@ def infonce_forward(a, p, scale=20.0, symmetric=False):
         loss = 0.5 * (loss + loss_cols.mean())
         g += g_cols.T
         g *= 0.5
-    del s
     # one copy to the host for both numbers (on a GPU, one wait instead of two)
     loss, accuracy = (float(v) for v in to_numpy(xp.stack([loss, hit.mean(dtype=loss.dtype)])))
-    cache = dict(an=an, pn=pn, a_cache=a_cache, p_cache=p_cache, scale=scale, g=g,
-                 accuracy=accuracy)
-    return loss, cache
+    return loss, dict(an=an, pn=pn, a_cache=a_cache, p_cache=p_cache, scale=scale, g=g, accuracy=accuracy)
 
 
 def infonce_backward(dloss, cache):

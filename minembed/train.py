@@ -9,10 +9,9 @@
         clip the gradient norm; lr: linear warm-up, then linear decay to 0; Adam
         on_step(...)                            log, progress, checkpoints: the caller's
 
-Every random draw is a function of (seed, purpose, epoch or step): the same
-seed gives the same model bit for bit, and a run resumed at step k continues
-exactly as if it had never stopped. The model directory, checkpoints, Ctrl-C
-and progress are the product's (minembed/run.py).
+Every random draw is a function of (seed, purpose, epoch or step): the same seed gives the same
+model bit for bit, and a run resumed at step k continues exactly as if it had never stopped. The
+model directory, checkpoints, Ctrl-C and progress are the product's (minembed/run.py).
 """
 import dataclasses
 import math
@@ -59,13 +58,12 @@ def at_least(n):
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer",
-                    choices=("bag", "transformer"))
+    model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer", choices=("bag", "transformer"))
     dim: int = _f(None, "embedding dimension [bag: 256, transformer: 128]", *POS)
-    epochs: int = _f(None, "passes over the corpus [enough for 800 steps (bag), 300 (transformer)]", *POS)
+    epochs: int = _f(None, "passes over the corpus [bag: 40 (800-5,000 steps), transformer: 10 "
+                           "(400-1,500 steps)]", *POS)
     max_steps: int = _f(0, "stop after this many steps (the schedule ends there too); 0: all epochs", *NONNEG)
-    batch_size: int = _f(None, "positive pairs per step [bag: 128, transformer: 64]",
-                         *at_least(2))
+    batch_size: int = _f(None, "positive pairs per step [bag: 128, transformer: 64]", *at_least(2))
     lr: float = _f(None, "peak learning rate [bag: 0.1, transformer: 5e-4]", *NUMBER)
     warmup: float = _f(0.1, "linear warm-up, a fraction of the first epoch; then linear decay to 0", *FRAC)
     optimizer: str = _f(None, "[bag: adam, transformer: adamw]", choices=("adam", "adamw"))
@@ -97,9 +95,8 @@ class TrainConfig:
 
     def resolved(self):
         """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""
-        c = dataclasses.replace(self)
-        c = dataclasses.replace(c, **{k: v for k, v in MODEL_DEFAULTS.get(c.model, {}).items()
-                                      if getattr(c, k) is None})
+        c = dataclasses.replace(self, **{k: v for k, v in MODEL_DEFAULTS.get(self.model, {}).items()
+                                         if getattr(self, k) is None})
         for f in dataclasses.fields(c):
             v, m = getattr(c, f.name), f.metadata
             flag = "--" + f.name.replace("_", "-")

@@ -6,15 +6,14 @@
         x = x + drop(mlp(ln2(x)))                        mlp = linear -> GELU -> linear
     emb = mean over each view's rows of ln_f(x)          (N, D)
 
-The lookups and the final mean are the bag model's layer: a lookup is a ragged
-mean over views of one token each, the pooling a ragged mean over each view's
-rows of x taken as a table; so one scatter (the bag backward) serves every
-embedding gradient and the pooling's.
+The lookups and the final mean are the bag model's layer: a lookup is a ragged mean over views
+of one token each, the pooling a ragged mean over each view's rows of x taken as a table; so
+one scatter (the bag backward) serves every embedding gradient and the pooling's.
 
-Views arrive ragged (``ids`` + ``offsets``) and are cut to ``max_len`` tokens.
-Position-wise layers see the M real tokens only; attention pads them into grids
-with a key mask, the views sorted by length and split into a few buckets, each
-padded to its own longest view. Padding never gets a gradient.
+Views arrive ragged (``ids`` + ``offsets``) and are cut to ``max_len`` tokens. Position-wise
+layers see the M real tokens only; attention pads them into grids with a key mask, the views
+sorted by length and split into a few buckets, each padded to its own longest view. Padding
+never gets a gradient.
 """
 import math
 
@@ -37,34 +36,31 @@ def _config(config):
 
 
 def init_params(config, rng):
-    """BERT/GPT-2 init: N(0, 0.02) weights and embeddings, zero biases,
-    LayerNorm gain 1 / bias 0, residual output projections (attention out
-    and the second MLP linear) scaled by 1/sqrt(2 * layers). float32."""
+    """BERT/GPT-2 init: N(0, 0.02) weights and embeddings, zero biases, LayerNorm gain 1 / bias
+    0, residual output projections (attention out, second MLP linear) scaled by 1/sqrt(2 L)."""
     cfg = _config(config)
     V, D, F, std = cfg["vocab_size"], cfg["dim"], cfg["ffn"], 0.02
     std_res = std / math.sqrt(2 * cfg["layers"])
 
     def normal(shape, s=std):
         return (rng.standard_normal(shape) * s).astype(np.float32)
-    zeros = np.zeros
-
     p = {"tok_emb": normal((V, D)), "pos_emb": normal((cfg["max_len"], D))}
     for i in range(cfg["layers"]):
         b = f"blocks.{i}."
-        p[b + "ln1.g"], p[b + "ln1.b"] = np.ones(D, np.float32), zeros(D, np.float32)
-        p[b + "attn.qkv.w"], p[b + "attn.qkv.b"] = normal((D, 3 * D)), zeros(3 * D, np.float32)
-        p[b + "attn.out.w"], p[b + "attn.out.b"] = normal((D, D), std_res), zeros(D, np.float32)
-        p[b + "ln2.g"], p[b + "ln2.b"] = np.ones(D, np.float32), zeros(D, np.float32)
-        p[b + "mlp.fc.w"], p[b + "mlp.fc.b"] = normal((D, F)), zeros(F, np.float32)
-        p[b + "mlp.proj.w"], p[b + "mlp.proj.b"] = normal((F, D), std_res), zeros(D, np.float32)
-    p["ln_f.g"], p["ln_f.b"] = np.ones(D, np.float32), zeros(D, np.float32)
+        p[b + "ln1.g"], p[b + "ln1.b"] = np.ones(D, np.float32), np.zeros(D, np.float32)
+        p[b + "attn.qkv.w"], p[b + "attn.qkv.b"] = normal((D, 3 * D)), np.zeros(3 * D, np.float32)
+        p[b + "attn.out.w"], p[b + "attn.out.b"] = normal((D, D), std_res), np.zeros(D, np.float32)
+        p[b + "ln2.g"], p[b + "ln2.b"] = np.ones(D, np.float32), np.zeros(D, np.float32)
+        p[b + "mlp.fc.w"], p[b + "mlp.fc.b"] = normal((D, F)), np.zeros(F, np.float32)
+        p[b + "mlp.proj.w"], p[b + "mlp.proj.b"] = normal((F, D), std_res), np.zeros(D, np.float32)
+    p["ln_f.g"], p["ln_f.b"] = np.ones(D, np.float32), np.zeros(D, np.float32)
     return p
 
 
 def layout(ids, offsets, max_len, buckets=1):
-    """Cut views to max_len, pack them in length order (``order``, stable) and split
-    them into ``buckets`` runs of about equal count, each padded to its own longest
-    view (a grid). Host NumPy. Returns a dict:
+    """Cut views to max_len, pack them in length order (``order``, stable) and split them into
+    ``buckets`` runs of about equal count, each padded to its own longest view (a grid). Host
+    NumPy. Returns a dict:
       ids, pos   (M,) the kept token ids and their positions, in packed order
       order      (N,) view order[j] is the j-th packed view
       starts     (N+1,) packed view j is rows starts[j]:starts[j+1]
@@ -95,16 +91,14 @@ def layout(ids, offsets, max_len, buckets=1):
 
 
 def forward(params, ids, offsets, config, train=False, rng=None):
-    """emb (N, dim) in the params' dtype, and the cache for ``backward``.
-
-    train=True turns dropout on (attention weights and residual branches,
-    p = config["dropout"]); its masks are drawn from ``rng`` (required)."""
+    """emb (N, dim) in the params' dtype, and the cache for ``backward``. train=True turns
+    dropout on (attention weights, residual branches; p = config["dropout"]; masks from rng)."""
     return _forward(params, ids, offsets, config, train, rng, keep_cache=True)
 
 
 def encode(params, ids, offsets, config):
-    """emb (N, dim) for inference: forward(train=False) without keeping what the
-    backward would need, so memory holds one layer's activations, not all of them."""
+    """emb (N, dim) for inference: forward(train=False) without keeping what the backward would
+    need, so memory holds one layer's activations, not all of them."""
     return _forward(params, ids, offsets, config, False, None, keep_cache=False)[0]
 
 
@@ -152,8 +146,8 @@ def _forward(params, ids, offsets, config, train, rng, keep_cache):
 
 
 def backward(demb, cache):
-    """Gradients of every parameter: dense arrays, and a RowGrad for tok_emb
-    holding only the ids of real (non-padding, kept) tokens."""
+    """Gradients of every parameter: dense arrays, and a RowGrad for tok_emb holding only the
+    ids of real (non-padding, kept) tokens."""
     n_layers, c_tok, c_pos, blocks, c_lnf, c_pool, order, pos_shape = cache
     g = {}
     # every packed row is in one view, so the pooling's row gradient covers all rows in order

@@ -209,6 +209,10 @@ def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_
         say(f"resuming {out.path} at step {ckpt.step} on {source.name}")
     else:
         cfg = (cfg or TrainConfig()).resolved()
+        if cfg.model == "transformer" and cfg.bag_init and cfg.positives == "dropout":
+            say("--positives dropout: the token table starts random (a bag model trained first "
+                "would have learned from crops)")
+            cfg = dataclasses.replace(cfg, bag_init=False)
         source = Corpus(corpus, fmt, max_doc_chars, encoding, errors)
         n = sum(1 for _, _ in zip(range(2), source.texts()))  # before any slow work
         if n < 2:
@@ -269,9 +273,10 @@ def _bag_table(cfg, data, tok, xp, quiet, comm):
     from a bag table it starts knowing it (docs/quality.md: +8 kNN points on the built-in corpus)."""
     bcfg = TrainConfig(dim=cfg.dim, seed=cfg.seed, vocab_size=cfg.vocab_size, crops=cfg.crops,
                        crop_sentences=cfg.crop_sentences, sentence_min=cfg.sentence_min,
-                       sentence_max=cfg.sentence_max, span_min=cfg.span_min, span_max=cfg.span_max)
+                       sentence_max=cfg.sentence_max, span_min=cfg.span_min, span_max=cfg.span_max,
+                       positives=cfg.positives, mask_frac=cfg.mask_frac)  # crops or mask
     bcfg = bcfg.resolved()
-    sampler = PairSampler(data, bcfg)
+    sampler = PairSampler(data, bcfg, mask_token_id(tok))
     bcfg = dataclasses.replace(bcfg, batch_size=min(bcfg.batch_size, len(sampler.usable)))
     spe = len(sampler.usable) // bcfg.batch_size
     bcfg = dataclasses.replace(bcfg, epochs=auto_epochs("bag", spe))

@@ -91,7 +91,7 @@ class TrainConfig:
     ffn: int = _f(512, "feed-forward width", *POS)
     max_len: int = _f(64, "transformer: longest view in tokens (longer ones are cut)", *at_least(2))
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
-    bag_init: bool = _f(True, "transformer: its token table from a bag model trained first (seconds)")
+    bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for dropout positives)")
 
     def resolved(self):
         """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""

@@ -185,3 +185,28 @@ def test_matryoshka_training_makes_prefixes_embeddings(tmp_path, topic_txt, topi
     for bad in (0, 33, 2.5, True):
         with pytest.raises(MinembedError, match="dim must be an integer from 1 to 32"):
             mat.encode(["x"], dim=bad)
+
+
+TINY_TF = dict(model="transformer", dim=32, layers=1, heads=2, ffn=64, max_len=32, batch_size=16,
+               vocab_size=400, max_steps=2)
+
+
+def test_transformer_token_table_from_a_bag_model(tmp_path, topic_txt, capsys):
+    """The transformer starts from a bag model's table (scaled to std 0.02): the mean of its
+    rows already embeds the built-in corpus's documents by topic, where a random table's does
+    not; with dropout positives (no crops to learn from) the table starts random."""
+    texts, labels = minembed.builtin()
+
+    def initial_table(**kw):  # lr ~0: the table as the transformer's training found it
+        m = train(None, tmp_path / str(len(kw)), TrainConfig(**dict(TINY_TF, vocab_size=2000, lr=1e-12, **kw)),
+                  quiet=True)
+        table = weights(m.path)["tok_emb"]
+        bag = Model(dict(model="bag", vocab_size=2000, dim=32, normalize=True), {"tok_emb": table}, m.tokenizer)
+        return table, knn_accuracy(bag.encode(texts), labels, metric="cosine")
+
+    (table, acc), (_, acc0) = initial_table(), initial_table(bag_init=False)
+    assert abs(table.std() - 0.02) < 1e-3
+    assert acc > acc0 + 0.1, (acc, acc0)
+    m = train(topic_txt, tmp_path / "d", TrainConfig(**TINY_TF, positives="dropout"))
+    assert "--positives dropout: the token table starts random" in capsys.readouterr().err
+    assert m.config["training"]["bag_init"] is False

@@ -48,7 +48,8 @@ ROWS = {
     "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, its table from a "
                     "bag model)", dict(model="transformer")),
     "transformer-scratch": ("transformer, random token table", dict(model="transformer", bag_init=False)),
-    "transformer-dropout": ("transformer, dropout positives (SimCSE) instead of crops",
+    "transformer-dropout": ("transformer, dropout positives (SimCSE) instead of crops (random table: compare "
+                            "with the row above)",
                             dict(model="transformer", positives="dropout")),
 }
 

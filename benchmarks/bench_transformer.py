@@ -1,10 +1,11 @@
-"""One training step of the default transformer, ours (NumPy) vs PyTorch CPU eager.
+"""One transformer training step, ours (NumPy) vs PyTorch CPU eager.
 
-    python benchmarks/bench_transformer.py [--steps 5] [--no-torch] [--profile]
+    python benchmarks/bench_transformer.py [--steps 5] [--no-torch] [--profile] [--size issue|default]
                                            [--threads N] [--torch-threads N] [--load N]
 
-Workload (docs/DESIGN.md defaults): B = 64 pairs = 128 views of 64-128 random
-tokens, vocab 30,000, d 256, 4 layers, 4 heads, FFN 1024, dropout 0.1, an
+Workload: B = 64 pairs = 128 views of 64-128 random tokens, vocab 30,000; --size issue (the
+speed issue's, the default here): d 256, 4 layers, 4 heads, FFN 1024, views <= 128 tokens;
+--size default: minembed train's transformer (2 layers, d 128, FFN 512, <= 64 tokens); dropout 0.1, an
 InfoNCE loss on the pooled vectors (minembed.loss when present, else
 sum(emb * R)), Adam (minembed.optim when present, lazy rows for tok_emb; else
 an inline dense Adam). Times forward (+ loss), backward, Adam separately,
@@ -55,10 +56,15 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+SIZES = {"issue": dict(dim=256, layers=4, heads=4, ffn=1024, max_len=128, dropout=0.1),
+         "default": dict(tr.DEFAULTS)}
+CFG = dict(SIZES["issue"])  # the size measured (main sets it from --size)
+
+
 # ----------------------------------------------------------------------------- ours
 class Ours:
     def __init__(self, seed=0, buckets=tr.BUCKETS):
-        self.cfg = dict(tr.DEFAULTS, vocab_size=VOCAB, buckets=buckets)
+        self.cfg = dict(CFG, vocab_size=VOCAB, buckets=buckets)
         self.params = tr.init_params(self.cfg, np.random.default_rng(seed))
         self.rng = np.random.default_rng(seed + 1)
         self.R = np.random.default_rng(seed + 2).standard_normal((2 * B, self.cfg["dim"])).astype(np.float32)
@@ -120,7 +126,7 @@ class Torch:
         self.torch, self.F = torch, F
         torch.manual_seed(seed)
         torch.set_num_threads(threads)
-        c = tr.DEFAULTS
+        c = CFG
 
         class Encoder(nn.Module):
             def __init__(self):
@@ -145,11 +151,11 @@ class Torch:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
 
     def pad(self, ids, offsets):
-        lengths = np.diff(offsets)
+        lengths = np.minimum(np.diff(offsets), CFG["max_len"])  # views cut as ours are
         T = int(lengths.max())
-        grid = np.zeros((len(lengths), T), np.int64)
         mask = np.arange(T)[None, :] >= lengths[:, None]
-        grid[~mask] = ids
+        src = np.minimum(offsets[:-1, None] + np.arange(T)[None, :], len(ids) - 1)
+        grid = np.where(mask, 0, ids[src]).astype(np.int64)
         return self.torch.from_numpy(grid), self.torch.from_numpy(mask)
 
     def step(self, ids, offsets):
@@ -229,6 +235,8 @@ def main():
     ap.add_argument("--encode-batches", type=int, default=4)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--size", choices=SIZES, default="issue", help="issue: d 256, 4 layers, <= 128 tokens; "
+                    "default: minembed train's transformer")
     ap.add_argument("--buckets", default=str(tr.BUCKETS),
                     help="attention length buckets; a list (1,4) compares them side by side")
     common.add_options(ap)
@@ -238,7 +246,8 @@ def main():
     rng = np.random.default_rng(0)
     batches = [make_batch(rng) for _ in range(args.steps + 1)]
     enc_batches = batches[:args.encode_batches]
-    print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, {tr.DEFAULTS}")
+    CFG.update(SIZES[args.size])
+    print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, --size {args.size}: {CFG}")
     print(common.machine(args, ours_threads, torch_threads))
     print(f"loss: {'minembed.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
           f"adam: {'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")

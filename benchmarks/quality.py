@@ -69,7 +69,8 @@ def corpora(directory):
 def measure(name, path, rows, work):
     texts, labels = Corpus(path).labelled("quality")
     res = {}
-    for what, X in (("TF-IDF", lambda: tfidf(texts)), ("TF-IDF + SVD(100) + L2", lambda: tfidf(texts, 100, True))):
+    for what, X in (("TF-IDF", lambda: tfidf(texts)), ("TF-IDF + SVD(100) + L2", lambda: tfidf(texts, 100, True)),
+                    ("TF-IDF + SVD(256) + L2", lambda: tfidf(texts, 256, True))):
         t = time.perf_counter()
         E = X()
         res[what] = dict(knn=knn10(E, labels), seconds=round(time.perf_counter() - t, 1))
@@ -93,6 +94,7 @@ def measure(name, path, rows, work):
 def markdown(results, command):
     names = dict(ROWS, **{"TF-IDF": ("TF-IDF (sublinear tf)", None),
                           "TF-IDF + SVD(100) + L2": ("TF-IDF → SVD(100) → L2", None),
+                          "TF-IDF + SVD(256) + L2": ("TF-IDF → SVD(256) → L2 (the bag model's dimension)", None),
                           "untrained": ("untrained bag model (random table)", None)})
     lines = [f"Command: `{command}`", ""]
     for corpus, r in results.items():

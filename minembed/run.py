@@ -324,7 +324,7 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
     log = open(out.file("log.jsonl") if lead else os.devnull, "a" if ckpt is not None else "w")
     bar = Progress(total, "training", "step", done=start, quiet=quiet)
     t0 = time.perf_counter() - elapsed  # "time" in the log counts the run's training time
-    last_save, dead, peak = [time.monotonic()], [0], [0.0]
+    last_save, dead, peak, first = [time.monotonic()], [0], [0.0], [0.0]
     stop = StopSignals(loud=lead)
 
     def save(step):
@@ -346,9 +346,11 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.update(1, f"loss {r['loss']:.3f}")
-        if step == start + 3 and total - step > 20 and bar.rate:  # an estimate, from steps past the first
-            say(f"\nestimated training time: {(total - step) * bar.rate / 60:.1f} min for "
-                f"{total - step:,} more steps")
+        if step == start + 1:
+            first[0] = time.perf_counter()
+        if step == start + 6 and total - step > 20:  # from steps 2-6 (the first one warms up)
+            say(f"\nestimated training time: {(total - step) * (time.perf_counter() - first[0]) / 5 / 60:.1f} "
+                f"min for {total - step:,} more steps")
         # dead: the gradient norm ~0 (1e-4 of its largest so far) for DEAD_STEPS steps in a row
         peak[0] = max(peak[0], r["grad_norm"])
         dead[0] = dead[0] + 1 if r["grad_norm"] <= 1e-4 * peak[0] else 0

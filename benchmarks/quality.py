@@ -29,28 +29,34 @@ from minembed.run import train  # noqa: E402
 
 SPLITS = 10
 # row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped
+CROPS = dict(positives="crops", span_max=0.5)  # the paper's pairs (two crops), spans of 10-50 %: before 0.2
 ROWS = {
-    "default": ("bag: minembed train as shipped (40 epochs, scale 10, vocabulary 16k)", {}),
-    "v0.1": ("bag: the 0.1 defaults (~800 steps, scale 20, vocabulary 8k)",
-             dict(max_steps=800, epochs=100, scale=20, vocab_size=8192)),
-    "ep40": ("  0.1 + 40 epochs", dict(epochs=40, scale=20, vocab_size=8192)),
-    "ep40-s10": ("  0.1 + 40 epochs + scale 10", dict(epochs=40, scale=10, vocab_size=8192)),
-    "ep40-s5": ("  0.1 + 40 epochs + scale 5", dict(epochs=40, scale=5, vocab_size=8192)),
-    "ep40-v32k": ("  0.1 + 40 epochs + vocabulary 32k", dict(epochs=40, scale=20, vocab_size=32768)),
-    "ep40-d512": ("  0.1 + 40 epochs + dim 512", dict(epochs=40, scale=20, vocab_size=8192, dim=512)),
-    "ep40-b256": ("  0.1 + 40 epochs + batch 256", dict(epochs=40, scale=20, vocab_size=8192, batch_size=256)),
+    "default": ("bag: minembed train as shipped (a crop and the rest of its document; 40 epochs, scale 10, "
+                "vocabulary 16k)", {}),
+    "crops": ("bag: two crops instead (the paper's pairs; spans of 10-50 %)", CROPS),
+    "v0.1": ("bag: the 0.1 defaults (two crops, ~800 steps, scale 20, vocabulary 8k)",
+             dict(CROPS, max_steps=800, epochs=100, scale=20, vocab_size=8192)),
+    "ep40": ("  0.1 + 40 epochs", dict(CROPS, epochs=40, scale=20, vocab_size=8192)),
+    "ep40-s10": ("  0.1 + 40 epochs + scale 10", dict(CROPS, epochs=40, scale=10, vocab_size=8192)),
+    "ep40-s5": ("  0.1 + 40 epochs + scale 5", dict(CROPS, epochs=40, scale=5, vocab_size=8192)),
+    "ep40-v32k": ("  0.1 + 40 epochs + vocabulary 32k", dict(CROPS, epochs=40, scale=20, vocab_size=32768)),
+    "ep40-d512": ("  0.1 + 40 epochs + dim 512", dict(CROPS, epochs=40, scale=20, vocab_size=8192, dim=512)),
+    "ep40-b256": ("  0.1 + 40 epochs + batch 256",
+                  dict(CROPS, epochs=40, scale=20, vocab_size=8192, batch_size=256)),
     "ep40-spans3-8": ("  0.1 + 40 epochs + token spans of 30-80 %",
-                      dict(epochs=40, scale=20, vocab_size=8192, span_min=0.3, span_max=0.8)),
-    "ep40-s10-d512": ("  40 epochs + scale 10 + dim 512", dict(epochs=40, scale=10, vocab_size=8192, dim=512)),
+                      dict(CROPS, epochs=40, scale=20, vocab_size=8192, span_min=0.3, span_max=0.8)),
+    "ep40-s10-d512": ("  40 epochs + scale 10 + dim 512",
+                      dict(CROPS, epochs=40, scale=10, vocab_size=8192, dim=512)),
     "ep40-s10-sp1-3": ("  40 epochs + scale 10 + token spans of 10-30 %",
-                       dict(epochs=40, scale=10, vocab_size=8192, span_min=0.1, span_max=0.3)),
-    "ep100-s10": ("  100 epochs + scale 10", dict(epochs=100, scale=10, vocab_size=8192)),
-    "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, its table from a "
-                    "bag model)", dict(model="transformer")),
-    "transformer-scratch": ("transformer, random token table", dict(model="transformer", bag_init=False)),
+                       dict(CROPS, epochs=40, scale=10, vocab_size=8192, span_min=0.1, span_max=0.3)),
+    "ep100-s10": ("  100 epochs + scale 10", dict(CROPS, epochs=100, scale=10, vocab_size=8192)),
+    "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and the rest, "
+                    "its table from a bag model)", dict(model="transformer")),
+    "transformer-crops": ("transformer, two crops instead", dict(CROPS, model="transformer")),
+    "transformer-scratch-crops": ("transformer, two crops, random token table",
+                                  dict(CROPS, model="transformer", bag_init=False)),
     "transformer-dropout": ("transformer, dropout positives (SimCSE) instead of crops (random table: compare "
-                            "with the row above)",
-                            dict(model="transformer", positives="dropout")),
+                            "with the row above)", dict(CROPS, model="transformer", positives="dropout")),
 }
 
 

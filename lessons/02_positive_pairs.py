@@ -3,11 +3,14 @@
 What it teaches
     Contrastive training needs pairs of texts that should embed close together.
     With no labels, a pair is two *views* of one document. This lesson draws
-    the three kinds minembed offers and shows what they look like:
+    the four kinds minembed offers and shows what they look like:
 
     - crops (the paper's winner): two different runs of 2 consecutive sentences
       of 100-250 characters; documents with too few such sentences fall back
       to two random token spans (each 10-50 % of the document);
+    - rest (minembed's default): one crop, and the rest of its document, every
+      token before and after the crop (spans of 10-30 %): the positive looks like
+      the whole documents that will be embedded later;
     - dropout (SimCSE): the *same* crop twice; only the encoder's dropout masks
       make the two embeddings differ;
     - masking: crops, then a fraction of each view's tokens replaced by [MASK].
@@ -53,7 +56,7 @@ def views(ids, offsets):
 #    consecutive kept sentences (a sliding window); a document needs at least
 #    2 different windows, i.e. 3 kept sentences. The rest fall back to token spans.
 # ---------------------------------------------------------------------------
-sampler = PairSampler(tc)  # crops="auto", n_sent=2, sent_min=100, sent_max=250
+sampler = PairSampler(tc, positives="crops", span_max=0.5)  # the paper's pairs; crops="auto", n_sent=2
 st = sampler.stats
 print(f"\n{st['sentence_crops']:,} documents give sentence crops, {st['token_spans']:,} token "
       f"spans, {st['skipped']} are skipped")
@@ -118,7 +121,22 @@ print(f"\ntoken-set overlap (Jaccard), {B} pairs: positive pairs {pos:.3f}, "
 assert pos > neg + 0.03, "views of one document should share more tokens than views of two"
 
 # ---------------------------------------------------------------------------
-# 4. Dropout positives: the same crop twice
+# 4. A crop and the rest of its document (minembed's default, positives="rest")
+#    The positive is every token of the document outside the crop: before it, then
+#    after it. Crop + rest = the document (for a sentence crop, up to short
+#    sentences between its two kept ones).
+# ---------------------------------------------------------------------------
+rest = PairSampler(tc)  # the defaults: positives="rest", spans of 10-30 %
+ids, offsets = rest.sample([span_doc], np.random.default_rng(2))
+crop, rest_view = views(ids, offsets)
+doc = np.asarray(tc.ids[doc_off[span_doc]:doc_off[span_doc + 1]]).tolist()
+k = next(k for k in range(len(doc)) if doc[:k] + doc[k + len(crop):] == rest_view.tolist())
+print(f"\ndocument {span_doc}: crop = tokens {k}..{k + len(crop) - 1} of {len(doc)}, "
+      f"rest = the other {len(rest_view)}: {text(rest_view)[:100]}...")
+assert doc[k:k + len(crop)] == crop.tolist() and len(crop) + len(rest_view) == len(doc)
+
+# ---------------------------------------------------------------------------
+# 5. Dropout positives: the same crop twice
 #    The ids are identical; the encoder (a transformer with dropout, lesson 7)
 #    sees them twice with different dropout masks. Nothing about the text differs.
 # ---------------------------------------------------------------------------
@@ -151,7 +169,7 @@ assert np.array_equal(e3, e4) and not np.array_equal(e1, e2)
 assert c_pos > c_neg
 
 # ---------------------------------------------------------------------------
-# 5. Masking positives: crops, then each token replaced by [MASK] with
+# 6. Masking positives: crops, then each token replaced by [MASK] with
 #    probability mask_frac (independently per view)
 # ---------------------------------------------------------------------------
 mid = mask_token_id(tok)

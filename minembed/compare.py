@@ -2,7 +2,7 @@
 
     rows  <- TF-IDF, TF-IDF -> SVD(100) -> L2, majority class   (no training)
              untrained bag model                              (random table, mean pooling)
-             bag model + crops
+             bag model + crops (the paper's), + a crop and the rest of its document (minembed's)
              transformer from scratch + crops / + dropout positives / + masking
     each  -> kNN accuracy (k = 10, Euclidean and cosine) and a linear probe on the
              fixed 90/10 split of `minembed.evaluate`; training steps and time
@@ -45,18 +45,20 @@ FAST = dict(  # a smoke test: small models, a subset of the corpus, ~1 minute on
     transformer=dict(model="transformer", dim=64, layers=1, heads=2, ffn=128, max_len=64,
                      batch_size=32, lr=1e-3, max_steps=25, epochs=100, bag_init=False),
 )
+CROPS = dict(positives="crops", span_max=0.5)  # the paper's pairs: two crops (spans of 10-50 %)
 MAIN_RUNS = [  # (configuration name, model kind, TrainConfig overrides)
-    ("bag + crops", "bag", dict(positives="crops")),
-    ("transformer + crops", "transformer", dict(positives="crops")),
-    ("transformer + dropout", "transformer", dict(positives="dropout")),
-    ("transformer + masking", "transformer", dict(positives="mask", mask_frac=0.3)),
+    ("bag + crops", "bag", CROPS),
+    ("bag + crop and rest", "bag", dict(positives="rest")),  # minembed train's pairs
+    ("transformer + crops", "transformer", CROPS),
+    ("transformer + dropout", "transformer", dict(CROPS, positives="dropout")),
+    ("transformer + masking", "transformer", dict(CROPS, positives="mask", mask_frac=0.3)),
 ]
 SWEEPS = {  # name -> (TrainConfig field, values, how a value is shown, extra overrides)
-    "temperature": ("scale", [1 / 0.005, 1 / 0.05, 1 / 0.5, 1 / 5.0], lambda s: f"tau={1 / s:g}", {}),
-    "crop-sentences": ("crop_sentences", [1, 2, 3, 4], lambda v: f"{v} sentence(s)", {}),
-    "lr": ("lr", None, lambda v: f"lr={v:g}", {}),  # values depend on the model: LR_VALUES
+    "temperature": ("scale", [1 / 0.005, 1 / 0.05, 1 / 0.5, 1 / 5.0], lambda s: f"tau={1 / s:g}", CROPS),
+    "crop-sentences": ("crop_sentences", [1, 2, 3, 4], lambda v: f"{v} sentence(s)", CROPS),
+    "lr": ("lr", None, lambda v: f"lr={v:g}", CROPS),  # values depend on the model: LR_VALUES
     "mask-frac": ("mask_frac", [0.1, 0.2, 0.4, 0.6, 0.8], lambda v: f"mask {v:.0%}",
-                  dict(positives="mask")),
+                  dict(CROPS, positives="mask")),
 }
 LR_VALUES = {"bag": [0.005, 0.05, 0.5, 5.0], "transformer": [5e-5, 2e-4, 5e-4, 2e-3]}
 PAPER_KNN = {  # the paper's kNN accuracies (ICLR abstracts), for the Markdown table
@@ -82,6 +84,8 @@ def _settings(cfg):
         s += f", {c.layers}L/{c.heads}H/ffn {c.ffn}, T<={c.max_len}"
     if c.positives == "mask":
         s += f", mask {c.mask_frac:g}"
+    if c.positives == "rest":
+        s += f", crop (spans {c.span_min:g}-{c.span_max:g}) and the rest"
     return s + (f", {c.crop_sentences} sent/crop" if c.crop_sentences != 2 else "")
 
 
@@ -166,7 +170,7 @@ def run_comparison(corpus=None, fast=False, fmt="auto", sweeps=(), sweep_model="
             for name, kind, over in MAIN_RUNS:
                 row, model = trained_row(name, kind, cfg_of(kind, **over))
                 rows.append(row)
-                if kind == "bag":  # the same table, untrained: what training added
+                if name == "bag + crops":  # the same table, untrained: what training added
                     enc = encoder_module("bag")
                     untrained = Model(model.config, enc.init_params(model.config, np.random.default_rng(
                         [seed, 0])), model.tokenizer)

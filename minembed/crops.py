@@ -6,7 +6,8 @@
 * Token spans (Contriever's): two independent random spans of the document, each
   ``span_min``..``span_max`` of its tokens. With ``crops="auto"`` documents with too few kept
   sentences fall back to them; under 2 tokens: skipped.
-* ``positives``: ``crops``; ``dropout`` (one crop twice, for encoders with dropout: SimCSE);
+* ``positives``: ``crops``; ``rest`` (one crop, and the rest of its document: every token
+  before and after it); ``dropout`` (one crop twice, for encoders with dropout: SimCSE);
   ``mask`` (crops with a fraction of tokens masked).
 
 Every view is a list of token ranges gathered with one vectorised index computation
@@ -53,16 +54,13 @@ class PairSampler:
         self.is_sent = use_sent = self.n_windows >= 2 if c.crops != "spans" else np.zeros_like(doc_len, bool)
         use_span = (~use_sent) & (doc_len >= 2) if c.crops != "sentences" else np.zeros_like(use_sent)
         self.usable = np.flatnonzero(use_sent | use_span)
-        self.stats = {"documents": int(len(doc_len)), "sentence_crops": int(use_sent.sum()),
-                      "token_spans": int(use_span.sum()),
-                      "skipped": int(len(doc_len) - use_sent.sum() - use_span.sum())}
+        n = len(doc_len), int(use_sent.sum()), int(use_span.sum())
+        self.stats = dict(documents=n[0], sentence_crops=n[1], token_spans=n[2], skipped=n[0] - n[1] - n[2])
 
     def _sentence_views(self, docs, window):
         """Token ranges of the crops starting at kept-sentence `window` of each doc."""
         so = np.asarray(self.corpus.sent_offsets)
-        first = self.doc_kept_start[docs] + window  # (b,) index into self.kept
-        k = first[:, None] + np.arange(self.n_sent)  # (b, n) kept indices
-        sent = self.kept[k]  # (b, n) sentence ids
+        sent = self.kept[(self.doc_kept_start[docs] + window)[:, None] + np.arange(self.n_sent)]  # (b, n) ids
         return so[sent], so[sent + 1] - so[sent]  # starts, lengths (b, n): n ranges per view
 
     def _span_views(self, docs, rng):
@@ -74,9 +72,8 @@ class PairSampler:
         return start[:, None], length[:, None]
 
     def _views(self, docs, rng, window=None):
-        """One view per document as ranges (starts, lengths), each (b, n_sent) (span views use
-        the first column only), and the sentence windows drawn, so that a second call with
-        ``window=`` picks a different crop."""
+        """One view per document as ranges (starts, lengths), each (b, n_sent) (span views use the
+        first column only), and the sentence windows drawn (``window=``: a different crop)."""
         is_sent = self.is_sent[docs]
         s_docs = docs[is_sent]
         w = self.n_windows[s_docs]
@@ -91,18 +88,18 @@ class PairSampler:
 
     def _assemble(self, range_sets, rng):
         """Concatenate views (each a set of ranges) into a ragged batch (ids, offsets)."""
-        starts = np.concatenate([r[0] for r in range_sets])  # (N, n)
-        lens = np.concatenate([r[1] for r in range_sets])
+        n = max(r[0].shape[1] for r in range_sets)  # (b, n) ranges a view, padded with empty ones
+        starts, lens = (np.concatenate([np.pad(r[i], ((0, 0), (0, n - r[i].shape[1]))) for r in range_sets])
+                        for i in (0, 1))
         if self.max_len:  # cut each view to its first max_len tokens
             cum = np.cumsum(lens, axis=1)
             lens = np.clip(self.max_len - (cum - lens), 0, lens)
-        view_len = lens.sum(axis=1)
         idx = _gather_ranges(starts.ravel(), lens.ravel())
         ids = np.asarray(self.corpus.ids[idx], dtype=np.int32) if len(idx) else np.zeros(0, np.int32)
         # a random read of a mapped file maps whole page-cache folios (up to MBs each)
         # into our resident memory: release them, so that memory stays flat in corpus size
         self.corpus.release_pages()
-        offsets = np.r_[0, np.cumsum(view_len)].astype(np.int64)
+        offsets = np.r_[0, np.cumsum(lens.sum(axis=1))].astype(np.int64)
         if self.cfg.positives == "mask":  # ids is a copy (a gather)
             ids[rng.random(len(ids)) < self.cfg.mask_frac] = self.mask_id
         return ids, offsets
@@ -114,5 +111,10 @@ class PairSampler:
         a, win = self._views(docs, rng)
         if self.cfg.positives == "dropout":
             return self._assemble([a, a], rng)
+        if self.cfg.positives == "rest":  # [doc start, crop start) and [crop end, doc end)
+            off, (s, n) = np.asarray(self.corpus.doc_offsets), a
+            end = (s + n).max(axis=1)  # where the crop's last range ends (unused ranges: (0, 0))
+            rest = np.c_[off[docs], end], np.c_[s[:, 0] - off[docs], off[docs + 1] - end]
+            return self._assemble([a, rest], rng)
         p, _ = self._views(docs, rng, window=win)
         return self._assemble([a, p], rng)

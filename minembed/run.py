@@ -160,7 +160,8 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     encoding B/R pairs of every batch; rank 0 alone writes the output directory.
     ``micro_batch``: encode that many pairs at a time (gradient caching: less memory,
     the same gradient). ``threads``: BLAS threads per process (None: MINEMBED_THREADS, else
-    chosen for the model: minembed/runtime.py); the same model for any count.
+    chosen for the model: minembed/runtime.py; a resumed run: the count it ran with, which
+    can change the transformer's last bits).
 
     Returns the trained Model. Raises MinembedError for anything the user can fix.
     """
@@ -178,6 +179,8 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     else:  # rank 0 first (it fills the caches the others read), and its checkpoint to all
         out, ckpt, cfg, source, tok, data, sampler = comm.lead_first(lambda c: _prepare(c, *args))
         comm.lead_first(lambda _: (out.open() if lead else None, None))
+    if threads is None and not os.environ.get("MINEMBED_THREADS") and ckpt is not None:
+        threads = ckpt.info.get("blas_threads")  # the run's own: BLAS's last bits depend on the count
     if comm is not None and threads is None and cfg.model == "transformer":
         threads = max(1, (os.cpu_count() or 1) // comm.size)  # the ranks share the machine
     n_threads = choose_threads(cfg.model, threads)
@@ -185,7 +188,7 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     try:
         with tuned(cfg.model, n_threads):
             model = _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn,
-                         ckpt, checkpoint_every, comm, micro_batch)
+                         ckpt, checkpoint_every, comm, micro_batch, n_threads)
         keep = True
         return model
     except ckpt_mod.TrainingInterrupted:
@@ -298,7 +301,7 @@ def _bag_table(cfg, data, tok, xp, quiet, comm):
 
 
 def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_fn, ckpt,
-         checkpoint_every, comm=None, micro_batch=0):
+         checkpoint_every, comm=None, micro_batch=0, n_threads=1):
     lead = comm is None or comm.rank == 0
     encoder = encoder_module(cfg.model)
     enc_cfg = cfg.encoder_config(tok.get_vocab_size())
@@ -319,7 +322,7 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
             ckpt_mod.truncate_log(out.file("log.jsonl"), start)
     spe = len(sampler.usable) // cfg.batch_size
     total = spe * cfg.epochs if not cfg.max_steps else min(spe * cfg.epochs, cfg.max_steps)
-    run_info = {"training": dataclasses.asdict(cfg), "eval_every": eval_every,
+    run_info = {"training": dataclasses.asdict(cfg), "eval_every": eval_every, "blas_threads": n_threads,
                 "corpus": dict(source.identity, stats=dict(sampler.stats, tokens=int(data.n_tokens)))}
     log = open(out.file("log.jsonl") if lead else os.devnull, "a" if ckpt is not None else "w")
     bar = Progress(total, "training", "step", done=start, quiet=quiet)
@@ -381,7 +384,7 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         stop.restore()
         bar.close()
         log.close()
-    config["training"].update(steps=total, seconds=round(time.perf_counter() - t0, 2))
+    config["training"].update(steps=total, seconds=round(time.perf_counter() - t0, 2), blas_threads=n_threads)
     if not lead:
         return Model(config, params, tok)
     save_model(out.path, config, params, tok)

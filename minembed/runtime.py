@@ -5,8 +5,9 @@ OpenBLAS's idle workers spin after each product, so threads beyond the idle core
 (a core busy elsewhere made the bag training 5-7x slower, a transformer step up to 30x). The bag
 model's products are small (InfoNCE's): one thread. The transformer gets the idle cores: the
 cores we may use less the threads of other processes running now (/proc/loadavg; the load
-average lags a minute behind), at least one. Results do not depend on the count (OpenBLAS
-splits a product's rows and columns among threads, never a sum).
+average lags a minute behind), at least one. OpenBLAS splits a product's rows and columns among
+threads, never a sum, but the kernels for the edges of each part differ, so the count can change
+the last bits of a product: a training run records its count and a resumed run keeps it.
 
 The allocator (glibc, transformer only): freed blocks over 32 MB went back to the system, so each
 step's (tokens, ffn) activations came back as fresh pages for the kernel to zero; keeping them

@@ -29,8 +29,7 @@ from .loss import matryoshka_backward, matryoshka_forward
 # softer softmax (scale 10: same-topic documents are often each other's negatives).
 MODEL_DEFAULTS = {
     "bag": dict(lr=0.1, batch_size=128, optimizer="adam", weight_decay=0.0, clip=0.0, dim=256, scale=10.0),
-    "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0, dim=128,
-                        scale=20.0),
+    "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0, dim=128, scale=20.0),
 }
 AUTO = {"bag": (40, 800, 5000), "transformer": (10, 400, 1500)}  # no --epochs: (epochs, min, max steps)
 
@@ -82,9 +81,10 @@ class TrainConfig:
     sentence_min: int = _f(100, "shortest kept sentence (characters)", *NONNEG)
     sentence_max: int = _f(250, "longest kept sentence (characters)", *POS)
     span_min: float = _f(0.1, "shortest token span, a fraction of the document", *UNIT)
-    span_max: float = _f(0.5, "longest token span, a fraction of the document", *UNIT)
-    positives: str = _f("crops", "two crops; one crop twice with dropout (SimCSE, transformer only); "
-                                 "or crops with masked tokens", choices=("crops", "dropout", "mask"))
+    span_max: float = _f(0.3, "longest token span, a fraction of the document", *UNIT)
+    positives: str = _f("rest", "a crop and the rest of its document; two crops (the paper's); one crop twice "
+                                "with dropout (SimCSE, transformer only); crops with masked tokens",
+                        choices=("rest", "crops", "dropout", "mask"))
     mask_frac: float = _f(0.3, "fraction of tokens masked with --positives mask", *OPEN)
     layers: int = _f(2, "transformer blocks", *POS)
     heads: int = _f(4, "attention heads", *POS)
@@ -149,13 +149,11 @@ def train_step(encoder, params, enc_cfg, ids, offsets, cfg, rng):
     b = emb.shape[0] // 2
     dims = matryoshka_dims(cfg.matryoshka or "", emb.shape[1])  # [D], or the Matryoshka prefixes too
     loss, lcache = matryoshka_forward(emb[:b], emb[b:], dims, cfg.scale, cfg.symmetric)
-    da, dp = matryoshka_backward(1.0, lcache)
-    grads = encoder.backward(xp_of(emb).concatenate([da, dp]), cache)
-    return loss, lcache["accuracy"], grads
+    demb = xp_of(emb).concatenate(matryoshka_backward(1.0, lcache))  # (da; dp): the rows of emb
+    return loss, lcache["accuracy"], encoder.backward(demb, cache)
 
 
-def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None,
-               step_fn=None):
+def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None, step_fn=None):
     """Steps start+1 .. total of the run ``cfg`` (resolved, epochs set) on ``sampler``'s
     pairs, updating ``params`` and the Adam state ``adam`` in place; ``on_step(step,
     record)`` after each (loss, in-batch accuracy, lr, gradient norm, epoch, seconds).

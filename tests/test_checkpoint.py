@@ -244,3 +244,32 @@ def test_truncate_log_drops_later_and_torn_records(tmp_path):
     p.write_text('{"step": 1}\n{"st')
     ckpt_mod.truncate_log(str(p), 5)
     assert p.read_text() == '{"step": 1}\n'
+
+
+def test_resume_keeps_the_runs_blas_thread_count(env, monkeypatch):
+    """The count can change the transformer's last bits: it is recorded, and a resumed run
+    without --threads / MINEMBED_THREADS uses it, not what the machine's load suggests now."""
+    import minembed.run as run_mod
+    d, e = env
+    monkeypatch.setenv("MINEMBED_CACHE", e["MINEMBED_CACHE"])
+    monkeypatch.delenv("MINEMBED_THREADS", raising=False)
+    corpus = str(d / "corpus.txt")
+    cfg = TrainConfig(model="transformer", dim=16, layers=1, heads=2, ffn=32, max_len=32, vocab_size=256,
+                      batch_size=16, max_steps=12, seed=1, bag_init=False)
+    import minembed.train as t
+    real, calls = t.train_step, []
+
+    def interrupted_step(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            signal.raise_signal(signal.SIGINT)
+        return real(*a)
+    monkeypatch.setattr(t, "train_step", interrupted_step)
+    with pytest.raises(ckpt_mod.TrainingInterrupted):
+        train(corpus, d / "threads", cfg, quiet=True, checkpoint_every=0, threads=2)
+    monkeypatch.setattr(t, "train_step", real)
+    assert ckpt_mod.load_checkpoint(str(d / "threads")).info["blas_threads"] == 2
+    chosen = []
+    monkeypatch.setattr(run_mod, "choose_threads", lambda model, threads: chosen.append(threads) or 2)
+    model = train(out_dir=d / "threads", resume=True, quiet=True)
+    assert chosen == [2] and model.config["training"]["blas_threads"] == 2

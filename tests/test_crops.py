@@ -65,7 +65,7 @@ def test_stats_and_fallback(corpus):
 
 def test_sentence_crops_are_two_different_windows_of_kept_sentences(corpus):
     texts, tok, c = corpus
-    s = PairSampler(c)
+    s = PairSampler(c, positives="crops")
     for seed in range(20):
         ids, off = s.sample(np.array([0, 4]), np.random.default_rng(seed))
         views = [tok.decode(ids[off[i]:off[i + 1]].tolist()) for i in range(4)]
@@ -78,7 +78,7 @@ def test_sentence_crops_are_two_different_windows_of_kept_sentences(corpus):
 
 def test_span_views_are_within_bounds(corpus):
     _, _, c = corpus
-    s = PairSampler(c, crops="spans", span_min=0.2, span_max=0.4)
+    s = PairSampler(c, crops="spans", span_min=0.2, span_max=0.4, positives="crops")
     docs = np.repeat(np.array([0, 1, 2, 4]), 50)
     ids, off = s.sample(docs, np.random.default_rng(0))
     lens = np.diff(off)
@@ -90,6 +90,26 @@ def test_span_views_are_within_bounds(corpus):
         doc = np.asarray(c.ids[c.doc_offsets[d]:c.doc_offsets[d + 1]]).tolist()
         v = ids[off[i]:off[i + 1]].tolist()
         assert any(doc[j:j + len(v)] == v for j in range(len(doc) - len(v) + 1))
+
+
+@pytest.mark.parametrize("crops", ["spans", "auto"])
+def test_rest_positives_are_the_document_around_the_crop(corpus, crops):
+    """positives="rest": the positive is the document's tokens before the crop, then after it
+    (for a sentence crop, after its last sentence); with token spans, crop + rest = document."""
+    _, _, c = corpus
+    s = PairSampler(c, crops=crops, positives="rest")
+    docs = np.array([0, 1, 2, 4])
+    for seed in range(10):
+        ids, off = s.sample(docs, np.random.default_rng(seed))
+        for j, d in enumerate(docs):
+            doc = np.asarray(c.ids[c.doc_offsets[d]:c.doc_offsets[d + 1]]).tolist()
+            crop, rest = ids[off[j]:off[j + 1]].tolist(), ids[off[j + 4]:off[j + 5]].tolist()
+            assert crop and len(crop) + len(rest) <= len(doc)
+            gap = len(doc) - len(crop) - len(rest)  # short sentences between a crop's two
+            assert gap == 0 or (crops == "auto" and d == 4)
+            span = len(crop) + gap                  # the crop's run in the document, from k
+            assert any(rest == doc[:k] + doc[k + span:] and doc[k] == crop[0] and doc[k + span - 1] == crop[-1]
+                       and (gap or doc[k:k + span] == crop) for k in range(len(rest) + 1))
 
 
 def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):

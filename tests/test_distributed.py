@@ -30,11 +30,12 @@ pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec", path=sysconfig.get_path("scripts")) or shutil.which("mpiexec")
 HERE = Path(__file__).resolve().parent
 
-MODELS = {  # tiny: every test launches several processes on 2 shared cores
-    "bag": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "5"],
+MODELS = {  # tiny: every test launches several processes on 2 shared cores; one BLAS thread each,
+    # as the count can change a product's last bits (minembed/runtime.py)
+    "bag": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "5", "--threads", "1"],
     "transformer": ["--model", "transformer", "--dim", "16", "--layers", "1", "--heads", "2",
                     "--ffn", "32", "--max-len", "32", "--dropout", "0.1", "--vocab-size", "300",
-                    "--batch-size", "24", "--max-steps", "4"],
+                    "--batch-size", "24", "--max-steps", "4", "--threads", "1"],
 }
 # the CLI with every training step slowed down by DELAY s, so that a signal lands mid-run
 SLOW_CLI = ("import time, minembed.run as r\n"
@@ -177,7 +178,7 @@ def test_only_rank_0_writes_and_an_error_stops_every_rank(env):
 
 def test_ctrl_c_on_one_rank_stops_all_and_resume_on_other_ranks(env):
     d, e, corpus = env
-    out, args = d / "interrupted", MODELS["bag"][:-1] + ["30", "--checkpoint-every", "0", "--seed", "4"]
+    out, args = d / "interrupted", MODELS["bag"][:-3] + ["30", "--threads", "1", "--checkpoint-every", "0", "--seed", "4"]
     ref = d / "uninterrupted"
     res = mpirun(2, ["train", corpus, "-o", str(ref), "-q"] + args, e)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -150,6 +150,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(env):
     assert_same_model(ref, out)
 
 
+def sigint_at(monkeypatch, step):
+    """Make train_step raise SIGINT in the middle of its ``step``-th call; returns the undo."""
+    import minembed.train as t
+    real, calls = t.train_step, []
+
+    def interrupted_step(*a):
+        calls.append(1)
+        if len(calls) == step:
+            signal.raise_signal(signal.SIGINT)
+        return real(*a)
+    monkeypatch.setattr(t, "train_step", interrupted_step)
+    return lambda: monkeypatch.setattr(t, "train_step", real)
+
+
 def test_python_api_interrupt_and_resume(env, monkeypatch):
     """In-process: SIGINT arrives in the middle of step 7; the step completes, a
     checkpoint is saved, TrainingInterrupted is raised; resume=True finishes."""
@@ -158,21 +172,12 @@ def test_python_api_interrupt_and_resume(env, monkeypatch):
     corpus = str(d / "corpus.txt")
     cfg = TrainConfig(vocab_size=256, dim=16, batch_size=16, max_steps=30, seed=1)
     train(corpus, d / "api-ref", cfg, quiet=True)
-    import minembed.train as t
-    real = t.train_step
-    calls = []
-
-    def interrupted_step(*a):
-        calls.append(1)
-        if len(calls) == 7:
-            signal.raise_signal(signal.SIGINT)
-        return real(*a)
-    monkeypatch.setattr(t, "train_step", interrupted_step)
+    undo = sigint_at(monkeypatch, 7)
     before = signal.getsignal(signal.SIGINT)  # Python's default handler, or SIG_IGN under `cmd &`
     with pytest.raises(ckpt_mod.TrainingInterrupted, match="interrupted at step 7; resume with"):
         train(corpus, d / "api", cfg, quiet=True, checkpoint_every=0)
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
-    monkeypatch.setattr(t, "train_step", real)
+    undo()
     assert checkpoint_step(d / "api") == 7
     model = train(out_dir=d / "api", resume=True, quiet=True)
     assert model.config["training"]["max_steps"] == 30
@@ -256,18 +261,10 @@ def test_resume_keeps_the_runs_blas_thread_count(env, monkeypatch):
     corpus = str(d / "corpus.txt")
     cfg = TrainConfig(model="transformer", dim=16, layers=1, heads=2, ffn=32, max_len=32, vocab_size=256,
                       batch_size=16, max_steps=12, seed=1, bag_init=False)
-    import minembed.train as t
-    real, calls = t.train_step, []
-
-    def interrupted_step(*a):
-        calls.append(1)
-        if len(calls) == 4:
-            signal.raise_signal(signal.SIGINT)
-        return real(*a)
-    monkeypatch.setattr(t, "train_step", interrupted_step)
+    undo = sigint_at(monkeypatch, 4)
     with pytest.raises(ckpt_mod.TrainingInterrupted):
         train(corpus, d / "threads", cfg, quiet=True, checkpoint_every=0, threads=2)
-    monkeypatch.setattr(t, "train_step", real)
+    undo()
     assert ckpt_mod.load_checkpoint(str(d / "threads")).info["blas_threads"] == 2
     chosen = []
     monkeypatch.setattr(run_mod, "choose_threads", lambda model, threads: chosen.append(threads) or 2)

@@ -54,8 +54,8 @@ class PairSampler:
         self.is_sent = use_sent = self.n_windows >= 2 if c.crops != "spans" else np.zeros_like(doc_len, bool)
         use_span = (~use_sent) & (doc_len >= 2) if c.crops != "sentences" else np.zeros_like(use_sent)
         self.usable = np.flatnonzero(use_sent | use_span)
-        n = len(doc_len), int(use_sent.sum()), int(use_span.sum())
-        self.stats = dict(documents=n[0], sentence_crops=n[1], token_spans=n[2], skipped=n[0] - n[1] - n[2])
+        total, sents, spans = len(doc_len), int(use_sent.sum()), int(use_span.sum())  # documents
+        self.stats = dict(documents=total, sentence_crops=sents, token_spans=spans, skipped=total - sents - spans)
 
     def _sentence_views(self, docs, window):
         """Token ranges of the crops starting at kept-sentence `window` of each doc."""

@@ -179,11 +179,13 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, fmt="auto", tokenizer
     else:  # rank 0 first (it fills the caches the others read), and its checkpoint to all
         out, ckpt, cfg, source, tok, data, sampler = comm.lead_first(lambda c: _prepare(c, *args))
         comm.lead_first(lambda _: (out.open() if lead else None, None))
-    if threads is None and not os.environ.get("MINEMBED_THREADS") and ckpt is not None:
-        threads = ckpt.info.get("blas_threads")  # the run's own: BLAS's last bits depend on the count
-    if comm is not None and threads is None and cfg.model == "transformer":
-        threads = max(1, (os.cpu_count() or 1) // comm.size)  # the ranks share the machine
-    n_threads = choose_threads(cfg.model, threads)
+    if ckpt is not None:  # the run's own count: BLAS's last bits depend on it
+        default = ckpt.info.get("blas_threads")
+    elif comm is not None and cfg.model == "transformer":  # the ranks share the machine
+        default = max(1, (os.cpu_count() or 1) // comm.size)
+    else:
+        default = None
+    n_threads = choose_threads(cfg.model, threads, default)
     keep = False
     try:
         with tuned(cfg.model, n_threads):
@@ -271,13 +273,14 @@ def _resume_settings(ckpt, corpus):
 
 def _bag_table(cfg, data, tok, xp, quiet, comm):
     """The transformer's first token table: a bag model of its dimension trained first on the
-    same corpus (crops, the bag model's defaults), its rows rescaled to a fresh table's std
-    (0.02). From scratch the transformer learns what tokens mean through attention alone;
-    from a bag table it starts knowing it (docs/quality.md: +8 kNN points on the built-in corpus)."""
+    same corpus (the transformer's pairs and crops, the bag model's other defaults), its rows
+    rescaled to a fresh table's std (0.02). From scratch the transformer learns what tokens mean
+    through attention alone; from a bag table it starts knowing it (docs/quality.md: +6 to +13
+    kNN points)."""
     bcfg = TrainConfig(dim=cfg.dim, seed=cfg.seed, vocab_size=cfg.vocab_size, crops=cfg.crops,
                        crop_sentences=cfg.crop_sentences, sentence_min=cfg.sentence_min,
                        sentence_max=cfg.sentence_max, span_min=cfg.span_min, span_max=cfg.span_max,
-                       positives=cfg.positives, mask_frac=cfg.mask_frac)  # crops or mask
+                       positives=cfg.positives, mask_frac=cfg.mask_frac)  # rest, crops or mask
     bcfg = bcfg.resolved()
     sampler = PairSampler(data, bcfg, mask_token_id(tok))
     bcfg = dataclasses.replace(bcfg, batch_size=min(bcfg.batch_size, len(sampler.usable)))

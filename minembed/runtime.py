@@ -27,9 +27,11 @@ _active = []  # the thread counts of the contexts we are inside
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
-def choose_threads(model=None, threads=None):
-    """How many BLAS threads ``model`` ("bag", "transformer"; None: other work) gets."""
-    threads = threads or os.environ.get("MINEMBED_THREADS") or None
+def choose_threads(model=None, threads=None, default=None):
+    """How many BLAS threads ``model`` ("bag", "transformer"; None: other work) gets: ``threads``,
+    else MINEMBED_THREADS, else ``default`` (a count to keep: a resumed run's, a process's share
+    of the machine), else chosen for the model."""
+    threads = threads or os.environ.get("MINEMBED_THREADS") or default
     if threads is not None:
         if not str(threads).isdigit() or int(threads) < 1:
             raise MinembedError(f"--threads / MINEMBED_THREADS must be a positive integer, got {threads!r}")

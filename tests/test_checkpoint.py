@@ -267,6 +267,6 @@ def test_resume_keeps_the_runs_blas_thread_count(env, monkeypatch):
     undo()
     assert ckpt_mod.load_checkpoint(str(d / "threads")).info["blas_threads"] == 2
     chosen = []
-    monkeypatch.setattr(run_mod, "choose_threads", lambda model, threads: chosen.append(threads) or 2)
+    monkeypatch.setattr(run_mod, "choose_threads", lambda model, threads, default: chosen.append(default) or 2)
     model = train(out_dir=d / "threads", resume=True, quiet=True)
     assert chosen == [2] and model.config["training"]["blas_threads"] == 2

@@ -22,8 +22,10 @@ def test_choice(monkeypatch):
     assert runtime.choose_threads("transformer") == cores        # a quiet machine: every core
     monkeypatch.setattr(runtime, "_busy_elsewhere", lambda: cores)
     assert runtime.choose_threads("transformer") == 1            # all of them busy: one
+    assert runtime.choose_threads("bag", None, 3) == 3           # a count to keep (a resumed run's)
     monkeypatch.setenv("MINEMBED_THREADS", "2")
     assert runtime.choose_threads("bag") == 2
+    assert runtime.choose_threads("bag", None, 3) == 2           # the variable before a default
     for bad in ("0", "two"):
         monkeypatch.setenv("MINEMBED_THREADS", bad)
         with pytest.raises(MinembedError, match="MINEMBED_THREADS"):

@@ -63,7 +63,7 @@ class TrainConfig:
                            "(400-1,500 steps)]", *POS)
     max_steps: int = _f(0, "stop after this many steps (the schedule ends there too); 0: all epochs", *NONNEG)
     batch_size: int = _f(None, "positive pairs per step [bag: 128, transformer: 64]", *at_least(2))
-    lr: float = _f(None, "peak learning rate [bag: 0.1, transformer: 5e-4]", *NUMBER)
+    lr: float = _f(None, "peak learning rate [bag: 0.1, transformer: 3e-5 on a bag table, else 5e-4]", *NUMBER)
     warmup: float = _f(0.1, "linear warm-up, a fraction of the first epoch; then linear decay to 0", *FRAC)
     optimizer: str = _f(None, "[bag: adam, transformer: adamw]", choices=("adam", "adamw"))
     weight_decay: float = _f(None, "AdamW decoupled weight decay [0.01]", *NONNEG)

@@ -208,6 +208,14 @@ def test_transformer_token_table_from_a_bag_model(tmp_path, topic_txt, capsys):
     (table, acc), (_, acc0) = initial_table(), initial_table(bag_init=False)
     assert abs(table.std() - 0.02) < 1e-3
     assert acc > acc0 + 0.1, (acc, acc0)
+    # ... and starts as that bag model: blocks the identity (output projections 0), positions small
+    w, w0 = weights(tmp_path / "0"), weights(tmp_path / "1")
+    for k in ("blocks.0.attn.out.w", "blocks.0.mlp.proj.w"):
+        assert np.abs(w[k]).max() < 1e-9 and np.abs(w0[k]).std() > 1e-3, k
+    assert abs(w["pos_emb"].std() - 0.002) < 3e-4 and abs(w0["pos_emb"].std() - 0.02) < 3e-3
+    lrs = [train(None, tmp_path / f"lr{i}", TrainConfig(**dict(TINY_TF, vocab_size=2000, **kw)), quiet=True)
+           .config["training"]["lr"] for i, kw in enumerate([{}, dict(bag_init=False), dict(lr=1e-3)])]
+    assert lrs == [3e-5, 5e-4, 1e-3]  # the default lr refines a bag table; from scratch it is 5e-4
     m = train(topic_txt, tmp_path / "d", TrainConfig(**TINY_TF, positives="dropout"))
     assert "--positives dropout: the token table starts random" in capsys.readouterr().err
     assert m.config["training"]["bag_init"] is False

@@ -67,7 +67,7 @@ ROWS = {
     "lr0.03-ep60": ("  + lr 0.03, 60 epochs", dict(lr=0.03, epochs=60)),
     "lr0.03-d512": ("  + lr 0.03, dim 512", dict(lr=0.03, dim=512)),
     "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and the rest, "
-                    "its table from a bag model)", dict(model="transformer")),
+                    "starting as a bag model trained first, lr 3e-5)", dict(model="transformer")),
     "transformer-crops": ("transformer, two crops instead", dict(CROPS, model="transformer")),
     "transformer-scratch-crops": ("transformer, two crops, random token table",
                                   dict(CROPS, model="transformer", bag_init=False)),

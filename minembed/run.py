@@ -213,13 +213,11 @@ def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_
         tok = ckpt.tokenizer
         say(f"resuming {out.path} at step {ckpt.step} on {source.name}")
     else:
-        given, cfg = cfg or TrainConfig(), (cfg or TrainConfig()).resolved()
+        cfg = (cfg or TrainConfig()).resolved()
         if cfg.model == "transformer" and cfg.bag_init and cfg.positives == "dropout":
             say("--positives dropout: the token table starts random (a bag model trained first "
                 "would have learned from crops)")
             cfg = dataclasses.replace(cfg, bag_init=False)
-        if cfg.model == "transformer" and cfg.bag_init and given.lr is None:
-            cfg = dataclasses.replace(cfg, lr=BAG_START_LR)  # refine the bag model, not undo it
         source = Corpus(corpus, fmt, max_doc_chars, encoding, errors)
         n = sum(1 for _, _ in zip(range(2), source.texts()))  # before any slow work
         if n < 2:
@@ -303,9 +301,6 @@ def _bag_table(cfg, data, tok, xp, quiet, comm):
     if comm is not None:  # the same table on every process, whatever their BLAS did
         table = comm.allreduce(table) / comm.size
     return table * (0.02 / float(table.std()))
-
-
-BAG_START_LR = 3e-5  # the transformer's default lr from a bag table (from scratch: 5e-4)
 
 
 def _start_as_the_bag(params):

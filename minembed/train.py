@@ -24,9 +24,9 @@ from .backend import to_device, xp_of
 from .errors import MinembedError
 from .loss import matryoshka_backward, matryoshka_forward
 
-# Settings that differ per encoder (measured on four corpora: docs/quality.md). The bag
-# model wants a huge learning rate (each row moves only when its token occurs) and a
-# softer softmax (scale 10: same-topic documents are often each other's negatives).
+# Settings that differ per encoder (docs/quality.md). The bag model wants a huge lr (each row moves
+# only when its token occurs) and a softer softmax (scale 10: same-topic documents are often each
+# other's negatives); a transformer that starts as a bag model (run.py) a tiny lr, 3e-5, to refine it.
 MODEL_DEFAULTS = {
     "bag": dict(lr=0.1, batch_size=128, optimizer="adam", weight_decay=0.0, clip=0.0, dim=256, scale=10.0),
     "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0, dim=128, scale=20.0),
@@ -51,8 +51,7 @@ FRAC, UNIT, OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 < v <= 1, 
     (lambda v: 0 < v < 1, "in (0, 1)")
 
 
-def at_least(n):
-    return (lambda v: v >= n), f"at least {n}"
+def at_least(n): return (lambda v: v >= n), f"at least {n}"  # noqa: E704
 
 
 @dataclasses.dataclass
@@ -95,8 +94,9 @@ class TrainConfig:
 
     def resolved(self):
         """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""
-        c = dataclasses.replace(self, **{k: v for k, v in MODEL_DEFAULTS.get(self.model, {}).items()
-                                         if getattr(self, k) is None})
+        bag_start = self.model == "transformer" and self.bag_init and self.positives != "dropout"
+        defaults = dict(MODEL_DEFAULTS.get(self.model, {}), **({"lr": 3e-5} if bag_start else {}))
+        c = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
         for f in dataclasses.fields(c):
             v, m = getattr(c, f.name), f.metadata
             flag = "--" + f.name.replace("_", "-")

@@ -15,14 +15,13 @@ so every call quantises alike; binary, the sign bits, 8 to a byte (np.packbits).
 import json
 import os
 import shutil
-import tempfile
 import warnings
 
 import numpy as np
 
 from .backend import to_numpy
 from .errors import MinembedError
-from .model import _umask, add_file, atomic_write_bytes, weights_bytes
+from .model import add_file, atomic_path, atomic_write_bytes, weights_bytes
 from .progress import Progress
 from .runtime import tuned
 from .tokenize import _NpyWriter
@@ -159,31 +158,21 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
         raise MinembedError("int8 output quantises unit vectors: drop --no-normalize")
     scales = int8_scales(model, k) if dtype == "int8" else None
     out = os.path.abspath(out)
-    bar, chars, w, tmp = Progress(label="embedding", unit="document", quiet=quiet), 0, None, None
-    size = corpus.text_bytes
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp",
-                                   dir=os.path.dirname(out))
-        os.close(fd)
+    bar, chars, size = Progress(label="embedding", unit="document", quiet=quiet), 0, corpus.text_bytes
+    with atomic_path(out) as tmp:
         w = _NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
-        with warnings.catch_warnings(), tuned(model.config["model"], threads):  # check_dim said it
-            warnings.simplefilter("ignore")
-            for chunk in _chunks(corpus.texts()):
-                w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k), dtype, scales))
-                chars += sum(map(len, chunk))
-                bar.update(len(chunk), size and f"~{min(99, 100 * chars // size)}% of the file")
-        if not w.count:
-            raise MinembedError(f"{corpus.name}: no documents found (the file is empty or blank)")
-        w.close()
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException as e:
-        if w is not None:
+        try:
+            with warnings.catch_warnings(), tuned(model.config["model"], threads):  # check_dim said it
+                warnings.simplefilter("ignore")
+                for chunk in _chunks(corpus.texts()):
+                    w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k), dtype, scales))
+                    chars += sum(map(len, chunk))
+                    bar.update(len(chunk), size and f"~{min(99, 100 * chars // size)}% of the file")
+            if not w.count:
+                raise MinembedError(f"{corpus.name}: no documents found (the file is empty or blank)")
+        except BaseException:
             w.f.close()
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise MinembedError(f"cannot write {out}: {e.strerror or e}") from None
-        raise
+            raise
+        w.close()
     bar.close()
     return (w.count,) + w.row

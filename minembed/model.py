@@ -12,6 +12,7 @@ temporary file, fsync, os.replace) with the permissions the umask gives, so a
 crash never leaves a half-written file under a real name; ``load`` checks the
 manifest and names the file that is missing or damaged.
 """
+import contextlib
 import hashlib
 import json
 import numbers
@@ -52,28 +53,36 @@ def _umask():
     return mask
 
 
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` so that readers see the old file or the new
-    one, never a part: a temporary file beside it, fsync, rename over. The file
-    gets the permissions a plain open() would (0666 minus the umask)."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path`` for the body to write; then the file gets the
+    permissions a plain open() would (0666 minus the umask) and is renamed over ``path``, so
+    readers see the old file or the new one, never a part. On any error the temporary is
+    removed, and an OSError becomes a MinembedError naming ``path``, not the temporary."""
     d = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+        os.close(fd)
     except OSError as e:
         raise MinembedError(f"cannot write {path}: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):  # the real name, not the temporary one
+        if isinstance(e, OSError):
             raise MinembedError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically (``atomic_path``), fsynced before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_json(path, obj):

@@ -23,13 +23,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import minembed  # noqa: E402
 from minembed import Corpus, TrainConfig  # noqa: E402
+from minembed.compare import CROPS  # noqa: E402  (the paper's pairs: two crops, spans of 10-50 %)
 from minembed.evaluate import knn_accuracy, tfidf  # noqa: E402
 from minembed.model import Model  # noqa: E402
 from minembed.run import train  # noqa: E402
 
 SPLITS = 10
 # row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped
-CROPS = dict(positives="crops", span_max=0.5)  # the paper's pairs (two crops), spans of 10-50 %: before 0.2
 ROWS = {
     "default": ("bag: minembed train as shipped (a crop and the rest of its document; 40 epochs, scale 10, "
                 "vocabulary 16k)", {}),

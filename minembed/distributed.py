@@ -26,7 +26,8 @@ from .backend import to_device, to_numpy, xp_of
 from .crops import _gather_ranges
 from .errors import MinembedError
 from .layers import RowGrad
-from .loss import infonce_backward, infonce_forward
+from .loss import matryoshka_backward, matryoshka_forward
+from .train import matryoshka_dims
 
 WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # set by mpiexec
 SPARSE_FACTOR = 1.0  # gather a table's rows while they move no more bytes than a dense all-reduce
@@ -194,8 +195,9 @@ def make_step(comm=None, micro_batch=0):
         half = [(e[:b - a], e[b - a:]) for (e, _), (a, b) in zip(out, chunks)]
         local = xp.stack([xp.concatenate([h[0] for h in half]), xp.concatenate([h[1] for h in half])], 1)
         both = comm.allgather(local, share) if comm is not None else local  # (B, 2, D): all pairs
-        loss, lcache = infonce_forward(both[:, 0], both[:, 1], scale=cfg.scale, symmetric=cfg.symmetric)
-        da, dp = infonce_backward(1.0, lcache)                              # (B, D) each
+        dims = matryoshka_dims(cfg.matryoshka or "", both.shape[2])        # the loss of train_step
+        loss, lcache = matryoshka_forward(both[:, 0], both[:, 1], dims, cfg.scale, cfg.symmetric)
+        da, dp = matryoshka_backward(1.0, lcache)                           # (B, D) each
         grads = None
         for i, (a, b) in enumerate(chunks):
             cache = out[i][1] if out[i][1] is not None else forward(i)[1]   # re-encoded with caches

@@ -101,9 +101,10 @@ def test_collectives_and_the_gathers_backward_on_two_and_three_ranks(env):
         assert res.returncode == 0 and "collectives OK" in res.stdout, res.stdout + res.stderr[-3000:]
 
 
-def _pieces(model, corpus, micro_cache):
+def _pieces(model, corpus, micro_cache, **over):
     extra = dict(dim=16, layers=1, heads=2, ffn=32, max_len=32, dropout=0.1) \
         if model == "transformer" else dict(dim=16)
+    extra.update(over)
     cfg = TrainConfig(model=model, vocab_size=300, batch_size=24, **extra).resolved()
     src = Corpus(corpus)
     tok = src.tokenizer(300)
@@ -112,9 +113,10 @@ def _pieces(model, corpus, micro_cache):
     return cfg, sampler, enc, ecfg, enc.init_params(ecfg, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("model", ["bag", "transformer"])
-def test_micro_batches_give_the_full_batch_gradient(model, topic_txt):
-    cfg, sampler, enc, ecfg, params = _pieces(model, topic_txt, None)
+@pytest.mark.parametrize("model,over", [("bag", {}), ("transformer", {}), ("bag", dict(matryoshka="4,8"))])
+def test_micro_batches_give_the_full_batch_gradient(model, over, topic_txt):
+    """... the same loss too: with --matryoshka, the mean of InfoNCE over the prefix dims."""
+    cfg, sampler, enc, ecfg, params = _pieces(model, topic_txt, None, **over)
 
     def step(fn):
         rng = np.random.default_rng([0, 2, 7])

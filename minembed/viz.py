@@ -103,8 +103,9 @@ def palette(n):
     is the one of a 16^3 sRGB grid (OKLab lightness 0.4-0.8, so that it shows on white)
     farthest in OKLab from those chosen and from the white background."""
     grid = np.stack(np.meshgrid(*[np.linspace(0, 1, 16)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    grid = grid[(_oklab(grid)[:, 0] > 0.4) & (_oklab(grid)[:, 0] < 0.8)]
-    lab, out = _oklab(grid), ["#" + h for h in TAB10[:n]]
+    lab = _oklab(grid)
+    keep = (lab[:, 0] > 0.4) & (lab[:, 0] < 0.8)
+    grid, lab, out = grid[keep], lab[keep], ["#" + h for h in TAB10[:n]]
     seen = np.array([[1.0] * 3] + [[int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)] for h in out])
     dist = np.linalg.norm(lab[:, None] - _oklab(seen)[None], axis=-1).min(axis=1)
     while len(out) < n:

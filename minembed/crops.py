@@ -96,9 +96,7 @@ class PairSampler:
             lens = np.clip(self.max_len - (cum - lens), 0, lens)
         idx = _gather_ranges(starts.ravel(), lens.ravel())
         ids = np.asarray(self.corpus.ids[idx], dtype=np.int32) if len(idx) else np.zeros(0, np.int32)
-        # a random read of a mapped file maps whole page-cache folios (up to MBs each)
-        # into our resident memory: release them, so that memory stays flat in corpus size
-        self.corpus.release_pages()
+        self.corpus.release_pages()  # a random read maps whole page-cache folios (MBs) into our memory
         offsets = np.r_[0, np.cumsum(lens.sum(axis=1))].astype(np.int64)
         if self.cfg.positives == "mask":  # ids is a copy (a gather)
             ids[rng.random(len(ids)) < self.cfg.mask_frac] = self.mask_id

@@ -75,8 +75,7 @@ def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, ep
 
 def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, lazy=True):
     """Update every parameter from its gradient; ``lazy``: RowGrads update their rows only."""
-    state["step"] += 1
-    t = state["step"]
+    t = state["step"] = state["step"] + 1
     for name, p in params.items():
         g, m, v = grads[name], state["m"][name], state["v"][name]
         if isinstance(g, RowGrad) and lazy:
@@ -114,6 +113,4 @@ def lr_at(step, total_steps, warmup_steps, lr):
     step counts from 1 (the step about to be taken)."""
     if warmup_steps > 0 and step <= warmup_steps:
         return lr * step / warmup_steps
-    remaining = total_steps - step + 1
-    span = max(1, total_steps - warmup_steps)
-    return lr * max(0.0, remaining / span)
+    return lr * max(0.0, (total_steps - step + 1) / max(1, total_steps - warmup_steps))  # remaining / span

@@ -13,6 +13,7 @@ unless a checkpoint holds progress.
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -33,9 +34,16 @@ from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
 from .runtime import choose_threads, tuned
 from .tokenize import load_tokenizer, mask_token_id
-from .train import Diverged, TrainConfig, auto_epochs, train_loop
+from .train import Diverged, TrainConfig, train_loop
 
 DEAD_STEPS = 20  # a vanished gradient for this many steps in a row: the run is dead
+AUTO = {"bag": (40, 800, 5000), "transformer": (10, 400, 1500)}  # no --epochs: (epochs, min, max steps)
+
+
+def auto_epochs(model, spe):
+    """Epochs for AUTO's number of epochs, kept within its range of steps (spe: steps per epoch)."""
+    epochs, lo, hi = AUTO[model]
+    return max(1, math.ceil(min(max(epochs * spe, lo), hi) / max(1, spe)))
 
 
 class OutputDir:

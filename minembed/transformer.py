@@ -66,8 +66,7 @@ def layout(ids, offsets, max_len, buckets=1):
       starts     (N+1,) packed view j is rows starts[j]:starts[j+1]
       grids      [(index (M_b,), key_mask (N_b, T_b))] per bucket, in row order
     """
-    ids = to_numpy(ids)  # the layout is index bookkeeping: done on the host
-    offsets = to_numpy(offsets).astype(np.int64, copy=False)
+    ids, offsets = to_numpy(ids), to_numpy(offsets).astype(np.int64, copy=False)  # bookkeeping: on the host
     cut = np.minimum(np.diff(offsets), max_len)
     N = len(cut)
     order = np.argsort(cut, kind="stable")

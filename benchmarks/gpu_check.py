@@ -289,6 +289,12 @@ def compare_bag(quick):
     params = bag.init_params(cfg, rng)
     ids, offsets = bag_batch(rng, pairs, V)
     compare_step(f"bag (B={pairs} pairs)", bag, cfg, params, ids, offsets, lr=0.1)
+    import cupy as cp  # --pooling sublinear: the CuPy sparse path (no kernel), as minembed encode runs it
+    want = bag.sublinear_bag_forward(params["tok_emb"], ids, offsets)[0]
+    got = cp.asnumpy(bag.sublinear_bag_forward(*map(cp.asarray, (params["tok_emb"], ids, offsets)))[0])
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    print(f"bag encoding with --pooling sublinear: GPU vs NumPy max|diff|/max|x| = {err:.1e}")
+    SUMMARY.append(("bag --pooling sublinear GPU vs NumPy", f"{err:.1e}", "", "pass" if err < 1e-5 else "FAIL"))
 
 
 def compare_transformer(quick):

@@ -27,23 +27,31 @@ def _sparse_module(xp):
 
 def embedding_bag_forward(table, ids, offsets):
     """Mean of each view's token rows. table: (V, D); ids: (M,) int; offsets: (N+1,) int, view
-    i = ids[offsets[i]:offsets[i+1]]. Returns out (N, D) in table's dtype (an empty view gives a
-    zero vector) and the cache."""
+    i = ids[offsets[i]:offsets[i+1]]. Returns out (N, D) in table's dtype (an empty view: zeros) and the cache."""
     if cuda.use_kernels(table):  # on a GPU: one kernel (minembed/kernels/kernels.cu)
         return cuda.embedding_bag_forward(table, ids, offsets)
     xp = xp_of(table)
-    ids = xp.asarray(ids)
-    offsets = xp.asarray(offsets, dtype=xp.int64)
-    n = offsets.shape[0] - 1
+    ids, offsets = xp.asarray(ids), xp.asarray(offsets, dtype=xp.int64)
     lengths = xp.diff(offsets)
     # each occurrence weighs 1/len(its view); repeated tokens add up in the product
     w = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)
     weights = xp.repeat(w, lengths) if xp is np else \
         w[xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1]  # (CuPy: no array repeat)
     # out = A @ table[uniq], with A's entries indexed by id: (N, V) @ (V, D)
-    A_ids = _sparse_module(xp).csr_matrix((weights, ids, offsets), shape=(n, table.shape[0]))
-    out = xp.asarray(A_ids @ table)
-    return out, (ids, offsets, weights, table.shape[0])
+    A_ids = _sparse_module(xp).csr_matrix((weights, ids, offsets), shape=(offsets.shape[0] - 1, table.shape[0]))
+    return xp.asarray(A_ids @ table), (ids, offsets, weights, table.shape[0])
+
+
+def sublinear_bag_forward(table, ids, offsets):
+    """The same with a token n times in a view weighing 1 + log n, not n (TF-IDF's sublinear tf;
+    ``--pooling sublinear``, encoding only), a view's weights summing to 1. Same cache."""
+    xp, sparse = xp_of(table), _sparse_module(xp_of(table))
+    A = sparse.csr_matrix((xp.ones(len(ids), table.dtype), xp.asarray(ids), xp.asarray(offsets)),
+                          shape=(len(offsets) - 1, table.shape[0]), copy=True)  # (sum_duplicates sorts in place)
+    A.sum_duplicates()                # one entry per distinct token of a view: its count n
+    A.data = 1 + xp.log(A.data)
+    A = (sparse.diags(1 / xp.maximum(xp.asarray(A.sum(axis=1)).ravel(), 1)) @ A).astype(table.dtype)
+    return xp.asarray(A @ table), (A.indices, A.indptr, A.data, table.shape[0])
 
 
 def embedding_bag_backward(dout, cache):
@@ -76,8 +84,9 @@ def forward(params, ids, offsets, config=None, train=False, rng=None):
     return embedding_bag_forward(params["tok_emb"], ids, offsets)
 
 
-def encode(params, ids, offsets, config=None):  # inference: no cache kept
-    return embedding_bag_forward(params["tok_emb"], ids, offsets)[0]
+def encode(params, ids, offsets, config=None):  # inference: no cache kept; training always counts n
+    pool = sublinear_bag_forward if (config or {}).get("pooling") == "sublinear" else embedding_bag_forward
+    return pool(params["tok_emb"], ids, offsets)[0]
 
 
 def backward(demb, cache):

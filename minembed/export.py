@@ -43,6 +43,9 @@ def export(model, to, out_dir, force=False):
     if model.config["model"] != "bag":
         raise MinembedError(f"only the bag model can be exported (both libraries average token "
                             f"vectors); this is a {model.config['model']}")
+    if model.config.get("pooling", "mean") != "mean":
+        raise MinembedError("this model pools sublinearly (trained with --pooling sublinear); model2vec and "
+                            "sentence-transformers average every token, so the export would not give its vectors")
     table = np.ascontiguousarray(to_numpy(model.params["tok_emb"]), dtype=np.float32)
     norm, tok = bool(model.config.get("normalize", True)), model.tokenizer.to_str().encode("utf-8")
     mark = {"exported_from": "minembed", "dim": model.dim, "matryoshka": model.config.get("matryoshka")}

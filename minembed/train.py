@@ -31,13 +31,6 @@ MODEL_DEFAULTS = {
     "bag": dict(lr=0.1, batch_size=128, optimizer="adam", weight_decay=0.0, clip=0.0, dim=256, scale=10.0),
     "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0, dim=128, scale=20.0),
 }
-AUTO = {"bag": (40, 800, 5000), "transformer": (10, 400, 1500)}  # no --epochs: (epochs, min, max steps)
-
-
-def auto_epochs(model, spe):
-    """Epochs for AUTO's number of epochs, kept within its range of steps (spe: steps per epoch)."""
-    epochs, lo, hi = AUTO[model]
-    return max(1, math.ceil(min(max(epochs * spe, lo), hi) / max(1, spe)))
 
 
 def _f(default, help, check=None, must=None, choices=None):
@@ -90,6 +83,8 @@ class TrainConfig:
     ffn: int = _f(512, "feed-forward width", *POS)
     max_len: int = _f(64, "transformer: longest view in tokens (longer ones are cut)", *at_least(2))
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
+    pooling: str = _f("mean", "bag: a token n times in a text weighs n (mean) or 1 + log n (sublinear, as in TF-IDF) "
+                              "when encoding; training counts n", choices=("mean", "sublinear"))
     bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for dropout positives)")
 
     def resolved(self):
@@ -108,6 +103,7 @@ class TrainConfig:
             c.matryoshka = ",".join(map(str, matryoshka_dims(c.matryoshka, c.dim)))
         for ok, msg in ((c.span_min <= c.span_max, "--span-min must not exceed --span-max"),
                         (c.sentence_min <= c.sentence_max, "--sentence-min must not exceed --sentence-max"),
+                        (c.model == "bag" or c.pooling == "mean", "--pooling sublinear is for the bag model"),
                         (c.model == "bag" or c.dim % c.heads == 0,
                          f"--dim ({c.dim}) must be a multiple of --heads ({c.heads})"),
                         (c.positives != "dropout" or (c.model == "transformer" and c.dropout > 0),
@@ -119,8 +115,8 @@ class TrainConfig:
 
     def encoder_config(self, vocab_size):
         """The hyper-parameters an encoder needs (stored in config.json)."""
-        cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim,
-               "normalize": True}  # encode() returns unit vectors: see Model.encode
+        cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim,  # encode(): unit vectors
+               "normalize": True, **({"pooling": self.pooling} if self.pooling != "mean" else {})}
         if self.matryoshka:
             cfg["matryoshka"] = matryoshka_dims(self.matryoshka, self.dim)
         if self.model == "transformer":

@@ -104,6 +104,11 @@ def test_export_refuses_what_it_cannot_do(tmp_path, model_dir, topic_txt):
     assert t.exit_code == 0, t.output
     r = run("export", tmp_path / "t", "--to", "model2vec", tmp_path / "g")
     assert r.exit_code == 1 and "only the bag model" in r.output and "Traceback" not in r.output
+    t = run("train", topic_txt, "-o", tmp_path / "s", "--pooling", "sublinear", "--dim", "8", "--vocab-size", "100",
+            "--max-steps", "1", "-q")
+    assert t.exit_code == 0, t.output
+    r = run("export", tmp_path / "s", "--to", "sentence-transformers", tmp_path / "h")
+    assert r.exit_code == 1 and "pools sublinearly" in r.output and not (tmp_path / "h").exists()
 
 
 def test_quantize_and_dequantize():

@@ -36,8 +36,24 @@ def test_mean_pooling_matches_a_loop_and_handles_empty_views():
         np.testing.assert_allclose(out[i], want, rtol=1e-12, atol=1e-12)
 
 
+def test_sublinear_pooling_weighs_a_token_by_one_plus_log_its_count():
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((30, 4))
+    ids, offsets = np.array([7, 7, 7, 2, 7, 9, 9, 4]), np.array([0, 5, 5, 8])  # 7 x4 and 2; none; 9 x2 and 4
+    out, _ = bag.sublinear_bag_forward(table, ids, offsets)
+    w = 1 + np.log(4)
+    np.testing.assert_allclose(out[0], (w * table[7] + table[2]) / (w + 1), rtol=1e-12)
+    assert np.all(out[1] == 0)
+    np.testing.assert_allclose(out[2], ((1 + np.log(2)) * table[9] + table[4]) / (2 + np.log(2)), rtol=1e-12)
+    assert ids.tolist() == [7, 7, 7, 2, 7, 9, 9, 4]                    # the caller's ids untouched
+    # no repeats: the plain mean
+    np.testing.assert_allclose(bag.sublinear_bag_forward(table, np.array([3, 9, 4]), np.array([0, 3]))[0],
+                               table[[3, 9, 4]].mean(axis=0, keepdims=True), rtol=1e-12)
+
+
 @pytest.mark.parametrize("lengths", [[3, 5, 1, 4], [6, 0, 2], [1]])
-def test_mean_pooling_backward_over_ragged_ids(lengths):
+@pytest.mark.parametrize("forward", [bag.embedding_bag_forward, bag.sublinear_bag_forward])
+def test_mean_pooling_backward_over_ragged_ids(lengths, forward):
     rng = np.random.default_rng(2)
     V, D = 12, 5  # a small vocabulary, so tokens repeat within and across views
     table = rng.standard_normal((V, D))
@@ -45,9 +61,9 @@ def test_mean_pooling_backward_over_ragged_ids(lengths):
     R = rng.standard_normal((len(lengths), D))
 
     def f():
-        return float((bag.embedding_bag_forward(table, ids, offsets)[0] * R).sum())
+        return float((forward(table, ids, offsets)[0] * R).sum())
 
-    out, cache = bag.embedding_bag_forward(table, ids, offsets)
+    out, cache = forward(table, ids, offsets)
     g = bag.embedding_bag_backward(R, cache)
     # only rows that occur are returned, sorted and distinct
     assert list(g.rows) == sorted(set(ids.tolist()))

@@ -109,6 +109,24 @@ def test_load_and_encode(tmp_path, topic_txt, topic_docs):
             model.encode(bad)
 
 
+def test_sublinear_pooling_changes_encoding_only(tmp_path, topic_txt, topic_docs):
+    a = train(topic_txt, tmp_path / "a", TrainConfig(**FAST), quiet=True)
+    b = train(topic_txt, tmp_path / "b", TrainConfig(pooling="sublinear", **FAST), quiet=True)
+    assert "pooling" not in a.config and b.config["pooling"] == "sublinear"
+    table = weights(b.path)["tok_emb"]
+    assert np.array_equal(weights(a.path)["tok_emb"], table)  # training counts n either way
+    b = minembed.load(b.path)
+    texts = ["star star star planet", "planet orbit", ""] + topic_docs[0][:5]
+    X, Y = a.encode(texts), b.encode(texts)
+    ids = [b.tokenizer.encode(t).ids for t in texts[:2]]
+    for i, t in enumerate(ids):
+        u, n = np.unique(t, return_counts=True)
+        want = ((1 + np.log(n))[:, None] * table[u]).sum(axis=0) / (1 + np.log(n)).sum()
+        np.testing.assert_allclose(Y[i], want / np.linalg.norm(want), rtol=1e-5, atol=1e-6)
+    assert np.all(Y[2] == 0) and np.abs(X[0] @ Y[0]) < 1 - 1e-4   # a repeated token: different vectors
+    assert minembed.load(b.path).config["pooling"] == "sublinear"
+
+
 def test_output_dir_is_not_overwritten_without_force(tmp_path, topic_txt):
     train(topic_txt, tmp_path / "m", TrainConfig(max_steps=2, **FAST), quiet=True)
     before = weights(tmp_path / "m")["tok_emb"]
@@ -146,6 +164,7 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
     (dict(positives="dropout"), "dropout needs an encoder with dropout"),
     (dict(model="transformer", dim=30, heads=4), "multiple of --heads"),
     (dict(matryoshka="8,64", dim=32), "--matryoshka.*from 1 to --dim \\(32\\)"),
+    (dict(model="transformer", pooling="sublinear"), "--pooling sublinear is for the bag model"),
     (dict(matryoshka="0,8"), "--matryoshka"), (dict(matryoshka="8,x"), "--matryoshka"),
 ])
 def test_invalid_settings(tmp_path, topic_txt, kw, msg):

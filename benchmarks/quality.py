@@ -66,6 +66,9 @@ ROWS = {
     "lr0.01": ("  + lr 0.01", dict(lr=0.01)),
     "lr0.03-ep60": ("  + lr 0.03, 60 epochs", dict(lr=0.03, epochs=60)),
     "lr0.03-d512": ("  + lr 0.03, dim 512", dict(lr=0.03, dim=512)),
+    "sublinear": ("  + --pooling sublinear (encoding: a token n times weighs 1 + log n)", dict(pooling="sublinear")),
+    "sublinear-s1": ("  + --pooling sublinear, training seed 1", dict(pooling="sublinear", seed=1)),
+    "sublinear-s2": ("  + --pooling sublinear, training seed 2", dict(pooling="sublinear", seed=2)),
     "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and the rest, "
                     "starting as a bag model trained first, lr 3e-5)", dict(model="transformer")),
     "transformer-crops": ("transformer, two crops instead", dict(CROPS, model="transformer")),

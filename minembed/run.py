@@ -9,6 +9,11 @@ no output directory behind; the directory is locked while a run writes it;
 Ctrl-C saves a checkpoint (``minembed train --resume DIR`` continues it, to the
 same model bit for bit); a second Ctrl-C aborts and removes what the run made
 unless a checkpoint holds progress.
+
+``--members K`` (bag model): the run trains K models one after another, member k exactly the run
+with seed + k, and saves their tables side by side as one (V, K * dim) table: a bag model of
+K * dim dimensions (an ensemble is a bag model; docs/quality.md). Steps, the log and checkpoints
+count through the members; a member starts with fresh Adam moments.
 """
 import dataclasses
 import fcntl
@@ -222,6 +227,8 @@ def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_
         say(f"resuming {out.path} at step {ckpt.step} on {source.name}")
     else:
         cfg = (cfg or TrainConfig()).resolved()
+        if cfg.members > 1 and (cfg.model != "bag" or cfg.matryoshka):
+            raise MinembedError("--members is for the bag model (and not with --matryoshka)")
         if cfg.model == "transformer" and cfg.bag_init and cfg.positives == "dropout":
             say("--positives dropout: the token table starts random (a bag model trained first "
                 "would have learned from crops)")
@@ -328,12 +335,14 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
          checkpoint_every, comm=None, micro_batch=0, n_threads=1):
     lead = comm is None or comm.rank == 0
     encoder = encoder_module(cfg.model)
-    enc_cfg = cfg.encoder_config(tok.get_vocab_size())
+    K, member_cfg = cfg.members, cfg.encoder_config(tok.get_vocab_size())  # --members K: K bag tables
+    enc_cfg = dict(member_cfg, dim=K * cfg.dim)
     config = dict(enc_cfg, format="minembed", format_version=1, training=dataclasses.asdict(cfg),
                   corpus=dict(source=source.name, **sampler.stats))
-    if ckpt is None:
-        params = encoder.init_params(enc_cfg, np.random.default_rng([cfg.seed, 0]))
-        params = {k: to_device(v, xp) for k, v in params.items()}
+    if ckpt is None:  # member k starts as a run with seed + k would
+        inits = [encoder.init_params(member_cfg, np.random.default_rng([cfg.seed + k, 0])) for k in range(K)]
+        params = {n: to_device(np.concatenate([p[n] for p in inits], axis=1) if K > 1 else v, xp)
+                  for n, v in inits[0].items()}
         if cfg.model == "transformer" and cfg.bag_init:
             params["tok_emb"] = _bag_table(cfg, data, tok, xp, quiet, comm)
             _start_as_the_bag(params)
@@ -346,7 +355,8 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         if lead:
             ckpt_mod.truncate_log(out.file("log.jsonl"), start)
     spe = len(sampler.usable) // cfg.batch_size
-    total = spe * cfg.epochs if not cfg.max_steps else min(spe * cfg.epochs, cfg.max_steps)
+    T = spe * cfg.epochs if not cfg.max_steps else min(spe * cfg.epochs, cfg.max_steps)  # steps a member
+    total = K * T
     run_info = {"training": dataclasses.asdict(cfg), "eval_every": eval_every, "blas_threads": n_threads,
                 "corpus": dict(source.identity, stats=dict(sampler.stats, tokens=int(data.n_tokens)))}
     log = open(out.file("log.jsonl") if lead else os.devnull, "a" if ckpt is not None else "w")
@@ -355,7 +365,18 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
     last_save, dead, peak, first = [time.monotonic()], [0], [0.0], [0.0]
     stop = StopSignals(loud=lead)
 
+    member = {"k": start // T if start < total else K - 1}
+    cur, cur_adam = params, adam  # the member in training: with K > 1, copies of its columns
+
+    def sync():  # the member's weights and moments into the run's (K * dim)-wide arrays
+        if K > 1:
+            cols = slice(member["k"] * cfg.dim, (member["k"] + 1) * cfg.dim)
+            for arrays, new in ((params, cur), (adam["m"], cur_adam["m"]), (adam["v"], cur_adam["v"])):
+                arrays["tok_emb"][:, cols] = new["tok_emb"]
+            adam["step"] = cur_adam["step"]
+
     def save(step):
+        sync()
         if not lead:
             return
         log.flush()
@@ -365,12 +386,14 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
         last_save[0] = time.monotonic()
 
     def on_step(step, r):
-        rec = {"step": step, "epoch": r["epoch"], "loss": round(r["loss"], 6), "acc": round(r["acc"], 4),
-               "lr": r["lr"], "grad_norm": round(r["grad_norm"], 6),
+        step += member["k"] * T  # the run's step; train_loop counts the member's
+        rec = {"step": step, **({"member": member["k"] + 1} if K > 1 else {}), "epoch": r["epoch"],
+               "loss": round(r["loss"], 6), "acc": round(r["acc"], 4), "lr": r["lr"],
+               "grad_norm": round(r["grad_norm"], 6),
                "pairs_per_s": round(cfg.batch_size / r["seconds"], 1),
                "time": round(time.perf_counter() - t0, 3)}
         if eval_fn is not None and eval_every and (step % eval_every == 0 or step == total):
-            rec.update(eval_fn(Model(enc_cfg, params, tok)))
+            rec.update(eval_fn(Model(member_cfg, cur, tok)))
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.update(1, f"loss {r['loss']:.3f}")
@@ -397,9 +420,17 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
             save(step)
 
     try:
-        train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start, on_step,
-                   make_step(comm, micro_batch) if comm is not None or micro_batch else None)
+        for k in range(member["k"], K):
+            member["k"], cols, first_step = k, slice(k * cfg.dim, (k + 1) * cfg.dim), max(0, start - k * T)
+            if K > 1:  # a member starts with fresh moments (zeros in its columns until it trains)
+                cur = {"tok_emb": xp.ascontiguousarray(params["tok_emb"][:, cols])}
+                cur_adam = {"step": adam["step"] if first_step else 0, **{
+                    mv: {"tok_emb": xp.ascontiguousarray(adam[mv]["tok_emb"][:, cols])} for mv in "mv"}}
+            train_loop(encoder, cur, cur_adam, sampler, dataclasses.replace(cfg, seed=cfg.seed + k), member_cfg,
+                       T, first_step, on_step, make_step(comm, micro_batch) if comm is not None or micro_batch else None)
+            sync()
     except Diverged as e:  # params are still those of the last good step: keep them
+        sync()
         if lead:
             save_model(out.path, config, params, tok)
         err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower --lr)")

@@ -85,6 +85,7 @@ class TrainConfig:
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
     pooling: str = _f("mean", "bag: a token n times in a text weighs n (mean) or 1 + log n (sublinear, as in TF-IDF) "
                               "when encoding; training counts n", choices=("mean", "sublinear"))
+    members: int = _f(1, "bag: train this many models, seeds seed, seed+1, ...; their tables side by side", *POS)
     bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for dropout positives)")
 
     def resolved(self):

@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 MODELS = {  # tiny: every test launches several processes on 2 shared cores; one BLAS thread each,
     # as the count can change a product's last bits (minembed/runtime.py)
     "bag": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "5", "--threads", "1"],
+    "bag-members": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "3", "--threads", "1",
+                    "--members", "2"],
     "transformer": ["--model", "transformer", "--dim", "16", "--layers", "1", "--heads", "2",
                     "--ffn", "32", "--max-len", "32", "--dropout", "0.1", "--vocab-size", "300",
                     "--batch-size", "24", "--max-steps", "4", "--threads", "1"],

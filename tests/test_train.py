@@ -165,6 +165,8 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
     (dict(model="transformer", dim=30, heads=4), "multiple of --heads"),
     (dict(matryoshka="8,64", dim=32), "--matryoshka.*from 1 to --dim \\(32\\)"),
     (dict(model="transformer", pooling="sublinear"), "--pooling sublinear is for the bag model"),
+    (dict(model="transformer", members=2), "--members is for the bag model"),
+    (dict(members=2, matryoshka="8"), "not with --matryoshka"), (dict(members=0), "--members must be positive"),
     (dict(matryoshka="0,8"), "--matryoshka"), (dict(matryoshka="8,x"), "--matryoshka"),
 ])
 def test_invalid_settings(tmp_path, topic_txt, kw, msg):

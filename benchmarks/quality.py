@@ -69,6 +69,9 @@ ROWS = {
     "sublinear": ("  + --pooling sublinear (encoding: a token n times weighs 1 + log n)", dict(pooling="sublinear")),
     "sublinear-s1": ("  + --pooling sublinear, training seed 1", dict(pooling="sublinear", seed=1)),
     "sublinear-s2": ("  + --pooling sublinear, training seed 2", dict(pooling="sublinear", seed=2)),
+    "members2": ("  + --members 2 (the tables of seeds 0 and 1 side by side: 512 dimensions)", dict(members=2)),
+    "members3": ("  + --members 3 (seeds 0, 1, 2: 768 dimensions)", dict(members=3)),
+    "members3-sublinear": ("  + --members 3 --pooling sublinear", dict(members=3, pooling="sublinear")),
     "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and the rest, "
                     "starting as a bag model trained first, lr 3e-5)", dict(model="transformer")),
     "transformer-crops": ("transformer, two crops instead", dict(CROPS, model="transformer")),

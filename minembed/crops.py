@@ -31,11 +31,10 @@ def _gather_ranges(starts, lengths):
 
 
 class PairSampler:
-    """Draws batches of positive pairs from a TokenizedCorpus, as the settings say: ``cfg`` (a
-    TrainConfig; default TrainConfig()) with ``settings`` overriding its fields, e.g.
-    PairSampler(data, crops="spans"). Used: crops, crop_sentences, sentence_min/max,
-    span_min/max, positives, mask_frac, and max_len for the transformer. ``mask_id``: the
-    tokenizer's [MASK] id (positives="mask")."""
+    """Draws batches of positive pairs from a TokenizedCorpus, as the settings say: ``cfg`` (a TrainConfig;
+    default TrainConfig()) with ``settings`` overriding its fields, e.g. PairSampler(data, crops="spans").
+    Used: crops, crop_sentences, sentence_min/max, span_min/max, positives, mask_frac, and max_len for the
+    transformer. ``mask_id``: the tokenizer's [MASK] id (positives="mask")."""
 
     def __init__(self, corpus, cfg=None, mask_id=None, **settings):
         c = self.cfg = dataclasses.replace(cfg or TrainConfig(), **settings).resolved()

@@ -26,8 +26,7 @@ def l2_normalize_forward(x, eps=1e-12):
 
 
 def l2_normalize_backward(dn, cache):
-    """dx = (dn - n (n . dn)) / ||x||: the part of dn along n is removed (moving x along itself
-    does not change n)."""
+    """dx = (dn - n (n . dn)) / ||x||: the part of dn along n is removed (moving x along itself keeps n)."""
     n, norm = cache
     return (dn - n * (dn * n).sum(axis=1, keepdims=True)) / norm
 

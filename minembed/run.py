@@ -227,8 +227,6 @@ def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_
         say(f"resuming {out.path} at step {ckpt.step} on {source.name}")
     else:
         cfg = (cfg or TrainConfig()).resolved()
-        if cfg.members > 1 and (cfg.model != "bag" or cfg.matryoshka):
-            raise MinembedError("--members is for the bag model (and not with --matryoshka)")
         if cfg.model == "transformer" and cfg.bag_init and cfg.positives == "dropout":
             say("--positives dropout: the token table starts random (a bag model trained first "
                 "would have learned from crops)")

@@ -105,6 +105,8 @@ class TrainConfig:
         for ok, msg in ((c.span_min <= c.span_max, "--span-min must not exceed --span-max"),
                         (c.sentence_min <= c.sentence_max, "--sentence-min must not exceed --sentence-max"),
                         (c.model == "bag" or c.pooling == "mean", "--pooling sublinear is for the bag model"),
+                        (c.members == 1 or c.model == "bag" and not c.matryoshka,
+                         "--members is for the bag model (and not with --matryoshka)"),
                         (c.model == "bag" or c.dim % c.heads == 0,
                          f"--dim ({c.dim}) must be a multiple of --heads ({c.heads})"),
                         (c.positives != "dropout" or (c.model == "transformer" and c.dropout > 0),

@@ -1,6 +1,7 @@
 """Checkpoints and resume: a run stopped at any moment (SIGKILL, Ctrl-C) and
 resumed ends with exactly the model, bit for bit, and the log of a run that
 was never stopped."""
+import dataclasses
 import json
 import os
 import random
@@ -187,7 +188,6 @@ def test_python_api_interrupt_and_resume(env, monkeypatch):
 def test_members_are_the_runs_of_their_seeds_and_resume_across_members(env, monkeypatch):
     """--members 3: the tables of the runs with seeds 1, 2, 3 side by side, bit for bit; stopped
     at the last step of member 1 or inside member 2, resume gives that same model and log."""
-    import dataclasses
     d, e = env
     monkeypatch.setenv("MINEMBED_CACHE", e["MINEMBED_CACHE"])
     corpus = str(d / "corpus.txt")

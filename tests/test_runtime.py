@@ -44,11 +44,14 @@ def test_limits_inside_and_restored_after(monkeypatch):
     assert blas_threads() == before
 
 
-def test_same_numbers_for_any_thread_count():
+def test_the_same_numbers_to_rounding_for_any_thread_count():
+    """Threads split a product's rows and columns, never a sum, so two counts agree to float32
+    rounding; not always bit for bit (the edges' kernels differ: on an AMD EPYC with OpenBLAS
+    0.3.31, 2 % of the elements by up to 5e-5), which is why a resumed run keeps its count."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2000, 256), dtype=np.float32), rng.standard_normal((256, 1024), dtype=np.float32)
     outs = []
     for n in (1, 2):
         with runtime.tuned("transformer", n):
             outs.append(a @ b)
-    np.testing.assert_array_equal(*outs)
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-4)

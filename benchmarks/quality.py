@@ -31,8 +31,21 @@ from minembed.run import train  # noqa: E402
 SPLITS = 10
 # row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped
 ROWS = {
-    "default": ("bag: minembed train as shipped (a crop and the rest of its document; 40 epochs, scale 10, "
-                "vocabulary 16k)", {}),
+    "default": ("bag: minembed train as shipped (four 64-wide tables side by side, 20 epochs each; a crop and "
+                "the rest of its document, scale 10, vocabulary 16k)", {}),
+    "default-s1": ("  the default, training seed 1", dict(seed=1)),
+    "default-s2": ("  the default, training seed 2", dict(seed=2)),
+    "default-sublinear": ("  the default + --pooling sublinear", dict(pooling="sublinear")),
+    "default-sublinear-s1": ("  the default + --pooling sublinear, training seed 1", dict(pooling="sublinear", seed=1)),
+    "default-sublinear-s2": ("  the default + --pooling sublinear, training seed 2", dict(pooling="sublinear", seed=2)),
+    "m4-ep10": ("  four members, 10 epochs each (the steps of one table's 40)", dict(epochs=10)),
+    "m4-ep15": ("  four members, 15 epochs each", dict(epochs=15)),
+    "m4-ep40": ("  four members, 40 epochs each", dict(epochs=40)),
+    "m2-ep20": ("  two 128-wide members, 20 epochs each", dict(members=2, epochs=20)),
+    "m8-ep40": ("  eight 32-wide members, 40 epochs each", dict(members=8, epochs=40)),
+    "d64": ("  one 64-wide table (what each member is), 40 epochs", dict(members=1, dim=64)),
+    # the rows below were measured when the default was one 256-wide table (--members 1): so they still are
+    "one": ("bag: one 256-wide table (--members 1; the default until 2026-12-05: 40 epochs)", {}),
     "crops": ("bag: two crops instead (the paper's pairs; spans of 10-50 %)", CROPS),
     "v0.1": ("bag: the 0.1 defaults (two crops, ~800 steps, scale 20, vocabulary 8k)",
              dict(CROPS, max_steps=800, epochs=100, scale=20, vocab_size=8192)),
@@ -51,8 +64,8 @@ ROWS = {
                        dict(CROPS, epochs=40, scale=10, vocab_size=8192, span_min=0.1, span_max=0.3)),
     "ep100-s10": ("  100 epochs + scale 10", dict(CROPS, epochs=100, scale=10, vocab_size=8192)),
     # with the crop-and-rest pairs (docs/quality.md, "Levers with the crop-and-rest pairs")
-    "seed1": ("  the default, training seed 1", dict(seed=1)),
-    "seed2": ("  the default, training seed 2", dict(seed=2)),
+    "seed1": ("  one table, training seed 1", dict(seed=1)),
+    "seed2": ("  one table, training seed 2", dict(seed=2)),
     "sym": ("  + InfoNCE both ways (--symmetric)", dict(symmetric=True)),
     "b64": ("  + batch 64 (40 epochs: twice the steps)", dict(batch_size=64)),
     "b256-ep80": ("  + batch 256, 80 epochs (the same steps)", dict(batch_size=256, epochs=80)),
@@ -69,9 +82,9 @@ ROWS = {
     "sublinear": ("  + --pooling sublinear (encoding: a token n times weighs 1 + log n)", dict(pooling="sublinear")),
     "sublinear-s1": ("  + --pooling sublinear, training seed 1", dict(pooling="sublinear", seed=1)),
     "sublinear-s2": ("  + --pooling sublinear, training seed 2", dict(pooling="sublinear", seed=2)),
-    "members2": ("  + --members 2 (the tables of seeds 0 and 1 side by side: 512 dimensions)", dict(members=2)),
-    "members3": ("  + --members 3 (seeds 0, 1, 2: 768 dimensions)", dict(members=3)),
-    "members3-sublinear": ("  + --members 3 --pooling sublinear", dict(members=3, pooling="sublinear")),
+    "members2": ("  + --members 2 --dim 512 (256-wide tables of seeds 0 and 1 side by side)", dict(members=2, dim=512)),
+    "members3": ("  + --members 3 --dim 768 (seeds 0, 1, 2)", dict(members=3, dim=768)),
+    "members3-sublinear": ("  + --members 3 --dim 768 --pooling sublinear", dict(members=3, dim=768, pooling="sublinear")),
     "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and the rest, "
                     "starting as a bag model trained first, lr 3e-5)", dict(model="transformer")),
     "transformer-crops": ("transformer, two crops instead", dict(CROPS, model="transformer")),
@@ -80,6 +93,9 @@ ROWS = {
     "transformer-dropout": ("transformer, dropout positives (SimCSE) instead of crops (random table: compare "
                             "with the row above)", dict(CROPS, model="transformer", positives="dropout")),
 }
+FOUR = list(ROWS)[:list(ROWS).index("one")]  # rows of the four-member default; the other bag rows: one table
+ROWS.update({k: (what, dict(s, members=s.get("members", 1))) for k, (what, s) in ROWS.items()
+             if k not in FOUR and s.get("model", "bag") == "bag"})
 
 
 def knn10(X, labels):

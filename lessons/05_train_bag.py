@@ -55,7 +55,8 @@ source = Corpus()
 tok = source.tokenizer(VOCAB)
 tc = source.tokenized(tok)
 sampler = PairSampler(tc)
-cfg = TrainConfig(model="bag", dim=DIM, epochs=EPOCHS, vocab_size=VOCAB).resolved()
+# one table (members=1); `minembed train` trains four narrower ones in turn, side by side
+cfg = TrainConfig(model="bag", dim=DIM, epochs=EPOCHS, vocab_size=VOCAB, members=1).resolved()
 BATCH = cfg.batch_size
 enc_cfg = cfg.encoder_config(tok.get_vocab_size())
 params = bag.init_params(enc_cfg, np.random.default_rng(0))

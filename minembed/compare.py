@@ -34,14 +34,14 @@ from .train import TrainConfig
 
 FULL = dict(
     max_docs=None, vocab_size=16384,
-    bag=dict(model="bag"),                       # `minembed train`'s settings
+    bag=dict(model="bag", members=1),            # `minembed train`'s settings, one table (the paper's)
     # the default transformer (small enough to train in minutes on a CPU; the paper's is
     # BERT-base), from scratch as the paper's, so that the positives alone differ
     transformer=dict(model="transformer", bag_init=False, max_steps=420, epochs=100),
 )
 FAST = dict(  # a smoke test: small models, a subset of the corpus, ~1 minute on 2 CPU cores
     max_docs=800, vocab_size=2048,
-    bag=dict(model="bag", dim=64, batch_size=64, max_steps=60, epochs=100),
+    bag=dict(model="bag", dim=64, batch_size=64, max_steps=60, epochs=100, members=1),
     transformer=dict(model="transformer", dim=64, layers=1, heads=2, ffn=128, max_len=64,
                      batch_size=32, lr=1e-3, max_steps=25, epochs=100, bag_init=False),
 )

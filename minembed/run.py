@@ -10,10 +10,11 @@ Ctrl-C saves a checkpoint (``minembed train --resume DIR`` continues it, to the
 same model bit for bit); a second Ctrl-C aborts and removes what the run made
 unless a checkpoint holds progress.
 
-``--members K`` (bag model): the run trains K models one after another, member k exactly the run
-with seed + k, and saves their tables side by side as one (V, K * dim) table: a bag model of
-K * dim dimensions (an ensemble is a bag model; docs/quality.md). Steps, the log and checkpoints
-count through the members; a member starts with fresh Adam moments.
+``--members K`` (bag model; 4 by default): the run trains K models of dim / K dimensions one after
+another, member k exactly the run with seed + k, and saves their tables side by side as one
+(V, dim) table: a bag model of dim dimensions (an ensemble is a bag model; four tables of 64 beat
+one of 256 at the same cost: docs/quality.md). Steps, the log and checkpoints count through the
+members; a member starts with fresh Adam moments.
 """
 import dataclasses
 import fcntl
@@ -45,9 +46,11 @@ DEAD_STEPS = 20  # a vanished gradient for this many steps in a row: the run is 
 AUTO = {"bag": (40, 800, 5000), "transformer": (10, 400, 1500)}  # no --epochs: (epochs, min, max steps)
 
 
-def auto_epochs(model, spe):
-    """Epochs for AUTO's number of epochs, kept within its range of steps (spe: steps per epoch)."""
-    epochs, lo, hi = AUTO[model]
+def auto_epochs(model, spe, members=1):
+    """Epochs for AUTO's number of epochs, kept within its range of steps (spe: steps per epoch);
+    with several members, each gets half of each (its table is narrower: 4 x 64 columns cost
+    about what 256 did)."""
+    epochs, lo, hi = (n // (2 if members > 1 else 1) for n in AUTO[model])
     return max(1, math.ceil(min(max(epochs * spe, lo), hi) / max(1, spe)))
 
 
@@ -252,7 +255,7 @@ def _prepare(ckpt, corpus, out_dir, cfg, fmt, tokenizer_path, force, quiet, max_
         say(f"only {n_usable} usable documents: batch size lowered from {cfg.batch_size} to {n_usable}")
         cfg = dataclasses.replace(cfg, batch_size=n_usable)
     if cfg.epochs is None:
-        cfg = dataclasses.replace(cfg, epochs=auto_epochs(cfg.model, n_usable // cfg.batch_size))
+        cfg = dataclasses.replace(cfg, epochs=auto_epochs(cfg.model, n_usable // cfg.batch_size, cfg.members))
     if ckpt is not None and ckpt.info["corpus"]["stats"] != dict(st, tokens=int(data.n_tokens)):
         raise MinembedError(f"cannot resume: {source.name} does not give the documents the run "
                             f"was trained on ({ckpt.info['corpus']['stats']})")
@@ -266,7 +269,8 @@ def _resume_settings(ckpt, corpus):
     """(TrainConfig, Corpus) of the run a checkpoint belongs to; MinembedError
     when the corpus is gone or differs."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in ckpt.info["training"].items() if k in fields}).resolved()
+    cfg = TrainConfig(**{"members": 1, **{k: v for k, v in ckpt.info["training"].items() if k in fields}})
+    cfg = cfg.resolved()  # (a run from before --members: one table)
     c = ckpt.info["corpus"]
     path = c["path"] if corpus is None else corpus
     try:
@@ -293,7 +297,7 @@ def _bag_table(cfg, data, tok, xp, quiet, comm):
     bcfg = TrainConfig(dim=cfg.dim, seed=cfg.seed, vocab_size=cfg.vocab_size, crops=cfg.crops,
                        crop_sentences=cfg.crop_sentences, sentence_min=cfg.sentence_min,
                        sentence_max=cfg.sentence_max, span_min=cfg.span_min, span_max=cfg.span_max,
-                       positives=cfg.positives, mask_frac=cfg.mask_frac)  # rest, crops or mask
+                       positives=cfg.positives, mask_frac=cfg.mask_frac, members=1)  # rest, crops or mask
     bcfg = bcfg.resolved()
     sampler = PairSampler(data, bcfg, mask_token_id(tok))
     bcfg = dataclasses.replace(bcfg, batch_size=min(bcfg.batch_size, len(sampler.usable)))
@@ -333,8 +337,9 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
          checkpoint_every, comm=None, micro_batch=0, n_threads=1):
     lead = comm is None or comm.rank == 0
     encoder = encoder_module(cfg.model)
-    K, member_cfg = cfg.members, cfg.encoder_config(tok.get_vocab_size())  # --members K: K bag tables
-    enc_cfg = dict(member_cfg, dim=K * cfg.dim)
+    K, enc_cfg = cfg.members, cfg.encoder_config(tok.get_vocab_size())  # --members K: K bag tables
+    width = cfg.dim // K  # a member's columns
+    member_cfg = dict(enc_cfg, dim=width)
     config = dict(enc_cfg, format="minembed", format_version=1, training=dataclasses.asdict(cfg),
                   corpus=dict(source=source.name, **sampler.stats))
     if ckpt is None:  # member k starts as a run with seed + k would
@@ -366,9 +371,9 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
     member = {"k": start // T if start < total else K - 1}
     cur, cur_adam = params, adam  # the member in training: with K > 1, copies of its columns
 
-    def sync():  # the member's weights and moments into the run's (K * dim)-wide arrays
+    def sync():  # the member's weights and moments into its columns of the run's arrays
         if K > 1:
-            cols = slice(member["k"] * cfg.dim, (member["k"] + 1) * cfg.dim)
+            cols = slice(member["k"] * width, (member["k"] + 1) * width)
             for arrays, new in ((params, cur), (adam["m"], cur_adam["m"]), (adam["v"], cur_adam["v"])):
                 arrays["tok_emb"][:, cols] = new["tok_emb"]
             adam["step"] = cur_adam["step"]
@@ -419,7 +424,7 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
 
     try:
         for k in range(member["k"], K):
-            member["k"], cols, first_step = k, slice(k * cfg.dim, (k + 1) * cfg.dim), max(0, start - k * T)
+            member["k"], cols, first_step = k, slice(k * width, (k + 1) * width), max(0, start - k * T)
             if K > 1:  # a member starts with fresh moments (zeros in its columns until it trains)
                 cur = {"tok_emb": xp.ascontiguousarray(params["tok_emb"][:, cols])}
                 cur_adam = {"step": adam["step"] if first_step else 0, **{

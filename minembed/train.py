@@ -85,13 +85,14 @@ class TrainConfig:
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
     pooling: str = _f("mean", "bag: a token n times in a text weighs n (mean) or 1 + log n (sublinear, as in TF-IDF) "
                               "when encoding; training counts n", choices=("mean", "sublinear"))
-    members: int = _f(1, "bag: train this many models, seeds seed, seed+1, ...; their tables side by side", *POS)
+    members: int = _f(None, "bag: K tables of dim/K trained in turn (seeds seed, seed+1, ...), side by side [4]", *POS)
     bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for dropout positives)")
 
     def resolved(self):
         """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""
         bag_start = self.model == "transformer" and self.bag_init and self.positives != "dropout"
-        defaults = dict(MODEL_DEFAULTS.get(self.model, {}), **({"lr": 3e-5} if bag_start else {}))
+        defaults = dict(MODEL_DEFAULTS.get(self.model, {}), **({"lr": 3e-5} if bag_start else {}),
+                        members=4 if self.model == "bag" and self.matryoshka is None else 1)  # run.py
         c = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
         for f in dataclasses.fields(c):
             v, m = getattr(c, f.name), f.metadata
@@ -107,11 +108,11 @@ class TrainConfig:
                         (c.model == "bag" or c.pooling == "mean", "--pooling sublinear is for the bag model"),
                         (c.members == 1 or c.model == "bag" and not c.matryoshka,
                          "--members is for the bag model (and not with --matryoshka)"),
+                        (c.dim % c.members == 0, f"--dim {c.dim} is not a multiple of --members {c.members}"),
                         (c.model == "bag" or c.dim % c.heads == 0,
                          f"--dim ({c.dim}) must be a multiple of --heads ({c.heads})"),
                         (c.positives != "dropout" or (c.model == "transformer" and c.dropout > 0),
-                         "--positives dropout needs an encoder with dropout: use --model transformer "
-                         "(with --dropout > 0); the bag model has no dropout")):
+                         "--positives dropout needs an encoder with dropout (--model transformer, --dropout > 0)")):
             if not ok:
                 raise MinembedError(msg)
         return c
@@ -123,8 +124,7 @@ class TrainConfig:
         if self.matryoshka:
             cfg["matryoshka"] = matryoshka_dims(self.matryoshka, self.dim)
         if self.model == "transformer":
-            cfg.update(layers=self.layers, heads=self.heads, ffn=self.ffn, max_len=self.max_len,
-                       dropout=self.dropout)
+            cfg.update(layers=self.layers, heads=self.heads, ffn=self.ffn, max_len=self.max_len, dropout=self.dropout)
         return cfg
 
 

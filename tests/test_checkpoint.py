@@ -186,15 +186,15 @@ def test_python_api_interrupt_and_resume(env, monkeypatch):
 
 
 def test_members_are_the_runs_of_their_seeds_and_resume_across_members(env, monkeypatch):
-    """--members 3: the tables of the runs with seeds 1, 2, 3 side by side, bit for bit; stopped
+    """--members 3: the 16-wide tables of the runs with seeds 1, 2, 3 side by side, bit for bit; stopped
     at the last step of member 1 or inside member 2, resume gives that same model and log."""
     d, e = env
     monkeypatch.setenv("MINEMBED_CACHE", e["MINEMBED_CACHE"])
     corpus = str(d / "corpus.txt")
-    cfg = TrainConfig(vocab_size=256, dim=16, batch_size=16, max_steps=10, seed=1, members=3)
+    cfg = TrainConfig(vocab_size=256, dim=48, batch_size=16, max_steps=10, seed=1, members=3)
     ref = train(corpus, d / "members-ref", cfg, quiet=True)
     assert ref.dim == 48 and ref.config["training"]["steps"] == 30
-    singles = [train(corpus, d / f"member-{s}", dataclasses.replace(cfg, members=1, seed=s), quiet=True)
+    singles = [train(corpus, d / f"member-{s}", dataclasses.replace(cfg, dim=16, members=1, seed=s), quiet=True)
                for s in (1, 2, 3)]
     table = load_weights(os.path.join(ref.path, "model.safetensors"))["tok_emb"]
     assert np.array_equal(table, np.concatenate([load_weights(os.path.join(m.path, "model.safetensors"))

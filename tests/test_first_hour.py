@@ -20,7 +20,7 @@ from minembed.cli import main
 from minembed.errors import MinembedError
 from minembed.model import write_manifest
 
-SMALL = ["--dim", "16", "--vocab-size", "300", "--batch-size", "16", "--max-steps", "5"]
+SMALL = ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "16", "--max-steps", "5"]
 
 
 def run(*args, **kw):

@@ -25,7 +25,7 @@ SLOW_CLI = ("import os, time\n"
             "t.train_step = step\n"
             "from minembed.cli import main\n"
             "main(prog_name='minembed')\n")
-CONFIG = ["--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "30", "-q"]
+CONFIG = ["--members", "1", "--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "30", "-q"]
 
 
 def cli(env, *args, slow=False):

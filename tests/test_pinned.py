@@ -14,7 +14,7 @@ from minembed.run import train
 from minembed.train import TrainConfig
 
 PINNED = {
-    "bag": (dict(dim=32, epochs=2, batch_size=32, vocab_size=500, seed=1, scale=20.0, positives="crops",
+    "bag": (dict(dim=32, members=1, epochs=2, batch_size=32, vocab_size=500, seed=1, scale=20.0, positives="crops",
                  span_max=0.5),
             [2.261012, 1.983695, 1.96278, 1.942967, 1.995889, 1.92103, 1.839115, 1.600841,
              1.91072, 1.691551, 1.865875, 1.625325, 1.693357, 1.902932],

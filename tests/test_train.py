@@ -158,6 +158,17 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
     assert np.array_equal(before, weights(tmp_path / "m")["tok_emb"])
 
 
+def test_the_bag_model_is_four_members_of_a_quarter_of_dim_each_with_half_the_epochs():
+    """The default bag model: 4 tables of dim / 4 (1 with --matryoshka; the transformer 1), each
+    trained 20 epochs within 400-2,500 steps where one table gets 40 within 800-5,000."""
+    from minembed.run import auto_epochs
+    assert TrainConfig().resolved().members == 4 and TrainConfig(dim=64).resolved().members == 4
+    assert TrainConfig(matryoshka="32").resolved().members == 1
+    assert TrainConfig(model="transformer").resolved().members == 1
+    assert [auto_epochs("bag", spe, 4) for spe in (10, 75, 200)] == [40, 20, 13]
+    assert [auto_epochs("bag", spe, 1) for spe in (10, 75, 200)] == [80, 40, 25]
+
+
 @pytest.mark.parametrize("kw, msg", [
     (dict(lr=0.0), "--lr"), (dict(lr=-1.0), "--lr"), (dict(batch_size=1), "--batch-size"),
     (dict(dim=0), "--dim"), (dict(epochs=0), "--epochs"), (dict(model="lstm"), "--model"),
@@ -168,6 +179,7 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
     (dict(model="transformer", members=2), "--members is for the bag model"),
     (dict(members=2, matryoshka="8"), "not with --matryoshka"), (dict(members=0), "--members must be positive"),
     (dict(matryoshka="0,8"), "--matryoshka"), (dict(matryoshka="8,x"), "--matryoshka"),
+    (dict(dim=30), "--dim 30 is not a multiple of --members 4"),
 ])
 def test_invalid_settings(tmp_path, topic_txt, kw, msg):
     with pytest.raises(MinembedError, match=msg):
@@ -189,7 +201,7 @@ def test_matryoshka_training_makes_prefixes_embeddings(tmp_path, topic_txt, topi
     texts, labels = topic_docs
     # crops at scale 20: with rest positives or at scale 10 every 4-dim prefix of this easy corpus works
     cfg = dict(FAST, epochs=6, seed=1, scale=20.0, positives="crops", span_max=0.5)
-    plain = train(topic_txt, tmp_path / "plain", TrainConfig(**cfg), quiet=True)
+    plain = train(topic_txt, tmp_path / "plain", TrainConfig(members=1, **cfg), quiet=True)  # one 32-wide table
     mat = train(topic_txt, tmp_path / "mat", TrainConfig(matryoshka="4", **cfg), quiet=True)
     assert mat.config["matryoshka"] == [4, 32] and mat.config["training"]["matryoshka"] == "4,32"
     assert "matryoshka" not in plain.config

@@ -62,12 +62,12 @@ def cell(accs, base=None):
 def matryoshka(models):
     texts, labels = minembed.builtin()
     mat = model(models, "mat", matryoshka=",".join(map(str, DIMS)))
-    plain = model(models, "bag256", dim=256)
+    plain = model(models, "bag256", dim=256, members=1)  # one table, as the Matryoshka model is
     print("| dim | Matryoshka (32,64,128,256) | trained at this dim alone (Matryoshka's gain) | "
           "plain 256, first k dims (Matryoshka's gain) |")
     print("|---:|---:|---:|---:|")
     for k in DIMS:
-        alone = model(models, f"bag{k}", dim=k)
+        alone = model(models, f"bag{k}", dim=k, members=1)
         with warnings.catch_warnings():   # the plain model was not trained at k: we know
             warnings.simplefilter("ignore")
             row = [knn(mat.encode(texts, dim=k), labels), knn(alone.encode(texts), labels),
@@ -82,7 +82,7 @@ def quantized(models):
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, dims in (("bag256", (256,)), ("mat", DIMS)):
         title = "plain 256" if name == "bag256" else "Matryoshka"
-        m = model(models, name, **({"dim": 256} if name == "bag256" else {"matryoshka": "32,64,128,256"}))
+        m = model(models, name, **({"dim": 256, "members": 1} if name == "bag256" else {"matryoshka": "32,64,128,256"}))
         calibrate(m, texts)
         for k in dims:
             X = m.encode(texts, dim=k)
@@ -110,7 +110,7 @@ print("vmhwm_kb", next(l for l in open("/proc/self/status") if l.startswith("VmH
 def embed(models, gb, workdir, keep):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_scale import generate
-    m = model(models, "bag256", dim=256)
+    m = model(models, "bag256", dim=256, members=1)
     big = os.path.join(workdir, f"corpus-{gb}gb.txt")
     if not os.path.exists(big):
         generate(big, gb)

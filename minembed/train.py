@@ -51,9 +51,9 @@ def at_least(n): return (lambda v: v >= n), f"at least {n}"  # noqa: E704
 class TrainConfig:
     model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer", choices=("bag", "transformer"))
     dim: int = _f(None, "embedding dimension [bag: 256, transformer: 128]", *POS)
-    epochs: int = _f(None, "passes over the corpus [bag: 40 (800-5,000 steps), transformer: 10 "
-                           "(400-1,500 steps)]", *POS)
-    max_steps: int = _f(0, "stop after this many steps (the schedule ends there too); 0: all epochs", *NONNEG)
+    epochs: int = _f(None, "passes over the corpus, a member's [bag: 20 (400-2,500 steps; one member: 40, "
+                           "800-5,000), transformer: 10 (400-1,500 steps)]", *POS)
+    max_steps: int = _f(0, "stop after this many steps a member (the schedule ends there too); 0: all epochs", *NONNEG)
     batch_size: int = _f(None, "positive pairs per step [bag: 128, transformer: 64]", *at_least(2))
     lr: float = _f(None, "peak learning rate [bag: 0.1, transformer: 3e-5 on a bag table, else 5e-4]", *NUMBER)
     warmup: float = _f(0.1, "linear warm-up, a fraction of the first epoch; then linear decay to 0", *FRAC)

@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 
 MODELS = {  # tiny: every test launches several processes on 2 shared cores; one BLAS thread each,
     # as the count can change a product's last bits (minembed/runtime.py)
-    "bag": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "5", "--threads", "1",
-            "--members", "1"],
+    "bag": ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "5",
+            "--threads", "1"],
     "bag-members": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "3", "--threads", "1",
                     "--members", "2"],
     "transformer": ["--model", "transformer", "--dim", "16", "--layers", "1", "--heads", "2",

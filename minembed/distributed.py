@@ -18,6 +18,7 @@ get the single-process masks (GPU masks come from CuPy's generator: per rank and
 """
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -121,6 +122,7 @@ class Comm:
                 e.quiet = self.rank != 0
                 raise
             print(f"Error: process {self.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            time.sleep(0.2)  # for mpiexec to pass the line on: the abort ends its I/O forwarding too
             self.mpi.Abort(130 if isinstance(e, KeyboardInterrupt) else 1)
 
     def sum_grads(self, grads, params):

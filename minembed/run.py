@@ -373,9 +373,8 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
 
     def sync():  # the member's weights and moments into its columns of the run's arrays
         if K > 1:
-            cols = slice(member["k"] * width, (member["k"] + 1) * width)
             for arrays, new in ((params, cur), (adam["m"], cur_adam["m"]), (adam["v"], cur_adam["v"])):
-                arrays["tok_emb"][:, cols] = new["tok_emb"]
+                arrays["tok_emb"][:, member["cols"]] = new["tok_emb"]
             adam["step"] = cur_adam["step"]
 
     def save(step):
@@ -424,7 +423,8 @@ def _run(cfg, tok, data, sampler, out, xp, say, quiet, source, eval_every, eval_
 
     try:
         for k in range(member["k"], K):
-            member["k"], cols, first_step = k, slice(k * width, (k + 1) * width), max(0, start - k * T)
+            member.update(k=k, cols=slice(k * width, (k + 1) * width))  # its columns, for sync() too
+            cols, first_step = member["cols"], max(0, start - k * T)
             if K > 1:  # a member starts with fresh moments (zeros in its columns until it trains)
                 cur = {"tok_emb": xp.ascontiguousarray(params["tok_emb"][:, cols])}
                 cur_adam = {"step": adam["step"] if first_step else 0, **{

@@ -44,8 +44,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import common  # noqa: E402
-from minembed import bag, optim  # noqa: E402
-from minembed.loss import infonce_backward, infonce_forward  # noqa: E402
+from minembed.core import bag, optim  # noqa: E402
+from minembed.core.loss import infonce_backward, infonce_forward  # noqa: E402
 
 B, LO, HI, V, D, SCALE, LR = 256, 32, 64, 30_000, 256, 20.0, 1e-3
 
@@ -140,8 +140,8 @@ def copy_bandwidth(mb=64, reps=5):
 # ----------------------------------------------------------------------------- encode
 def encode_bench(torch, reps, n_texts):
     from minembed import builtin as docstrings
-    from minembed.model import Model
-    from minembed.tokenize import encode_texts, split_sentences, train_tokenizer
+    from minembed.product.model import Model
+    from minembed.product.tokenize import encode_texts, split_sentences, train_tokenizer
 
     docs, _ = docstrings()
     t = time.perf_counter()

@@ -30,10 +30,10 @@ import warnings
 import numpy as np
 
 import minembed
-from minembed.evaluate import knn_accuracy
-from minembed.export import calibrate, dequantize, int8_scales, quantize
-from minembed.run import train
-from minembed.train import TrainConfig
+from minembed.product.evaluate import knn_accuracy
+from minembed.product.export import calibrate, dequantize, int8_scales, quantize
+from minembed.product.run import train
+from minembed.core.train import TrainConfig
 
 DIMS = (32, 64, 128, 256)
 SEEDS = range(10)
@@ -96,7 +96,7 @@ def quantized(models):
 
 _CHILD = """
 import sys, time
-from minembed.cli import main
+from minembed.product.cli import main
 t = time.perf_counter()
 try:
     main(sys.argv[1:])

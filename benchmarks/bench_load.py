@@ -27,7 +27,7 @@ def main():
     args = ap.parse_args()
     loads, settings = [int(x) for x in args.load.split(",")], args.threads.split(",")
     out = tempfile.mkdtemp(prefix="bench_load_")
-    base = [sys.executable, "-m", "minembed.cli", "train", "--model", args.model, "-q", "--force",
+    base = [sys.executable, "-m", "minembed", "train", "--model", args.model, "-q", "--force",
             "-o", os.path.join(out, "m")] + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
     env.pop("MINEMBED_THREADS", None)

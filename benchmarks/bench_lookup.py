@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from minembed import bag  # noqa: E402
-from minembed.runtime import tuned  # noqa: E402
+from minembed.core import bag  # noqa: E402
+from minembed.product.runtime import tuned  # noqa: E402
 
 
 def main():

@@ -36,9 +36,10 @@ COMMON = ("the a of and to in is was for with on that by as it this from be are 
 CHILD = """
 import json, os, resource, sys, time
 import sklearn
-from minembed import load, viz
-from minembed.data import Corpus
-from minembed.evaluate import knn_accuracy
+from minembed import load
+from minembed.product import viz
+from minembed.product.corpus import Corpus
+from minembed.product.evaluate import knn_accuracy
 corpus, model_dir, out, sk = sys.argv[1:5]
 T, R = {}, {}
 def tick(name, t0):
@@ -113,7 +114,7 @@ def main():
         print(f"generated {args.docs:,} documents in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
         env = dict(os.environ, MINEMBED_CACHE=os.path.join(work, "cache"))
-        subprocess.run([sys.executable, "-m", "minembed.cli", "train", corpus, "-o", model,
+        subprocess.run([sys.executable, "-m", "minembed", "train", corpus, "-o", model,
                         "--max-steps", str(args.steps), "-q"], env=env, check=True)
         load0 = os.getloadavg()[0]
         p = subprocess.run([sys.executable, "-c", CHILD, corpus, model, work, str(args.sklearn)],

@@ -83,7 +83,7 @@ print("RESULT", {"documents": tc.n_docs, "tokens": tc.n_tokens, "sentences": int
 """,
     "train": """
 from minembed import TrainConfig
-from minembed.run import train
+from minembed.product.run import train
 m = train(CORPUS, OUT, TrainConfig(vocab_size=VOCAB, dim=64, batch_size=256, max_steps=STEPS, members=1),
           quiet=True, checkpoint_every=STEPS // 2)
 """,

@@ -31,14 +31,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import common  # noqa: E402
-from minembed import transformer as tr  # noqa: E402
+from minembed.core import transformer as tr  # noqa: E402
 
 try:
-    from minembed.loss import infonce_forward, infonce_backward
+    from minembed.core.loss import infonce_forward, infonce_backward
 except ImportError:          # not written yet: sum(emb * R) stands in
     infonce_forward = infonce_backward = None
 try:
-    from minembed.optim import adam_init, adam_step
+    from minembed.core.optim import adam_init, adam_step
 except ImportError:
     adam_init = adam_step = None
 

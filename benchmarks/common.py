@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from minembed import runtime  # noqa: E402
+from minembed.product import runtime  # noqa: E402
 
 
 def add_options(ap):

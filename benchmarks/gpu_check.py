@@ -70,7 +70,7 @@ def guarded(name):
 
 @contextlib.contextmanager
 def kernels(enabled):
-    from minembed import cuda
+    from minembed.fast import cuda
     old = cuda.ENABLED
     cuda.ENABLED = enabled
     try:
@@ -166,8 +166,8 @@ def kernel_errors():
 # ---------------------------------------------------------------------------
 def loop_step(encoder, params, state, ids, offsets, enc_cfg, lr=1e-3, clip=0.0, seed=0):
     """One step as minembed.train's loop takes it: train_step, clip_grads, adam_step."""
-    from minembed import optim
-    from minembed.train import train_step
+    from minembed.core import optim
+    from minembed.core.train import train_step
     cfg = types.SimpleNamespace(scale=20.0, symmetric=False)
     loss, _, grads = train_step(encoder, params, enc_cfg, ids, offsets, cfg,
                                 np.random.default_rng(seed))
@@ -202,7 +202,7 @@ def dev_batch(ids, offsets):
 
 def _grad_arrays(grads):
     """{name: host copy} of a gradient dict (a RowGrad as its rows and values)."""
-    from minembed.backend import to_numpy
+    from minembed.core.backend import to_numpy
     out = {}
     for k, g in grads.items():
         if hasattr(g, "rows"):
@@ -235,8 +235,8 @@ def compare_step(label, encoder, enc_cfg, params_np, ids, offsets, lr=1e-2, clip
     weights after Adam on each side's own gradient differ by up to ~lr where a
     gradient entry is float32 noise: reported too, for information."""
     import cupy as cp
-    from minembed import optim
-    from minembed.train import train_step
+    from minembed.core import optim
+    from minembed.core.train import train_step
     cfg = types.SimpleNamespace(scale=20.0, symmetric=False)
     p_np = {k: v.copy() for k, v in params_np.items()}
     loss_np, acc_np, g_np = train_step(encoder, p_np, enc_cfg, ids, offsets, cfg,
@@ -281,7 +281,7 @@ def compare_step(label, encoder, enc_cfg, params_np, ids, offsets, lr=1e-2, clip
 
 
 def compare_bag(quick):
-    from minembed import bag
+    from minembed.core import bag
     rng = np.random.default_rng(1)
     V, D = 30000, 256
     pairs = 256 if quick else 1024
@@ -298,7 +298,7 @@ def compare_bag(quick):
 
 
 def compare_transformer(quick):
-    from minembed import transformer
+    from minembed.core import transformer
     rng = np.random.default_rng(2)
     cfg = {"vocab_size": 2000, "dim": 64, "layers": 2, "heads": 4, "ffn": 256,
            "max_len": 32, "dropout": 0.0}
@@ -336,7 +336,7 @@ def cp_sync():
 
 
 def minembed_runner(encoder, enc_cfg, params_np, ids, offsets, kernels_on=True, clip=0.0):
-    from minembed import optim
+    from minembed.core import optim
     params = to_dev(params_np)
     state = optim.adam_init(params)
     ids_d, off_d = dev_batch(ids, offsets)
@@ -349,8 +349,8 @@ def minembed_runner(encoder, enc_cfg, params_np, ids, offsets, kernels_on=True, 
 
 def phases(encoder, enc_cfg, params_np, ids, offsets, n, clip=0.0):
     """Median ms of each phase of minembed's step (synchronised after each)."""
-    from minembed import optim
-    from minembed.loss import infonce_backward, infonce_forward
+    from minembed.core import optim
+    from minembed.core.loss import infonce_backward, infonce_forward
     params = to_dev(params_np)
     state = optim.adam_init(params)
     ids_d, off_d = dev_batch(ids, offsets)
@@ -480,7 +480,7 @@ def micro():
     """GPU and host time of single operations that decide the step times."""
     import cupy as cp
     from cupyx.profiler import benchmark
-    from minembed import loss
+    from minembed.core import loss
     rng = np.random.default_rng(0)
     rows = []
 
@@ -612,7 +612,7 @@ def run_timed(workload, runners, warm, n, ref_labels, target):
 
 
 def timings(quick):
-    from minembed import bag, transformer
+    from minembed.core import bag, transformer
     warm, n = (2, 5) if quick else (5, 20)
     rng = np.random.default_rng(3)
     V, D, pairs = 30000, 256, 4096

@@ -31,13 +31,13 @@ python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" "$@" 2>&1 | tee "$O
       [ "$model" = transformer ] && [ "$dev" = cpu ] && continue   # minutes on a CPU: measured elsewhere
       log "minembed train --model $model --device $dev (built-in corpus)"
       start=$EPOCHREALTIME
-      python3 -m minembed.cli train -o "$WORK/$model-$dev" --model $model --device $dev --force 2>&1 \
+      python3 -m minembed train -o "$WORK/$model-$dev" --model $model --device $dev --force 2>&1 \
         | tr '\r' '\n' | grep -v '^training *\[' | tail -n 6
       awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "wall: %.1f s\n", b - a }'
       python3 -c "import json,sys; c=json.load(open(sys.argv[1])); t=c['training']; print('steps', t['steps'], 'training seconds', t['seconds'])" "$WORK/$model-$dev/config.json"
       log "minembed eval $model-$dev --device $dev"
       start=$EPOCHREALTIME
-      python3 -m minembed.cli eval "$WORK/$model-$dev" --device $dev 2>&1
+      python3 -m minembed eval "$WORK/$model-$dev" --device $dev 2>&1
       awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "wall: %.1f s\n", b - a }'
     done
   done

@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import minembed  # noqa: E402
 from minembed import Corpus, TrainConfig  # noqa: E402
-from minembed.compare import CROPS  # noqa: E402  (the paper's pairs: two crops, spans of 10-50 %)
-from minembed.evaluate import knn_accuracy, tfidf  # noqa: E402
-from minembed.model import Model  # noqa: E402
-from minembed.run import train  # noqa: E402
+from minembed.product.compare import CROPS  # noqa: E402  (the paper's pairs: two crops, spans of 10-50 %)
+from minembed.product.evaluate import knn_accuracy, tfidf  # noqa: E402
+from minembed.product.model import Model  # noqa: E402
+from minembed.product.run import train  # noqa: E402
 
 SPLITS = 10
 # row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 import minembed
-from minembed.tokenize import (SPECIAL_TOKENS, encode_texts, fingerprint,
+from minembed.product.tokenize import (SPECIAL_TOKENS, encode_texts, fingerprint,
                                split_sentences, tokenize_corpus, train_tokenizer)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"

@@ -27,9 +27,10 @@ import sys
 
 import numpy as np
 
-from minembed.crops import PairSampler
-from minembed.tokenize import mask_token_id
-from minembed import Corpus, transformer
+from minembed.core.pairs import PairSampler
+from minembed.product.tokenize import mask_token_id
+from minembed import Corpus
+from minembed.core import transformer
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 

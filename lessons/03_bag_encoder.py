@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from minembed import bag
-from minembed.bag import embedding_bag_backward, embedding_bag_forward
-from minembed.gradcheck import check_grads
-from minembed.layers import RowGrad
-from minembed.optim import densify
+from minembed.core import bag
+from minembed.core.bag import embedding_bag_backward, embedding_bag_forward
+from minembed.core.gradcheck import check_grads
+from minembed.core.layers import RowGrad
+from minembed.core.optim import densify
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
@@ -108,7 +108,7 @@ assert err_wrong > 0.1
 # 4. The encoder interface, on a real batch of crop pairs
 #    bag.init_params / bag.forward / bag.backward are what training calls.
 # ---------------------------------------------------------------------------
-from minembed.crops import PairSampler
+from minembed.core.pairs import PairSampler
 from minembed import Corpus
 
 source = Corpus()

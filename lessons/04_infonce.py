@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 
-from minembed.gradcheck import check_grads
-from minembed.loss import (infonce_backward, infonce_forward, l2_normalize_backward,
+from minembed.core.gradcheck import check_grads
+from minembed.core.loss import (infonce_backward, infonce_forward, l2_normalize_backward,
                            l2_normalize_forward)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"

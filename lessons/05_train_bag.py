@@ -26,12 +26,13 @@ import time
 import numpy as np
 
 import minembed
-from minembed import Corpus, TrainConfig, bag, optim
-from minembed.crops import PairSampler
-from minembed.evaluate import knn_accuracy, tfidf
-from minembed.model import Model
-from minembed.run import train
-from minembed.train import train_step
+from minembed import Corpus, TrainConfig
+from minembed.core import bag, optim
+from minembed.core.pairs import PairSampler
+from minembed.product.evaluate import knn_accuracy, tfidf
+from minembed.product.model import Model
+from minembed.product.run import train
+from minembed.core.train import train_step
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 

@@ -29,14 +29,14 @@ import sys
 
 import numpy as np
 
-from minembed import transformer
-from minembed.gradcheck import check_grads
-from minembed.layers import (attention_backward, attention_forward, gelu_backward,
+from minembed.core import transformer
+from minembed.core.gradcheck import check_grads
+from minembed.core.layers import (attention_backward, attention_forward, gelu_backward,
                              gelu_forward, layernorm_backward, layernorm_forward,
                              softmax_backward, softmax_forward)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-from minembed.optim import densify
+from minembed.core.optim import densify
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)

@@ -31,10 +31,11 @@ import time
 import numpy as np
 
 import minembed
-from minembed import TrainConfig, transformer
-from minembed.evaluate import knn_accuracy
-from minembed.model import Model
-from minembed.run import train
+from minembed import TrainConfig
+from minembed.core import transformer
+from minembed.product.evaluate import knn_accuracy
+from minembed.product.model import Model
+from minembed.product.run import train
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 

@@ -28,10 +28,10 @@ OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else tempfile
 
 import minembed
 from minembed import TrainConfig
-from minembed.evaluate import knn_accuracy
-from minembed.run import train
-from minembed.search import CorpusIndex
-from minembed.viz import map_corpus
+from minembed.product.evaluate import knn_accuracy
+from minembed.product.run import train
+from minembed.product.search import CorpusIndex
+from minembed.product.viz import map_corpus
 
 texts, labels = minembed.builtin()
 labels = np.asarray(labels)

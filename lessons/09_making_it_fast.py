@@ -23,9 +23,11 @@ import time
 import numpy as np
 
 import minembed
-from minembed import Corpus, TrainConfig, backend, bag, cuda, layers, transformer
-from minembed.crops import PairSampler
-from minembed.train import train_step
+from minembed import Corpus, TrainConfig
+from minembed.core import backend, bag, layers, transformer
+from minembed.fast import cuda
+from minembed.core.pairs import PairSampler
+from minembed.core.train import train_step
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 

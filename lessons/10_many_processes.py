@@ -51,18 +51,18 @@ import tracemalloc
 import numpy as np
 
 from minembed import Corpus, TrainConfig
-from minembed.crops import PairSampler
-from minembed.distributed import make_step
-from minembed.gradcheck import check_grads
-from minembed.layers import RowGrad
-from minembed.loss import infonce_backward, infonce_forward, l2_normalize_backward, l2_normalize_forward
-from minembed.model import encoder_module
+from minembed.core.pairs import PairSampler
+from minembed.product.distributed import make_step
+from minembed.core.gradcheck import check_grads
+from minembed.core.layers import RowGrad
+from minembed.core.loss import infonce_backward, infonce_forward, l2_normalize_backward, l2_normalize_forward
+from minembed.product.model import encoder_module
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 SCALE = 20.0
 
 if "--ranks" in sys.argv:  # part 3, on each of the processes mpiexec started
-    from minembed.distributed import connect
+    from minembed.product.distributed import connect
     comm = connect()
     R, r = comm.size, comm.rank
     B, D = 6, 4
@@ -186,7 +186,7 @@ else:
         for n in (1, 2):
             out = os.path.join(d, f"ranks{n}")
             cmd = ([mpiexec, "-n", "2"] if n == 2 else []) + [
-                sys.executable, "-m", "minembed.cli", "train", "-o", out, "-q", "--dim", "64",
+                sys.executable, "-m", "minembed", "train", "-o", out, "-q", "--dim", "64",
                 "--max-steps", steps]
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             assert res.returncode == 0, res.stderr[-2000:]

@@ -10,10 +10,10 @@ optim, crops, train) is one training step, readable in one sitting; the product
 is everything a user's corpus and model directory need; compare is an
 experiment beside them.
 """
-from .data import Corpus, builtin
+from .product.corpus import Corpus, builtin
 from .errors import MinembedError
-from .model import Model, load
-from .train import TrainConfig
+from .product.model import Model, load
+from .core.train import TrainConfig
 
 __version__ = "0.1.0"
 __all__ = ["load", "Model", "MinembedError", "Corpus", "builtin", "TrainConfig"]

@@ -4,11 +4,11 @@ rank; rank 0 prints "collectives OK"."""
 import numpy as np
 from mpi4py import MPI
 
-import minembed.distributed as dist
+import minembed.product.distributed as dist
 from minembed.errors import MinembedError
-from minembed.gradcheck import check_grads
-from minembed.layers import RowGrad
-from minembed.loss import infonce_backward, infonce_forward
+from minembed.core.gradcheck import check_grads
+from minembed.core.layers import RowGrad
+from minembed.core.loss import infonce_backward, infonce_forward
 
 comm = dist.Comm(MPI.COMM_WORLD)
 R, r = comm.size, comm.rank

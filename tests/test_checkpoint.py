@@ -13,18 +13,18 @@ import time
 import numpy as np
 import pytest
 
-from minembed import checkpoint as ckpt_mod
+from minembed.product import checkpoint as ckpt_mod
 from minembed.errors import MinembedError
-from minembed.model import load, load_weights
-from minembed.run import train
-from minembed.train import TrainConfig
+from minembed.product.model import load, load_weights
+from minembed.product.run import train
+from minembed.core.train import TrainConfig
 
 # the CLI, each training step slowed down by DELAY seconds so that a signal can land mid-run
 CLI = ("import time\n"
-       "import minembed.train as t\n"
+       "import minembed.core.train as t\n"
        "f = t.train_step\n"
        "t.train_step = lambda *a: (time.sleep(DELAY), f(*a))[1]\n"
-       "from minembed.cli import main\n"
+       "from minembed.product.cli import main\n"
        "main(prog_name='minembed')\n")
 
 BAG = ["--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "40", "--seed", "3"]
@@ -153,7 +153,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(env):
 
 def sigint_at(monkeypatch, step):
     """Make train_step raise SIGINT in the middle of its ``step``-th call; returns the undo."""
-    import minembed.train as t
+    import minembed.core.train as t
     real, calls = t.train_step, []
 
     def interrupted_step(*a):
@@ -280,7 +280,7 @@ def test_truncate_log_drops_later_and_torn_records(tmp_path):
 def test_resume_keeps_the_runs_blas_thread_count(env, monkeypatch):
     """The count can change the transformer's last bits: it is recorded, and a resumed run
     without --threads / MINEMBED_THREADS uses it, not what the machine's load suggests now."""
-    import minembed.run as run_mod
+    import minembed.product.run as run_mod
     d, e = env
     monkeypatch.setenv("MINEMBED_CACHE", e["MINEMBED_CACHE"])
     monkeypatch.delenv("MINEMBED_THREADS", raising=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from minembed.cli import main
+from minembed.product.cli import main
 
 SMALL = ["--dim", "16", "--vocab-size", "300", "--batch-size", "16", "--epochs", "1", "-q"]
 

@@ -5,8 +5,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from minembed.cli import main
-from minembed.compare import FAST, MAIN_RUNS, format_table, run_comparison
+from minembed.product.cli import main
+from minembed.product.compare import FAST, MAIN_RUNS, format_table, run_comparison
 from minembed.errors import MinembedError
 
 NAMES = ["TF-IDF", "TF-IDF + SVD + L2", "majority class", "untrained bag"] + [name for name, _, _ in MAIN_RUNS]

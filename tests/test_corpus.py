@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from minembed.data import MAX_DOC_CHARS, Corpus, iter_documents, resolve_format
+from minembed.product.corpus import MAX_DOC_CHARS, Corpus, iter_documents, resolve_format
 from minembed.errors import MinembedError
 
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from minembed.crops import PairSampler, _gather_ranges
+from minembed.core.pairs import PairSampler, _gather_ranges
 from minembed.errors import MinembedError
-from minembed.tokenize import (encode_texts, fingerprint, mask_token_id, split_sentences,
+from minembed.product.tokenize import (encode_texts, fingerprint, mask_token_id, split_sentences,
                                tokenize_corpus, train_tokenizer)
 
 LONG = "This sentence is long enough to be kept by the paper's rule of one hundred characters, yes it is indeed"

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minembed import bag, cuda, layers, loss, optim
+from minembed.core import bag, layers, loss, optim
+
+from minembed.fast import cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +82,7 @@ def test_nvrtc_compiles_kernels_if_available():
 
 def test_import_without_cupy():
     code = ("import sys; sys.modules['cupy'] = None\n"
-            "import numpy as np, minembed.cuda as c, minembed.layers, minembed.bag, minembed.optim\n"
+            "import numpy as np, minembed.fast.cuda as c, minembed.core.layers, minembed.core.bag, minembed.core.optim\n"
             "assert not c.use_kernels(np.zeros(3, np.float32))\n"
             "assert 'embedding_bag_forward' in c.kernel_source()\n"
             "print('ok')")

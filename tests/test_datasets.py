@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from minembed import data
+from minembed.product import corpus as data
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("build_docstrings", ROOT / "tools" / "build_docstrings.py")

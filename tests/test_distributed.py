@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minembed.crops import PairSampler
-from minembed.data import Corpus
-from minembed.distributed import _Replay, make_step
-from minembed.layers import RowGrad
-from minembed.model import encoder_module, load_weights
-from minembed.optim import densify
-from minembed.train import TrainConfig, train_step
+from minembed.core.pairs import PairSampler
+from minembed.product.corpus import Corpus
+from minembed.product.distributed import _Replay, make_step
+from minembed.core.layers import RowGrad
+from minembed.product.model import encoder_module, load_weights
+from minembed.core.optim import densify
+from minembed.core.train import TrainConfig, train_step
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec", path=sysconfig.get_path("scripts")) or shutil.which("mpiexec")
@@ -41,10 +41,10 @@ MODELS = {  # tiny: every test launches several processes on 2 shared cores; one
                     "--batch-size", "24", "--max-steps", "4", "--threads", "1"],
 }
 # the CLI with every training step slowed down by DELAY s, so that a signal lands mid-run
-SLOW_CLI = ("import time, minembed.run as r\n"
+SLOW_CLI = ("import time, minembed.product.run as r\n"
             "f = r.make_step\n"
             "r.make_step = lambda *a: (lambda s: lambda *b: (time.sleep(DELAY), s(*b))[1])(f(*a))\n"
-            "from minembed.cli import main\n"
+            "from minembed.product.cli import main\n"
             "main(prog_name='minembed')\n")
 
 
@@ -54,7 +54,7 @@ def env(tmp_path_factory, topic_txt):
     return tmp_path_factory.mktemp("dist"), e, topic_txt
 
 
-def mpirun(n, args, env, cli="-m minembed.cli", timeout=300):
+def mpirun(n, args, env, cli="-m minembed", timeout=300):
     cmd = [MPIEXEC, "-n", str(n), sys.executable, *cli.split(maxsplit=1)] + list(args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -77,7 +77,7 @@ def compare(a, b):
 def test_ranks_train_the_model_one_process_trains(model, env):
     d, e, corpus = env
     args = MODELS[model]
-    res = subprocess.run([sys.executable, "-m", "minembed.cli", "train", corpus, "-o",  # no MPI
+    res = subprocess.run([sys.executable, "-m", "minembed", "train", corpus, "-o",  # no MPI
                           str(d / f"{model}-1"), "-q"] + args, env=e, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     one = curve_and_weights(d / f"{model}-1")
@@ -165,7 +165,7 @@ def test_only_rank_0_writes_and_an_error_stops_every_rank(env):
     assert res.stderr.count("Error:") == 1 and "is not empty" in res.stderr
     assert "Traceback" not in res.stderr and os.listdir(taken) == ["notes.txt"]
     # one rank fails alone (here: rank 1 raises inside a step): every rank ends, none hangs
-    code = ("import sys, minembed.distributed as dd\n"
+    code = ("import sys, minembed.product.distributed as dd\n"
             "f = dd.make_step\n"
             "def g(comm=None, micro_batch=0):\n"
             "    s = f(comm, micro_batch)\n"
@@ -173,8 +173,8 @@ def test_only_rank_0_writes_and_an_error_stops_every_rank(env):
             "        if comm.rank == 1: raise RuntimeError('disk on fire')\n"
             "        return s(*a)\n"
             "    return step\n"
-            "import minembed.run as r; r.make_step = g\n"
-            "from minembed.cli import main; main(prog_name='minembed')\n")
+            "import minembed.product.run as r; r.make_step = g\n"
+            "from minembed.product.cli import main; main(prog_name='minembed')\n")
     res = mpirun(2, ["-c", code, "train", corpus, "-o", str(d / "fails")] + MODELS["bag"], e,
                  cli="", timeout=120)
     assert res.returncode != 0 and "Error: process 1: RuntimeError: disk on fire" in res.stderr

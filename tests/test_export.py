@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 import minembed
-from minembed import export as ex
-from minembed.cli import main
-from minembed.data import Corpus
+from minembed.product import export as ex
+from minembed.product.cli import main
+from minembed.product.corpus import Corpus
 from minembed.errors import MinembedError
-from minembed.model import load, save_model
-from minembed.tokenize import train_tokenizer
+from minembed.product.model import load, save_model
+from minembed.product.tokenize import train_tokenizer
 
 # texts whose tokens the tokenizer knows: equal vectors in every library; an empty text
 # is a zero vector everywhere
@@ -187,7 +187,7 @@ def test_embed_warns_on_a_dimension_the_model_was_not_trained_at(tmp_path, model
 
 _RSS = """
 import sys
-from minembed.cli import main
+from minembed.product.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit:

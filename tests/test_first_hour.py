@@ -15,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 import minembed
-from minembed import backend, progress
-from minembed.cli import main
+from minembed.core import backend
+from minembed.product import progress
+from minembed.product.cli import main
 from minembed.errors import MinembedError
-from minembed.model import write_manifest
+from minembed.product.model import write_manifest
 
 SMALL = ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "16", "--max-steps", "5"]
 
@@ -47,7 +48,7 @@ def model_dir(tmp_path_factory, topic_txt):
 def cli(*args, env=None, **kw):
     """The CLI in a subprocess, stderr a pipe (not a terminal), as under nohup or CI."""
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "minembed.cli", *map(str, args)], env=e,
+    return subprocess.run([sys.executable, "-m", "minembed", *map(str, args)], env=e,
                           capture_output=True, text=True, timeout=300, **kw)
 
 
@@ -159,9 +160,9 @@ def test_finished_model_has_no_lock_and_shareable_modes(model_dir):
 
 
 def test_double_ctrl_c_leaves_a_directory_a_rerun_accepts(tmp_path, topic_txt):
-    code = ("import time, minembed.train as t\nf = t.train_step\n"
+    code = ("import time, minembed.core.train as t\nf = t.train_step\n"
             "t.train_step = lambda *a: (time.sleep(0.2), f(*a))[1]\n"
-            "from minembed.cli import main\nmain(prog_name='minembed')\n")
+            "from minembed.product.cli import main\nmain(prog_name='minembed')\n")
     out = tmp_path / "m"
     p = subprocess.Popen([sys.executable, "-c", code, "train", topic_txt, "-o", out, *SMALL[:-1], "500",
                           "--checkpoint-every", "0"], stderr=subprocess.PIPE, text=True)

@@ -3,9 +3,9 @@ finite differences, in float64."""
 import numpy as np
 import pytest
 
-from minembed import bag, loss
-from minembed.gradcheck import check_grads, numerical_grad, rel_error
-from minembed.optim import densify
+from minembed.core import bag, loss
+from minembed.core.gradcheck import check_grads, numerical_grad, rel_error
+from minembed.core.optim import densify
 
 TOL = 1e-6
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minembed.data import iter_documents
-from minembed.crops import PairSampler
+from minembed.product.corpus import iter_documents
+from minembed.core.pairs import PairSampler
 from minembed.errors import MinembedError
-from minembed.tokenize import mask_token_id, split_sentences, tokenize_corpus, train_tokenizer
+from minembed.product.tokenize import mask_token_id, split_sentences, tokenize_corpus, train_tokenizer
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

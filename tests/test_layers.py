@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from minembed import bag
-from minembed import layers as L
-from minembed.optim import densify
-from minembed.gradcheck import check_grads
+from minembed.core import bag
+from minembed.core import layers as L
+from minembed.core.optim import densify
+from minembed.core.gradcheck import check_grads
 
 TOL = 1e-6
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from minembed.errors import MinembedError
-from minembed.model import load, load_weights
-from minembed.run import OutputDir
+from minembed.product.model import load, load_weights
+from minembed.product.run import OutputDir
 
 # the CLI, its training held before step 7 for as long as the file $HOLD exists
 SLOW_CLI = ("import os, time\n"
-            "import minembed.train as t\n"
+            "import minembed.core.train as t\n"
             "f, n = t.train_step, []\n"
             "def step(*a):\n"
             "    n.append(1)\n"
@@ -23,13 +23,13 @@ SLOW_CLI = ("import os, time\n"
             "        time.sleep(0.01)\n"
             "    return f(*a)\n"
             "t.train_step = step\n"
-            "from minembed.cli import main\n"
+            "from minembed.product.cli import main\n"
             "main(prog_name='minembed')\n")
 CONFIG = ["--members", "1", "--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "30", "-q"]
 
 
 def cli(env, *args, slow=False):
-    code = SLOW_CLI if slow else "from minembed.cli import main; main(prog_name='minembed')"
+    code = SLOW_CLI if slow else "from minembed.product.cli import main; main(prog_name='minembed')"
     return subprocess.Popen([sys.executable, "-c", code, "train", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -88,7 +88,7 @@ def test_lock_held_by_another_process(setup, tmp_path):
     """The lock is per process (flock): a holder that merely opened the directory blocks
     OutputDir, with or without force; it is released when the holder dies."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from minembed.run import OutputDir; "
+        [sys.executable, "-c", "import sys; from minembed.product.run import OutputDir; "
          "o = OutputDir(sys.argv[1]); o.open(); print('held', flush=True); sys.stdin.read()", str(tmp_path / "o")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

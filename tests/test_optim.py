@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minembed import optim
-from minembed.layers import RowGrad
+from minembed.core import optim
+from minembed.core.layers import RowGrad
 
 
 def reference_adam(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from minembed.run import train
-from minembed.train import TrainConfig
+from minembed.product.run import train
+from minembed.core.train import TrainConfig
 
 PINNED = {
     "bag": (dict(dim=32, members=1, epochs=2, batch_size=32, vocab_size=500, seed=1, scale=20.0, positives="crops",

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from minembed import MinembedError, runtime
+from minembed import MinembedError
+
+from minembed.product import runtime
 
 
 def blas_threads():

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from minembed.cli import main
+from minembed.product.cli import main
 from minembed.errors import MinembedError
-from minembed.search import CorpusIndex, search
-from minembed.run import train
-from minembed.train import TrainConfig
+from minembed.product.search import CorpusIndex, search
+from minembed.product.run import train
+from minembed.core.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import minembed
-import minembed.train as train_mod
+import minembed.core.train as train_mod
 from minembed.errors import MinembedError
-from minembed.evaluate import knn_accuracy
-from minembed.model import Model, load, load_weights
-from minembed.run import train
-from minembed.train import TrainConfig
+from minembed.product.evaluate import knn_accuracy
+from minembed.product.model import Model, load, load_weights
+from minembed.product.run import train
+from minembed.core.train import TrainConfig
 
 FAST = dict(dim=32, epochs=2, batch_size=32, vocab_size=500)
 
@@ -140,7 +140,7 @@ def test_output_dir_is_not_overwritten_without_force(tmp_path, topic_txt):
 def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monkeypatch):
     train(topic_txt, tmp_path / "m", TrainConfig(max_steps=2, **FAST), quiet=True)
     before = weights(tmp_path / "m")["tok_emb"]
-    import minembed.model as model_mod
+    import minembed.product.model as model_mod
     real_replace = os.replace
 
     def crash(src, dst):
@@ -161,7 +161,7 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
 def test_the_bag_model_is_four_members_of_a_quarter_of_dim_each_with_half_the_epochs():
     """The default bag model: 4 tables of dim / 4 (1 with --matryoshka; the transformer 1), each
     trained 20 epochs within 400-2,500 steps where one table gets 40 within 800-5,000."""
-    from minembed.run import auto_epochs
+    from minembed.product.run import auto_epochs
     assert TrainConfig().resolved().members == 4 and TrainConfig(dim=64).resolved().members == 4
     assert TrainConfig(matryoshka="32").resolved().members == 1
     assert TrainConfig(model="transformer").resolved().members == 1

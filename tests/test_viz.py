@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from minembed.cli import main
+from minembed.product.cli import main
 from minembed.errors import MinembedError
-from minembed import viz
-from minembed.evaluate import knn_accuracy
+from minembed.product import viz
+from minembed.product.evaluate import knn_accuracy
 
 pytest.importorskip("matplotlib")
 

@@ -30,17 +30,17 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt_mod
-from . import optim
-from .backend import get_xp, to_device
-from .crops import PairSampler
-from .data import MAX_DOC_CHARS, Corpus
+from ..core import optim
+from ..core.backend import get_xp, to_device
+from ..core.pairs import PairSampler
+from .corpus import MAX_DOC_CHARS, Corpus
 from .distributed import collective, make_step
-from .errors import MinembedError
+from ..errors import MinembedError
 from .model import Model, encoder_module, holds_model, save_model
 from .progress import Progress
 from .runtime import choose_threads, tuned
 from .tokenize import load_tokenizer, mask_token_id
-from .train import Diverged, TrainConfig, train_loop
+from ..core.train import Diverged, TrainConfig, train_loop
 
 DEAD_STEPS = 20  # a vanished gradient for this many steps in a row: the run is dead
 AUTO = {"bag": (40, 800, 5000), "transformer": (10, 400, 1500)}  # no --epochs: (epochs, min, max steps)

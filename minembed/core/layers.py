@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import cuda
+from ..fast import cuda
 from .backend import row_blocks, xp_of
 
 

@@ -32,11 +32,11 @@ import os
 import re
 import zlib
 
-from .errors import MinembedError
+from ..errors import MinembedError
 
 FORMATS = ("auto", "lines", "paragraphs", "jsonl")
 MAX_DOC_CHARS = 1_000_000  # a "document" longer than this is almost surely not one
-BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin", "docstrings.jsonl.gz")
+BUILTIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "builtin", "docstrings.jsonl.gz")
 BUILTIN_NAME = "built-in corpus (numpy/scipy/scikit-learn docstrings)"
 TOKENIZER_SAMPLE_DOCS = 500_000  # documents a tokenizer is trained on, at most
 

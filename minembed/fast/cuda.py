@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-KERNEL_FILE = Path(__file__).resolve().parent / "kernels" / "kernels.cu"
+KERNEL_FILE = Path(__file__).resolve().parent / "kernels.cu"
 ENABLED = os.environ.get("MINEMBED_CUDA_KERNELS", "1") != "0"
 SEG_PIECE = 32        # must equal SEG_PIECE in kernels.cu (checked by the tests)
 THREADS = 256         # threads per block for the elementwise and row kernels

@@ -11,7 +11,7 @@ SparseAdam) updates the touched rows only: O(rows used) instead of O(V).
 """
 import math
 
-from . import cuda
+from ..fast import cuda
 from .backend import row_blocks, to_numpy, xp_of
 from .layers import RowGrad
 

@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from .data import Corpus
-from .errors import MinembedError
+from .corpus import Corpus
+from ..errors import MinembedError
 from .model import Model, atomic_write_bytes, load
 
 CACHE_PREFIX = "search-"

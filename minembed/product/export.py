@@ -19,8 +19,8 @@ import warnings
 
 import numpy as np
 
-from .backend import to_numpy
-from .errors import MinembedError
+from ..core.backend import to_numpy
+from ..errors import MinembedError
 from .model import add_file, atomic_path, atomic_write_bytes, weights_bytes
 from .progress import Progress
 from .runtime import tuned

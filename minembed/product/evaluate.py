@@ -8,7 +8,7 @@ rank).
 """
 import numpy as np
 
-from .errors import MinembedError
+from ..errors import MinembedError
 
 K = 10
 TEST_SIZE = 0.1

@@ -26,11 +26,11 @@ import time
 import numpy as np
 
 from . import evaluate
-from .data import Corpus, cache_subdir
-from .errors import MinembedError
+from .corpus import Corpus, cache_subdir
+from ..errors import MinembedError
 from .model import Model, atomic_write_bytes, atomic_write_json, encoder_module, read_log
 from .run import train
-from .train import TrainConfig
+from ..core.train import TrainConfig
 
 FULL = dict(
     max_docs=None, vocab_size=16384,

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from .errors import MinembedError
+from ..errors import MinembedError
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import warnings
 import click
 import numpy as np
 
-from .errors import MinembedError
+from ..errors import MinembedError
 
 
 class _Group(click.Group):
@@ -76,7 +76,7 @@ _THREADS = click.option("--threads", type=click.IntRange(min=1), envvar="MINEMBE
 
 def _config_options(f):
     """One option per TrainConfig field: its default, --help and choices come from there."""
-    from .train import TrainConfig
+    from ..core.train import TrainConfig
     for field in reversed(dataclasses.fields(TrainConfig)):
         m, name = field.metadata, "--" + field.name.replace("_", "-")
         if field.type is bool:   # --lazy/--dense, --bag-init/--no-bag-init, --symmetric
@@ -141,7 +141,7 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     from .checkpoint import TrainingInterrupted, read_info
     from .distributed import connect
     from .run import train as run
-    from .train import TrainConfig
+    from ..core.train import TrainConfig
 
     info = None
     if resume_dir is not None:
@@ -165,7 +165,7 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
         cfg = TrainConfig(**opts)
     eval_fn = None
     if eval_every:
-        from .data import Corpus
+        from .corpus import Corpus
         from .evaluate import evaluate_model
         path = corpus if corpus is not None or info is None else info["corpus"]["path"]
         texts, labels = Corpus(path, fmt, max_doc_chars, encoding, errors).labelled("--eval-every")
@@ -206,7 +206,7 @@ def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, norm
     """Embed the documents of INPUT with the model in MODEL_DIR into a .npy file
     (one row per document, in file order). INPUT is read as a stream and the rows
     written as they come: memory stays bounded whatever its size."""
-    from .data import Corpus
+    from .corpus import Corpus
     from .export import embed_file
     from .model import load
 
@@ -232,7 +232,7 @@ def quantize(model_dir, corpus, fmt, encoding, errors, dims, max_docs, device):
     documents, stored in MODEL_DIR/int8_scales.json. Calibrate on text like what
     you will embed: larger values are clipped."""
     import itertools
-    from .data import Corpus
+    from .corpus import Corpus
     from .export import calibrate
     from .model import load
 
@@ -283,7 +283,7 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, thr
     Any corpus: retrieval of a held-out crop (a quarter of each document's
     words): Recall@1, Recall@10 and MRR, next to TF-IDF on the same task."""
     from . import evaluate as ev
-    from .data import Corpus
+    from .corpus import Corpus
     from .model import Model, load
     from .progress import Progress
     from .runtime import tuned

@@ -13,7 +13,7 @@ than ``np.add.at``), and the forward (all that encoding does) never looks for th
 """
 import numpy as np
 
-from . import cuda
+from ..fast import cuda
 from .backend import xp_of
 from .layers import RowGrad
 

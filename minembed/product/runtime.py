@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 
-from .errors import MinembedError
+from ..errors import MinembedError
 
 _cache = [None, None]  # (modules loaded, ThreadpoolController): scanning the libraries takes ~2 ms
 _active = []  # the thread counts of the contexts we are inside

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import optim
 from .backend import to_device, xp_of
-from .errors import MinembedError
+from ..errors import MinembedError
 from .loss import matryoshka_backward, matryoshka_forward
 
 # Settings that differ per encoder (docs/quality.md). The bag model wants a huge lr (each row moves

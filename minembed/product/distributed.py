@@ -22,13 +22,13 @@ import time
 
 import numpy as np
 
-from . import bag, transformer
-from .backend import to_device, to_numpy, xp_of
-from .crops import _gather_ranges
-from .errors import MinembedError
-from .layers import RowGrad
-from .loss import matryoshka_backward, matryoshka_forward
-from .train import matryoshka_dims
+from ..core import bag, transformer
+from ..core.backend import to_device, to_numpy, xp_of
+from ..core.pairs import _gather_ranges
+from ..errors import MinembedError
+from ..core.layers import RowGrad
+from ..core.loss import matryoshka_backward, matryoshka_forward
+from ..core.train import matryoshka_dims
 
 WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # set by mpiexec
 SPARSE_FACTOR = 1.0  # gather a table's rows while they move no more bytes than a dense all-reduce

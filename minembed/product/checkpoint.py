@@ -22,8 +22,8 @@ import hashlib
 import json
 import os
 
-from .backend import to_numpy
-from .errors import MinembedError
+from ..core.backend import to_numpy
+from ..errors import MinembedError
 from .model import WEIGHTS, atomic_write_bytes, atomic_write_json, load_weights, weights_bytes
 
 CHECKPOINT_DIR = "checkpoint"

@@ -13,7 +13,7 @@ Matryoshka (Kusupati et al. 2022) trains every prefix in a list of dims K too:
 
 (the mean keeps the loss on one InfoNCE's scale: the tuned learning rates fit).
 """
-from . import cuda
+from ..fast import cuda
 from .backend import to_numpy, xp_of
 
 

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import MinembedError
+from ..errors import MinembedError
 from .train import TrainConfig
 
 

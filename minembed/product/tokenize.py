@@ -28,7 +28,7 @@ import shutil
 
 import numpy as np
 
-from .errors import MinembedError
+from ..errors import MinembedError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]
 DEFAULT_VOCAB_SIZE = 8192

@@ -24,7 +24,7 @@ import textwrap
 
 import numpy as np
 
-from .errors import MinembedError
+from ..errors import MinembedError
 from .model import atomic_write_bytes, read_log
 
 FIGSIZE = (10, 8)   # inches; with DPI the PNG is 1000 x 800 pixels
@@ -230,7 +230,7 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
     for very big corpora. Returns (coords, labels, written paths)."""
     from sklearn import config_context
 
-    from .data import Corpus
+    from .corpus import Corpus
     from .evaluate import K, knn_accuracy
     from .model import Model, load
     from .progress import Progress

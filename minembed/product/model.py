@@ -22,8 +22,8 @@ import warnings
 
 import numpy as np
 
-from .backend import get_xp, to_device, to_numpy, xp_of
-from .errors import MinembedError
+from ..core.backend import get_xp, to_device, to_numpy, xp_of
+from ..errors import MinembedError
 from .runtime import tuned
 from .tokenize import encode_texts, tokenizer_from_str
 
@@ -36,10 +36,10 @@ TOKENIZE_CHUNK = 8192  # texts per call of the tokenizer in encode()
 def encoder_module(name):
     """The module implementing an encoder (the interface in docs/DESIGN.md)."""
     if name == "bag":
-        from . import bag
+        from ..core import bag
         return bag
     if name == "transformer":
-        from . import transformer
+        from ..core import transformer
         return transformer
     raise MinembedError(f"unknown model type {name!r} (expected bag or transformer)")
 

@@ -1,1 +1,0 @@
-"""CUDA sources of minembed's GPU kernels (kernels.cu), loaded by minembed.cuda."""

@@ -82,7 +82,7 @@ class Ours:
         t0 = time.perf_counter()
         emb, cache = bag.forward(self.params, ids, offsets, self.cfg, train=True)
         t1 = time.perf_counter()
-        loss, lcache = infonce_forward(emb[:B], emb[B:], scale=SCALE)
+        loss, _, lcache = infonce_forward(emb[:B], emb[B:], scale=SCALE)
         da, dp = infonce_backward(1.0, lcache)
         demb = np.concatenate([da, dp])
         t2 = time.perf_counter()

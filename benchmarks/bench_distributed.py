@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from minembed.core import bag, optim, transformer  # noqa: E402
 import minembed.product.distributed as dist  # noqa: E402
-from minembed.core.train import TrainConfig  # noqa: E402
+from minembed.product.settings import TrainConfig  # noqa: E402
 
 V = 30_000
 WORK = {"bag": dict(B=256, lo=32, hi=64, cfg=dict(model="bag", dim=256)),

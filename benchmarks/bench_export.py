@@ -33,7 +33,7 @@ import minembed
 from minembed.product.evaluate import knn_accuracy
 from minembed.product.export import calibrate, dequantize, int8_scales, quantize
 from minembed.product.run import train
-from minembed.core.train import TrainConfig
+from minembed.product.settings import TrainConfig
 
 DIMS = (32, 64, 128, 256)
 SEEDS = range(10)

@@ -78,7 +78,7 @@ class Ours:
         t0 = time.perf_counter()
         emb, cache = tr.forward(self.params, ids, offsets, self.cfg, train=True, rng=self.rng)
         if infonce_forward is not None:
-            loss, lcache = infonce_forward(emb[:B], emb[B:])
+            loss, _, lcache = infonce_forward(emb[:B], emb[B:])
         else:
             loss = float((emb * self.R).sum())
         t1 = time.perf_counter()

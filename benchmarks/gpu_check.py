@@ -70,13 +70,13 @@ def guarded(name):
 
 @contextlib.contextmanager
 def kernels(enabled):
-    from minembed.fast import cuda
-    old = cuda.ENABLED
-    cuda.ENABLED = enabled
+    from minembed.fast import kernels as k
+    old = k.ENABLED
+    k.ENABLED = enabled
     try:
         yield
     finally:
-        cuda.ENABLED = old
+        k.ENABLED = old
 
 
 # ---------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def phases(encoder, enc_cfg, params_np, ids, offsets, n, clip=0.0):
                                      rng=np.random.default_rng(0))
         mark()
         b = emb.shape[0] // 2
-        loss, lc = infonce_forward(emb[:b], emb[b:], scale=20.0)
+        loss, _, lc = infonce_forward(emb[:b], emb[b:], scale=20.0)
         da, dp = infonce_backward(1.0, lc)
         mark()
         grads = encoder.backward(cp.concatenate([da, dp]), cache)

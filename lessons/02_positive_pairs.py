@@ -29,7 +29,7 @@ import numpy as np
 
 from minembed.core.pairs import PairSampler
 from minembed.product.tokenize import mask_token_id
-from minembed import Corpus
+from minembed import Corpus, TrainConfig
 from minembed.core import transformer
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
@@ -57,7 +57,7 @@ def views(ids, offsets):
 #    consecutive kept sentences (a sliding window); a document needs at least
 #    2 different windows, i.e. 3 kept sentences. The rest fall back to token spans.
 # ---------------------------------------------------------------------------
-sampler = PairSampler(tc, positives="crops", span_max=0.5)  # the paper's pairs; crops="auto", n_sent=2
+sampler = PairSampler(tc, TrainConfig(positives="crops", span_max=0.5))  # the paper's pairs; crops="auto", n_sent=2
 st = sampler.stats
 print(f"\n{st['sentence_crops']:,} documents give sentence crops, {st['token_spans']:,} token "
       f"spans, {st['skipped']} are skipped")
@@ -127,7 +127,7 @@ assert pos > neg + 0.03, "views of one document should share more tokens than vi
 #    after it. Crop + rest = the document (for a sentence crop, up to short
 #    sentences between its two kept ones).
 # ---------------------------------------------------------------------------
-rest = PairSampler(tc)  # the defaults: positives="rest", spans of 10-30 %
+rest = PairSampler(tc, TrainConfig())  # the defaults: positives="rest", spans of 10-30 %
 ids, offsets = rest.sample([span_doc], np.random.default_rng(2))
 crop, rest_view = views(ids, offsets)
 doc = np.asarray(tc.ids[doc_off[span_doc]:doc_off[span_doc + 1]]).tolist()
@@ -141,7 +141,7 @@ assert doc[k:k + len(crop)] == crop.tolist() and len(crop) + len(rest_view) == l
 #    The ids are identical; the encoder (a transformer with dropout, lesson 7)
 #    sees them twice with different dropout masks. Nothing about the text differs.
 # ---------------------------------------------------------------------------
-drop = PairSampler(tc, positives="dropout", model="transformer")
+drop = PairSampler(tc, TrainConfig(positives="dropout", model="transformer"))
 ids, offsets = drop.sample(docs[:8], np.random.default_rng(1))
 v = views(ids, offsets)
 assert all(np.array_equal(v[i], v[8 + i]) for i in range(8))
@@ -174,7 +174,7 @@ assert c_pos > c_neg
 #    probability mask_frac (independently per view)
 # ---------------------------------------------------------------------------
 mid = mask_token_id(tok)
-mask = PairSampler(tc, positives="mask", mask_frac=0.3, mask_id=mid)
+mask = PairSampler(tc, TrainConfig(positives="mask", mask_frac=0.3), mask_id=mid)
 ids, offsets = mask.sample(docs, np.random.default_rng(2))
 frac = float((ids == mid).mean())
 v = views(ids, offsets)

@@ -26,7 +26,7 @@ from minembed.core import bag
 from minembed.core.bag import embedding_bag_backward, embedding_bag_forward
 from minembed.core.gradcheck import check_grads
 from minembed.core.layers import RowGrad
-from minembed.core.optim import densify
+from minembed.core.layers import densify
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
@@ -109,12 +109,12 @@ assert err_wrong > 0.1
 #    bag.init_params / bag.forward / bag.backward are what training calls.
 # ---------------------------------------------------------------------------
 from minembed.core.pairs import PairSampler
-from minembed import Corpus
+from minembed import Corpus, TrainConfig
 
 source = Corpus()
 tok = source.tokenizer(2048 if FAST else 8192)
 tc = source.tokenized(tok)
-sampler = PairSampler(tc)
+sampler = PairSampler(tc, TrainConfig())
 B = 64 if FAST else 256
 ids, offsets = sampler.sample(sampler.usable[:B], np.random.default_rng(0))
 config = dict(vocab_size=tok.get_vocab_size(), dim=256)

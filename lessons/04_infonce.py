@@ -48,10 +48,10 @@ pn = p / np.linalg.norm(p, axis=1, keepdims=True)
 S = scale * an @ pn.T                            # (B, B)
 logZ = np.log(np.exp(S - S.max(1, keepdims=True)).sum(1)) + S.max(1)   # logsumexp per row
 L_hand = float(np.mean(logZ - np.diag(S)))
-L, cache = infonce_forward(a, p, scale=scale)
+L, accuracy, cache = infonce_forward(a, p, scale=scale)
 print("S = cos(a_i, p_j) / tau:\n", S)
-print(f"loss by hand {L_hand:.10f}, minembed.loss.infonce_forward {L:.10f}, "
-      f"in-batch accuracy {cache['accuracy']:.2f}")
+print(f"loss by hand {L_hand:.10f}, minembed.core.loss.infonce_forward {L:.10f}, "
+      f"in-batch accuracy {accuracy:.2f}")
 assert abs(L - L_hand) < 1e-10
 
 # Two reference points:
@@ -98,7 +98,7 @@ assert np.allclose((da * a).sum(1), 0, atol=1e-12)
 for symmetric in (False, True):
     def f():
         return infonce_forward(a, p, scale=scale, symmetric=symmetric)[0]
-    _, c = infonce_forward(a, p, scale=scale, symmetric=symmetric)
+    _, _, c = infonce_forward(a, p, scale=scale, symmetric=symmetric)
     da, dp = infonce_backward(1.0, c)
     err = check_grads(f, {"a": a, "p": p}, {"a": da, "p": dp})
     print(f"finite differences, symmetric={symmetric}: relative errors "
@@ -121,7 +121,7 @@ print(f"\n{B} pairs of dimension {D}, chance loss log B = {math.log(B):.3f}")
 print("   tau    loss   mean P_ii   push share of the hardest negative   |dL/da|")
 shares = []
 for tau in (5.0, 0.5, 0.05, 0.005):
-    L, c = infonce_forward(a, p, scale=1 / tau)
+    L, _, c = infonce_forward(a, p, scale=1 / tau)
     Pm = c["g"] + np.eye(B)              # the cache keeps g = P - I, dloss/dS times B
     neg = Pm * (1 - np.eye(B))
     share = float((neg.max(1) / neg.sum(1)).mean())

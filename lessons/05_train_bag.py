@@ -55,7 +55,7 @@ chance = np.bincount(np.unique(labels, return_inverse=True)[1]).max() / len(labe
 source = Corpus()
 tok = source.tokenizer(VOCAB)
 tc = source.tokenized(tok)
-sampler = PairSampler(tc)
+sampler = PairSampler(tc, TrainConfig())
 # one table (members=1); `minembed train` trains four narrower ones in turn, side by side
 cfg = TrainConfig(model="bag", dim=DIM, epochs=EPOCHS, vocab_size=VOCAB, members=1).resolved()
 BATCH = cfg.batch_size

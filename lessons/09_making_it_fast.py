@@ -24,7 +24,8 @@ import numpy as np
 
 import minembed
 from minembed import Corpus, TrainConfig
-from minembed.core import backend, bag, layers, transformer
+from minembed.core import bag, layers, transformer
+from minembed.product import runtime
 from minembed.fast import cuda
 from minembed.core.pairs import PairSampler
 from minembed.core.train import train_step
@@ -138,7 +139,7 @@ src = cuda.kernel_source()
 print(f"\n{cuda.KERNEL_FILE.name}: {len(src.splitlines())} lines, kernels {', '.join(cuda.KERNEL_NAMES)}")
 for name in cuda.KERNEL_NAMES:
     assert f"void {name}(" in src.replace("void  ", "void "), f"kernel {name} missing from the source"
-if not backend.gpu_available():
+if not runtime.gpu_available():
     print("no GPU here (CuPy with a usable GPU was not found): the kernels are not run.")
     start = src.index("layernorm_forward")
     start = src.rfind("\n\n", 0, start) + 2

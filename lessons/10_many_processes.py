@@ -52,7 +52,7 @@ import numpy as np
 
 from minembed import Corpus, TrainConfig
 from minembed.core.pairs import PairSampler
-from minembed.product.distributed import make_step
+from minembed.product.gradcache import make_step
 from minembed.core.gradcheck import check_grads
 from minembed.core.layers import RowGrad
 from minembed.core.loss import infonce_backward, infonce_forward, l2_normalize_backward, l2_normalize_forward
@@ -75,7 +75,7 @@ if "--ranks" in sys.argv:  # part 3, on each of the processes mpiexec started
         both = comm.allgather(np.stack([mine["a"], mine["p"]], axis=1), [B // R] * R)
         return infonce_forward(both[:, 0], both[:, 1], scale=SCALE)[0]
 
-    _, cache = infonce_forward(A, P, scale=SCALE)
+    _, _, cache = infonce_forward(A, P, scale=SCALE)
     da, dp = infonce_backward(1.0, cache)
     for q in range(R):  # in lockstep: rank q perturbs its pairs, the others a copy no one reads
         own = mine if q == r else {"a": np.zeros((B // R, D)), "p": np.zeros((B // R, D))}
@@ -89,7 +89,7 @@ if "--ranks" in sys.argv:  # part 3, on each of the processes mpiexec started
 np.set_printoptions(precision=4, suppress=True)
 source = Corpus()
 tok = source.tokenizer(8192)
-sampler = PairSampler(source.tokenized(tok))
+sampler = PairSampler(source.tokenized(tok), TrainConfig())
 
 # ---------------------------------------------------------------------------
 # 1. Why the gather: the loss a rank would see on its own share
@@ -103,13 +103,13 @@ rng = np.random.default_rng(1)
 ids, offsets = sampler.sample(rng.choice(sampler.usable, B, replace=False), rng)
 emb = bag.encode(params, ids, offsets, enc_cfg).astype(np.float64)
 a, p = emb[:B], emb[B:]
-whole, c = infonce_forward(a, p, SCALE)
+whole, acc, _ = infonce_forward(a, p, SCALE)
 local = [infonce_forward(a[q * B // R:(q + 1) * B // R], p[q * B // R:(q + 1) * B // R], SCALE) for q in range(R)]
 print(f"{B} pairs of the built-in corpus, untrained bag model: loss {whole:.3f} (chance log B = "
-      f"{np.log(B):.3f}), in-batch accuracy {c['accuracy']:.2f}")
-print(f"each of {R} ranks alone, {B // R - 1} negatives per anchor: loss {np.mean([l for l, _ in local]):.3f} "
-      f"(chance {np.log(B // R):.3f}), accuracy {np.mean([k['accuracy'] for _, k in local]):.2f}: an easier task")
-assert np.mean([l for l, _ in local]) < whole
+      f"{np.log(B):.3f}), in-batch accuracy {acc:.2f}")
+print(f"each of {R} ranks alone, {B // R - 1} negatives per anchor: loss {np.mean([l for l, _, _ in local]):.3f} "
+      f"(chance {np.log(B // R):.3f}), accuracy {np.mean([k for _, k, _ in local]):.2f}: an easier task")
+assert np.mean([l for l, _, _ in local]) < whole
 
 # ---------------------------------------------------------------------------
 # 2. The gather's backward, on 2 simulated ranks (float64)
@@ -138,7 +138,7 @@ def rank_loss_grads(q):
 
 
 parts = [rank_loss_grads(q) for q in range(R)]
-_, cache = infonce_forward(a, p, SCALE)
+_, _, cache = infonce_forward(a, p, SCALE)
 da, dp = infonce_backward(1.0, cache)
 assert abs(sum(L for L, _, _ in parts) - infonce_forward(a, p, SCALE)[0]) < 1e-12   # L = sum_q L_q
 reduce_scatter = [(sum(g[1] for g in parts)[rows[r]], sum(g[2] for g in parts)[rows[r]]) for r in range(R)]
@@ -192,7 +192,7 @@ else:
             assert res.returncode == 0, res.stderr[-2000:]
             with open(os.path.join(out, "log.jsonl")) as f:
                 curves[n] = np.array([json.loads(line)["loss"] for line in f])
-        print(f"\nminembed train on 1 process, and mpiexec -n 2 minembed train (batch 128 = 2 x 64):")
+        print("\nminembed train on 1 process, and mpiexec -n 2 minembed train (batch 128 = 2 x 64):")
         for s in range(0, len(curves[1]), max(1, len(curves[1]) // 6)):
             print(f"  step {s + 1:3d}   loss {curves[1][s]:.6f}   {curves[2][s]:.6f}")
         rel = float(np.max(np.abs(curves[1] - curves[2]) / curves[1]))

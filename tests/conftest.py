@@ -72,3 +72,15 @@ def topic_txt(tmp_path_factory, topic_docs):
     path = tmp_path_factory.mktemp("corpus") / "topics.txt"
     path.write_text("\n".join(topic_docs[0]) + "\n")
     return str(path)
+
+
+@pytest.fixture(params=["fast twins", "references"])
+def both_implementations(request):
+    """Run a test with the fast twins (what training runs) and with the plain references
+    (minembed.fast.reference_only): gradient checks hold for both."""
+    if request.param == "fast twins":
+        yield request.param
+        return
+    from minembed import fast
+    with fast.reference_only():
+        yield request.param

@@ -66,7 +66,7 @@ def loss():
     return infonce_forward(both[:, 0], both[:, 1], scale=scale)[0]
 
 
-_, cache = infonce_forward(A, P, scale=scale)
+_, _, cache = infonce_forward(A, P, scale=scale)
 da, dp = infonce_backward(1.0, cache)
 for q in range(R):  # rank q's rows are checked; the others perturb a copy no one reads
     own = mine if q == r else {"a": np.zeros((share[q], D)), "p": np.zeros((share[q], D))}

@@ -15,9 +15,10 @@ import pytest
 
 from minembed.product import checkpoint as ckpt_mod
 from minembed.errors import MinembedError
-from minembed.product.model import load, load_weights
+from minembed.product.files import load_weights
+from minembed.product.modeldir import load
 from minembed.product.run import train
-from minembed.core.train import TrainConfig
+from minembed.product.settings import TrainConfig
 
 # the CLI, each training step slowed down by DELAY seconds so that a signal can land mid-run
 CLI = ("import time\n"

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from minembed.core.pairs import PairSampler, _gather_ranges
+from minembed.core.pairs import PairSampler, gather_ranges
+from minembed.product.settings import TrainConfig
 from minembed.errors import MinembedError
 from minembed.product.tokenize import (encode_texts, fingerprint, mask_token_id, split_sentences,
                                tokenize_corpus, train_tokenizer)
@@ -24,8 +25,12 @@ def corpus(tmp_path_factory):
     return texts, tok, c
 
 
+def sampler(corpus, mask_id=None, **settings):
+    return PairSampler(corpus, TrainConfig(**settings).resolved(), mask_id)
+
+
 def test_gather_ranges():
-    idx = _gather_ranges([5, 0, 9], [2, 3, 1])
+    idx = gather_ranges([5, 0, 9], [2, 3, 1])
     assert idx.tolist() == [5, 6, 0, 1, 2, 9]
 
 
@@ -54,18 +59,18 @@ def test_tokenizer_training_is_deterministic(corpus):
 
 def test_stats_and_fallback(corpus):
     _, _, c = corpus
-    s = PairSampler(c)
+    s = sampler(c, TrainConfig())
     assert s.stats == {"documents": 5, "sentence_crops": 2, "token_spans": 2, "skipped": 1}
     assert list(s.usable) == [0, 1, 2, 4]
-    only_sent = PairSampler(c, crops="sentences")
+    only_sent = sampler(c, crops="sentences")
     assert only_sent.stats["skipped"] == 3
-    only_span = PairSampler(c, crops="spans")
+    only_span = sampler(c, crops="spans")
     assert only_span.stats["token_spans"] == 4
 
 
 def test_sentence_crops_are_two_different_windows_of_kept_sentences(corpus):
     texts, tok, c = corpus
-    s = PairSampler(c, positives="crops")
+    s = sampler(c, positives="crops")
     for seed in range(20):
         ids, off = s.sample(np.array([0, 4]), np.random.default_rng(seed))
         views = [tok.decode(ids[off[i]:off[i + 1]].tolist()) for i in range(4)]
@@ -78,7 +83,7 @@ def test_sentence_crops_are_two_different_windows_of_kept_sentences(corpus):
 
 def test_span_views_are_within_bounds(corpus):
     _, _, c = corpus
-    s = PairSampler(c, crops="spans", span_min=0.2, span_max=0.4, positives="crops")
+    s = sampler(c, crops="spans", span_min=0.2, span_max=0.4, positives="crops")
     docs = np.repeat(np.array([0, 1, 2, 4]), 50)
     ids, off = s.sample(docs, np.random.default_rng(0))
     lens = np.diff(off)
@@ -97,7 +102,7 @@ def test_rest_positives_are_the_document_around_the_crop(corpus, crops):
     """positives="rest": the positive is the document's tokens before the crop, then after it
     (for a sentence crop, after its last sentence); with token spans, crop + rest = document."""
     _, _, c = corpus
-    s = PairSampler(c, crops=crops, positives="rest")
+    s = sampler(c, crops=crops, positives="rest")
     docs = np.array([0, 1, 2, 4])
     for seed in range(10):
         ids, off = s.sample(docs, np.random.default_rng(seed))
@@ -114,10 +119,10 @@ def test_rest_positives_are_the_document_around_the_crop(corpus, crops):
 
 def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):
     _, tok, c = corpus
-    ids, off = PairSampler(c, model="transformer", max_len=10**6, positives="dropout").sample(np.array([0, 2]), np.random.default_rng(0))
+    ids, off = sampler(c, model="transformer", max_len=10**6, positives="dropout").sample(np.array([0, 2]), np.random.default_rng(0))
     assert ids[off[0]:off[1]].tolist() == ids[off[2]:off[3]].tolist()
     m = mask_token_id(tok)
-    ids, off = PairSampler(c, positives="mask", mask_frac=0.5, mask_id=m).sample(
+    ids, off = sampler(c, positives="mask", mask_frac=0.5, mask_id=m).sample(
         np.array([0, 4]), np.random.default_rng(0))
     frac = (ids == m).mean()
     assert 0.3 < frac < 0.7
@@ -125,13 +130,13 @@ def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):
 
 def test_max_len_cuts_views(corpus):
     _, _, c = corpus
-    ids, off = PairSampler(c, model="transformer", max_len=7).sample(np.array([0, 1, 2, 4]), np.random.default_rng(0))
+    ids, off = sampler(c, model="transformer", max_len=7).sample(np.array([0, 1, 2, 4]), np.random.default_rng(0))
     assert np.diff(off).max() <= 7
 
 
 def test_same_rng_same_batch(corpus):
     _, _, c = corpus
-    s = PairSampler(c)
+    s = sampler(c, TrainConfig())
     a = s.sample(np.array([0, 1, 2, 4]), np.random.default_rng(3))
     b = s.sample(np.array([0, 1, 2, 4]), np.random.default_rng(3))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
@@ -143,4 +148,4 @@ def test_same_rng_same_batch(corpus):
                                      (dict(positives="mask"), "MASK")])
 def test_bad_options(corpus, kw, msg):
     with pytest.raises(MinembedError, match=msg):
-        PairSampler(corpus[2], **kw)
+        sampler(corpus[2], **kw)

@@ -1,13 +1,14 @@
-"""The custom CUDA kernels (minembed/kernels/kernels.cu, wrappers in minembed/cuda.py).
+"""The custom CUDA kernels (minembed/fast/kernels.cu, wrappers in minembed/fast/cuda.py).
 
 Three kinds of test:
 - everywhere (CI has no GPU): the source compiles with ``nvcc -ptx`` and every
   kernel a wrapper launches is an ``.entry`` of the PTX; the source is fit for
-  NVRTC; ``minembed.cuda`` imports without CuPy; each wrapper has its NumPy
-  twin's signature;
-- with a GPU: every wrapper against its NumPy twin (the package's own layer
-  function run on NumPy arrays) on fresh random inputs, over the available
-  backends; skipped with the reason where CuPy or a GPU is missing.
+  NVRTC; ``minembed.fast.cuda`` imports without CuPy; each wrapper has its
+  reference's signature; the kernels' arithmetic, compiled for the host by g++,
+  against the references;
+- with a GPU: every wrapper against its reference (minembed/core, run on NumPy
+  arrays) on fresh random inputs, over the available backends; skipped with the
+  reason where CuPy or a GPU is missing.
 
 ``CASES`` is also used by benchmarks/gpu_check.py to print the max errors.
 """
@@ -24,7 +25,7 @@ import pytest
 
 from minembed.core import bag, layers, loss, optim
 
-from minembed.fast import cuda
+from minembed.fast import cuda, kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_nvcc_compiles_every_kernel_to_ptx(tmp_path):
     assert res.returncode == 0, f"nvcc -ptx failed:\n{res.stdout}\n{res.stderr}"
     entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.read_text()))
     missing = set(cuda.KERNEL_NAMES) - entries
-    assert not missing, f"kernels used by minembed/cuda.py but not in the PTX: {sorted(missing)}"
+    assert not missing, f"kernels used by minembed/fast/cuda.py but not in the PTX: {sorted(missing)}"
 
 
 def test_kernel_source_fits_nvrtc_and_wrappers():
@@ -122,7 +123,7 @@ def test_wrapper_signature_matches_twin(wrapper, twin):
 
 
 # ---------------------------------------------------------------------------
-# comparisons with the NumPy twins (GPU). Each case returns a list of
+# comparisons with the references (minembed/core; GPU). Each case returns a list of
 # (label, got: CuPy array, want: NumPy array, exact: bool).
 # ---------------------------------------------------------------------------
 def _ragged(rng, n_views, max_len, vocab, heavy=None):
@@ -140,11 +141,11 @@ def case_bag(rng, cp):
     for V, D in ((1000, 64), (300, 100)):
         table = rng.standard_normal((V, D)).astype(np.float32)
         ids, offsets = _ragged(rng, 120, 60, V, heavy=7)
-        want, wc = bag.embedding_bag_forward(table, ids, offsets)
+        want, wc = bag.embedding_bag_forward.reference(table, ids, offsets)
         got, gc = cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(ids), cp.asarray(offsets))
         out.append((f"bag forward D={D}", got, want, False))
         dout = rng.standard_normal(want.shape).astype(np.float32)
-        w = bag.embedding_bag_backward(dout, wc)
+        w = bag.embedding_bag_backward.reference(dout, wc)
         rows, values = cuda.embedding_bag_backward(cp.asarray(dout), gc)
         out.append((f"bag backward rows D={D}", rows, np.asarray(w.rows), True))
         out.append((f"bag backward values D={D}", values, np.asarray(w.values), False))
@@ -159,8 +160,8 @@ def case_segment_sum(rng, cp):
     values = rng.standard_normal((3000, 24)).astype(np.float32)
     table = np.zeros((50, 24), np.float32)
     one_each = np.arange(3001)
-    _, wc = bag.embedding_bag_forward(table, keys, one_each)
-    want = bag.embedding_bag_backward(values, wc)
+    _, wc = bag.embedding_bag_forward.reference(table, keys, one_each)
+    want = bag.embedding_bag_backward.reference(values, wc)
     _, gc = cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(keys), cp.asarray(one_each))
     rows, sums = cuda.embedding_bag_backward(cp.asarray(values), gc)
     return [("segment_sum rows", rows, np.asarray(want.rows), True),
@@ -173,7 +174,7 @@ def case_adam(rng, cp):
     p, g, m = (rng.standard_normal((300, 40)).astype(np.float32) for _ in range(3))
     v = rng.random((300, 40)).astype(np.float32)
     dev = [cp.asarray(a) for a in (p, g, m, v)]
-    optim.adam_update(p, g, m, v, 3, **kw)
+    optim.adam_update.reference(p, g, m, v, 3, **kw)
     cuda.adam_update(dev[0], dev[1], dev[2], dev[3], 3, **kw)
     out += [("adam p", dev[0], p, False), ("adam m", dev[2], m, False), ("adam v", dev[3], v, False)]
     # lazy rows, no weight decay
@@ -182,7 +183,7 @@ def case_adam(rng, cp):
     rows = np.sort(rng.choice(500, 120, replace=False)).astype(np.int32)
     g_rows = rng.standard_normal((120, 48)).astype(np.float32)
     dev = [cp.asarray(a) for a in (p, m, v)]
-    optim.adam_update_rows(p, rows, g_rows, m, v, 1, lr=1e-3)
+    optim.adam_update_rows.reference(p, rows, g_rows, m, v, 1, lr=1e-3)
     cuda.adam_update_rows(dev[0], cp.asarray(rows), cp.asarray(g_rows), dev[1], dev[2], 1, lr=1e-3)
     out += [("adam_rows p", dev[0], p, False), ("adam_rows m", dev[1], m, False),
             ("adam_rows v", dev[2], v, False)]
@@ -194,9 +195,9 @@ def case_layernorm(rng, cp):
     g = rng.standard_normal(96).astype(np.float32)
     b = rng.standard_normal(96).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    want, wc = layers.layernorm_forward(x, g, b)
+    want, wc = layers.layernorm_forward.reference(x, g, b)
     got, gc = cuda.layernorm_forward(cp.asarray(x), cp.asarray(g), cp.asarray(b))
-    wdx, wdg, wdb = layers.layernorm_backward(dy, wc)
+    wdx, wdg, wdb = layers.layernorm_backward.reference(dy, wc)
     gdx, gdg, gdb = cuda.layernorm_backward(cp.asarray(dy), gc)
     # the backward also takes the NumPy twin's cache (xhat, rstd, g)
     tdx, tdg, tdb = cuda.layernorm_backward(cp.asarray(dy), tuple(cp.asarray(a) for a in wc))
@@ -209,9 +210,9 @@ def case_layernorm(rng, cp):
 def case_gelu(rng, cp):
     x = (rng.standard_normal((33, 257)) * 3).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    want, wc = layers.gelu_forward(x)
+    want, wc = layers.gelu_forward.reference(x)
     got, gc = cuda.gelu_forward(cp.asarray(x))
-    wdx = layers.gelu_backward(dy, wc)
+    wdx = layers.gelu_backward.reference(dy, wc)
     gdx = cuda.gelu_backward(cp.asarray(dy), gc)
     tdx = cuda.gelu_backward(cp.asarray(dy), tuple(cp.asarray(a) for a in wc))
     return [("gelu y", got, want, False), ("gelu dx", gdx, wdx, False),
@@ -229,11 +230,11 @@ def case_softmax(rng, cp):
     dp = rng.standard_normal(z.shape).astype(np.float32)
     for label, m in (("key mask", key_mask[:, None, None, :]), ("no mask", None),
                      ("causal mask", causal)):
-        want, wc = layers.softmax_forward(z, m)
+        want, wc = layers.softmax_forward.reference(z, m)
         got, gc = cuda.softmax_forward(cp.asarray(z), None if m is None else cp.asarray(m))
         out.append((f"softmax p ({label})", got, want, False))
         out.append((f"softmax dz ({label})", cuda.softmax_backward(cp.asarray(dp), gc),
-                    layers.softmax_backward(dp, wc), False))
+                    layers.softmax_backward.reference(dp, wc), False))
     # masked keys exactly 0, the fully masked view all 0
     got, _ = cuda.softmax_forward(cp.asarray(z), cp.asarray(key_mask[:, None, None, :]))
     zero = np.where(np.broadcast_to(key_mask[:, None, None, :], z.shape), 1.0, 0.0).astype(np.float32)
@@ -247,7 +248,7 @@ def case_infonce_rows(rng, cp):
         s = (rng.standard_normal((R, C)) * scale / 4).astype(np.float32)
         s[3, 3] = s[3].max() + 1.0               # a hit
         s[4, 7] = s[4, 4] = s[4].max() + 1.0     # a tie: the first maximum (4) counts
-        wg, wl, wh = loss.infonce_rows(s)
+        wg, wl, wh = loss.infonce_rows.reference(s)
         gg, gl, gh = cuda.infonce_rows(cp.asarray(s))
         out += [(f"infonce_rows g {R}x{C}", gg, wg, False),
                 (f"infonce_rows loss {R}x{C}", gl, wl, False),
@@ -289,7 +290,7 @@ def gpu_skip_reason():
 
 
 _REASON = gpu_skip_reason()
-# Backends with custom kernels; the NumPy twin is the reference for each.
+# Backends with custom kernels; the reference function is what each is held to.
 BACKENDS = [pytest.param("cupy", marks=pytest.mark.skipif(_REASON is not None,
                                                           reason=str(_REASON)))]
 
@@ -302,7 +303,7 @@ def xp(request):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kernel_matches_numpy_twin(xp, case, seed):
+def test_kernel_matches_its_reference(xp, case, seed):
     rng = np.random.default_rng(seed)
     results = CASES[case](rng, xp)
     for label, got, want, exact in results:
@@ -337,8 +338,8 @@ def test_empty_inputs(xp):
 # kernel logic without a GPU: kernels.cu compiled for the host by g++ with a
 # small emulator (one std::thread per CUDA thread, a block at a time; C++20
 # barriers for __syncthreads and the warp shuffles) behind a NumPy stand-in
-# for the few CuPy calls minembed.cuda makes. It runs the real wrappers and
-# the real kernel code against the NumPy twins, so CI checks the kernels'
+# for the few CuPy calls minembed.fast.cuda makes. It runs the real wrappers and
+# the real kernel code against the references, so CI checks the kernels'
 # arithmetic and indexing; it cannot see races or GPU-only behaviour.
 # ---------------------------------------------------------------------------
 EMU_SHIM = r'''
@@ -446,13 +447,13 @@ def _fake_cupy(workdir):
     return cp
 
 
-def test_kernels_emulated_on_cpu_match_numpy_twins(tmp_path, monkeypatch):
+def test_kernels_emulated_on_cpu_match_their_references(tmp_path, monkeypatch):
     if shutil.which("g++") is None:
         pytest.skip("g++ not found: cannot emulate the kernels on the CPU")
     fake = _fake_cupy(tmp_path)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(cuda, "_module", None)     # compile the emulated module, then
-    monkeypatch.setattr(cuda, "_functions", {})    # restore the real one afterwards
+    monkeypatch.setattr(kernels, "_module", None)     # compile the emulated module, then
+    monkeypatch.setattr(kernels, "_functions", {})    # restore the real one afterwards
     rng = np.random.default_rng(0)
     for name in sorted(CASES):
         for label, got, want, exact in CASES[name](rng, fake):

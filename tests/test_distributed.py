@@ -20,11 +20,13 @@ import pytest
 
 from minembed.core.pairs import PairSampler
 from minembed.product.corpus import Corpus
-from minembed.product.distributed import _Replay, make_step
+from minembed.product.gradcache import _Replay, make_step
 from minembed.core.layers import RowGrad
-from minembed.product.model import encoder_module, load_weights
-from minembed.core.optim import densify
-from minembed.core.train import TrainConfig, train_step
+from minembed.product.files import load_weights
+from minembed.product.model import encoder_module
+from minembed.core.layers import densify
+from minembed.core.train import train_step
+from minembed.product.settings import TrainConfig
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec", path=sysconfig.get_path("scripts")) or shutil.which("mpiexec")
@@ -165,7 +167,7 @@ def test_only_rank_0_writes_and_an_error_stops_every_rank(env):
     assert res.stderr.count("Error:") == 1 and "is not empty" in res.stderr
     assert "Traceback" not in res.stderr and os.listdir(taken) == ["notes.txt"]
     # one rank fails alone (here: rank 1 raises inside a step): every rank ends, none hangs
-    code = ("import sys, minembed.product.distributed as dd\n"
+    code = ("import sys, minembed.product.gradcache as dd\n"
             "f = dd.make_step\n"
             "def g(comm=None, micro_batch=0):\n"
             "    s = f(comm, micro_batch)\n"

@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import minembed
 from minembed.product import export as ex
 from minembed.product.cli import main
-from minembed.product.corpus import Corpus
-from minembed.errors import MinembedError
-from minembed.product.model import load, save_model
+from minembed.product.modeldir import load, save_model
 from minembed.product.tokenize import train_tokenizer
 
 # texts whose tokens the tokenizer knows: equal vectors in every library; an empty text

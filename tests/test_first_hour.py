@@ -10,16 +10,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import minembed
-from minembed.core import backend
+from minembed.product import runtime
 from minembed.product import progress
 from minembed.product.cli import main
-from minembed.errors import MinembedError
-from minembed.product.model import write_manifest
+from minembed.product.modeldir import write_manifest
 
 SMALL = ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "16", "--max-steps", "5"]
 
@@ -55,7 +53,7 @@ def cli(*args, env=None, **kw):
 # 1. tracebacks -------------------------------------------------------------
 
 def test_gpu_without_a_gpu_is_one_line(tmp_path, topic_txt):
-    if backend.gpu_available():
+    if runtime.gpu_available():
         pytest.skip("this machine has a GPU")
     one_line_error(run("train", topic_txt, "-o", tmp_path / "m", "--device", "gpu"), "--device gpu")
     assert not (tmp_path / "m").exists()

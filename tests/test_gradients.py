@@ -5,7 +5,9 @@ import pytest
 
 from minembed.core import bag, loss
 from minembed.core.gradcheck import check_grads, numerical_grad, rel_error
-from minembed.core.optim import densify
+from minembed.core.layers import densify
+
+pytestmark = pytest.mark.usefixtures("both_implementations")
 
 TOL = 1e-6
 
@@ -105,7 +107,7 @@ def test_infonce_backward(symmetric, scale):
     rng = np.random.default_rng(5)
     a, p = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
     f = lambda: loss.infonce_forward(a, p, scale=scale, symmetric=symmetric)[0]  # noqa: E731
-    _, cache = loss.infonce_forward(a, p, scale=scale, symmetric=symmetric)
+    _, _, cache = loss.infonce_forward(a, p, scale=scale, symmetric=symmetric)
     da, dp = loss.infonce_backward(1.0, cache)
     errs = check_grads(f, {"a": a, "p": p}, {"a": da, "p": dp})
     assert max(errs.values()) < TOL, errs
@@ -119,16 +121,16 @@ def test_matryoshka_infonce_backward(symmetric):
     a, p = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
     dims = [2, 5, 8]
     f = lambda: loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)[0]  # noqa: E731
-    value, cache = loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)
+    value, acc, cache = loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)
     terms = [loss.infonce_forward(a[:, :k], p[:, :k], scale=7.0, symmetric=symmetric)[0] for k in dims]
     assert abs(value - np.mean(terms)) < 1e-12
-    assert cache["accuracy"] == loss.infonce_forward(a, p, 7.0, symmetric)[1]["accuracy"]
+    assert acc == loss.infonce_forward(a, p, 7.0, symmetric)[1]  # the full vectors
     da, dp = loss.matryoshka_backward(1.0, cache)
     errs = check_grads(f, {"a": a, "p": p}, {"a": da, "p": dp})
     assert max(errs.values()) < TOL, errs
     # a single prefix = the full dimension is plain InfoNCE, value and gradient
-    v1, c1 = loss.matryoshka_forward(a, p, [8], scale=7.0)
-    v0, c0 = loss.infonce_forward(a, p, scale=7.0)
+    v1, _, c1 = loss.matryoshka_forward(a, p, [8], scale=7.0)
+    v0, _, c0 = loss.infonce_forward(a, p, scale=7.0)
     assert v1 == v0
     assert all(np.array_equal(x, y) for x, y in zip(loss.matryoshka_backward(1.0, c1),
                                                      loss.infonce_backward(1.0, c0)))
@@ -138,15 +140,15 @@ def test_infonce_values():
     """Perfectly matched, well separated pairs: loss ~0 and accuracy 1; the
     symmetric loss of a symmetric similarity equals the one-way loss."""
     a = np.eye(4)
-    l1, c = loss.infonce_forward(a, a, scale=20.0)
-    assert l1 < 1e-6 and c["accuracy"] == 1.0
-    l2, _ = loss.infonce_forward(a, a, scale=20.0, symmetric=True)
+    l1, acc, _ = loss.infonce_forward(a, a, scale=20.0)
+    assert l1 < 1e-6 and acc == 1.0
+    l2, _, _ = loss.infonce_forward(a, a, scale=20.0, symmetric=True)
     assert abs(l1 - l2) < 1e-12
     # uniform similarities: loss = log B
-    lu, _ = loss.infonce_forward(np.ones((5, 3)), np.ones((5, 3)), scale=20.0)
+    lu, _, _ = loss.infonce_forward(np.ones((5, 3)), np.ones((5, 3)), scale=20.0)
     assert abs(lu - np.log(5)) < 1e-9
     # large scale does not overflow (log-sum-exp)
-    lbig, _ = loss.infonce_forward(np.eye(3), np.eye(3)[::-1].copy(), scale=1e4)
+    lbig, _, _ = loss.infonce_forward(np.eye(3), np.eye(3)[::-1].copy(), scale=1e4)
     assert np.isfinite(lbig) and lbig > 1e3
 
 
@@ -163,7 +165,7 @@ def test_whole_bag_model_gradient(symmetric):
         return loss.infonce_forward(emb[:B], emb[B:], scale=5.0, symmetric=symmetric)[0]
 
     emb, cache = bag.forward(params, ids, offsets)
-    _, lc = loss.infonce_forward(emb[:B], emb[B:], scale=5.0, symmetric=symmetric)
+    _, _, lc = loss.infonce_forward(emb[:B], emb[B:], scale=5.0, symmetric=symmetric)
     da, dp = loss.infonce_backward(1.0, lc)
     g = bag.backward(np.concatenate([da, dp]), cache)["tok_emb"]
     errs = check_grads(f, params, {"tok_emb": densify(g, (V, D))})
@@ -179,7 +181,7 @@ def test_float32_stays_float32():
     ids, offsets = ragged(rng, 50, [3, 4, 5, 6])
     emb, cache = bag.forward(params, ids, offsets)
     assert emb.dtype == np.float32
-    _, lc = loss.infonce_forward(emb[:2], emb[2:])
+    _, _, lc = loss.infonce_forward(emb[:2], emb[2:])
     da, dp = loss.infonce_backward(1.0, lc)
     assert da.dtype == np.float32 and dp.dtype == np.float32
     assert bag.backward(np.concatenate([da, dp]), cache)["tok_emb"].values.dtype == np.float32

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from minembed.product.corpus import iter_documents
 from minembed.core.pairs import PairSampler
+from minembed.product.settings import TrainConfig
 from minembed.errors import MinembedError
 from minembed.product.tokenize import mask_token_id, split_sentences, tokenize_corpus, train_tokenizer
 
@@ -184,11 +185,11 @@ def test_tokenise_and_sample_crops(tok, texts, data):
         n_sent = data.draw(st.integers(1, 2))
         positives = data.draw(st.sampled_from(["crops", "mask", "dropout"]))
         max_len = data.draw(st.sampled_from([None, 3, 50]))
-        sampler = PairSampler(tc, crops=data.draw(st.sampled_from(["auto", "sentences", "spans"])),
+        sampler = PairSampler(tc, TrainConfig(crops=data.draw(st.sampled_from(["auto", "sentences", "spans"])),
                               crop_sentences=n_sent, sentence_min=data.draw(st.integers(0, 5)),
-                              sentence_max=40, positives=positives, mask_id=mask_token_id(tok),
+                              sentence_max=40, positives=positives,
                               model="transformer" if max_len or positives == "dropout" else "bag",
-                              max_len=max_len or 10**6)
+                              max_len=max_len or 10**6), mask_token_id(tok))
         st_ = sampler.stats
         assert st_["sentence_crops"] + st_["token_spans"] + st_["skipped"] == len(docs)
         if len(sampler.usable) == 0:
@@ -216,7 +217,7 @@ def test_megabyte_document_tokenises_and_samples(tok, tmp_path):
     docs = ["a" * 1_000_000, "word. " * 150_000, "x y"]
     t = time.perf_counter()
     tc = tokenize_corpus(tok, iter(docs), tmp_path / "c")
-    sampler = PairSampler(tc, sentence_min=1, sentence_max=10, model="transformer", max_len=64)
+    sampler = PairSampler(tc, TrainConfig(sentence_min=1, sentence_max=10, model="transformer", max_len=64))
     ids, offsets = sampler.sample(sampler.usable, np.random.default_rng(0))
     assert offsets[-1] == len(ids) and sampler.stats["skipped"] == 0
     assert time.perf_counter() - t < 30

@@ -7,8 +7,10 @@ import pytest
 
 from minembed.core import bag
 from minembed.core import layers as L
-from minembed.core.optim import densify
+from minembed.core.layers import densify
 from minembed.core.gradcheck import check_grads
+
+pytestmark = pytest.mark.usefixtures("both_implementations")
 
 TOL = 1e-6
 

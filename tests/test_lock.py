@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from minembed.errors import MinembedError
-from minembed.product.model import load, load_weights
-from minembed.product.run import OutputDir
+from minembed.product.files import load_weights
+from minembed.product.modeldir import load
+from minembed.product.outdir import OutputDir
 
 # the CLI, its training held before step 7 for as long as the file $HOLD exists
 SLOW_CLI = ("import os, time\n"
@@ -88,7 +89,7 @@ def test_lock_held_by_another_process(setup, tmp_path):
     """The lock is per process (flock): a holder that merely opened the directory blocks
     OutputDir, with or without force; it is released when the holder dies."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from minembed.product.run import OutputDir; "
+        [sys.executable, "-c", "import sys; from minembed.product.outdir import OutputDir; "
          "o = OutputDir(sys.argv[1]); o.open(); print('held', flush=True); sys.stdin.read()", str(tmp_path / "o")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -8,7 +8,7 @@ import pytest
 
 from minembed.core import bag
 from minembed.errors import MinembedError
-from minembed.product.model import MODEL_FILES, load, save_model
+from minembed.product.modeldir import MODEL_FILES, load, save_model
 from minembed.product.tokenize import train_tokenizer
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a model directory has a manifest",
@@ -111,7 +111,7 @@ def test_legacy_npz_model_directory_loads_and_encodes(tmp_path):
     (d / "config.json").write_text(json.dumps(config))
     (d / "tokenizer.json").write_text(tok.to_str())
     np.savez(d / "model.npz", tok_emb=table)
-    from minembed.product.model import write_manifest
+    from minembed.product.modeldir import write_manifest
     write_manifest(str(d), ("config.json", "tokenizer.json", "model.npz"))
     assert "model.safetensors" not in os.listdir(d)
     m = load(d)

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from minembed.core import optim
-from minembed.core.layers import RowGrad
+from minembed.core.layers import RowGrad, densify
+
+pytestmark = pytest.mark.usefixtures("both_implementations")
 
 
 def reference_adam(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
@@ -53,7 +55,7 @@ def test_dense_adam_with_row_gradient_moves_every_row_it_has_momentum_for():
     state = optim.adam_init(params)
     g1 = RowGrad(np.array([0, 1]), rng.standard_normal((2, 2)))
     g2 = RowGrad(np.array([2]), rng.standard_normal((1, 2)))
-    dense = [optim.densify(g1, (4, 2)), optim.densify(g2, (4, 2))]
+    dense = [densify(g1, (4, 2)), densify(g2, (4, 2))]
     optim.adam_step(params, {"e": g1}, state, lr=0.1, lazy=False)
     after1 = params["e"].copy()
     optim.adam_step(params, {"e": g2}, state, lr=0.1, lazy=False)

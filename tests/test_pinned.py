@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from minembed.product.run import train
-from minembed.core.train import TrainConfig
+from minembed.product.settings import TrainConfig
 
 PINNED = {
     "bag": (dict(dim=32, members=1, epochs=2, batch_size=32, vocab_size=500, seed=1, scale=20.0, positives="crops",

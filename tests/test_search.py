@@ -12,7 +12,7 @@ from minembed.product.cli import main
 from minembed.errors import MinembedError
 from minembed.product.search import CorpusIndex, search
 from minembed.product.run import train
-from minembed.core.train import TrainConfig
+from minembed.product.settings import TrainConfig
 
 
 @pytest.fixture(scope="module")

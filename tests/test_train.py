@@ -10,9 +10,10 @@ import minembed
 import minembed.core.train as train_mod
 from minembed.errors import MinembedError
 from minembed.product.evaluate import knn_accuracy
-from minembed.product.model import Model, load, load_weights
+from minembed.product.files import load_weights
+from minembed.product.model import Model
 from minembed.product.run import train
-from minembed.core.train import TrainConfig
+from minembed.product.settings import TrainConfig
 
 FAST = dict(dim=32, epochs=2, batch_size=32, vocab_size=500)
 
@@ -60,24 +61,24 @@ def test_loss_goes_down_and_log_is_complete(tmp_path, topic_txt):
 
 def test_divergence_stops_and_keeps_the_last_good_weights(tmp_path, topic_txt, monkeypatch):
     cfg = TrainConfig(max_steps=5, **FAST)
-    real_loss, real_adam = train_mod.matryoshka_forward, train_mod.optim.adam_step
+    real_loss, real_adam = train_mod.contrastive_loss, train_mod.optim.adam_step
     n_loss, n_adam = [0], [0]
 
     def nan_at_step_3(*a, **kw):
         n_loss[0] += 1
-        loss, cache = real_loss(*a, **kw)
-        return (float("nan") if n_loss[0] == 3 else loss), cache
+        loss, accuracy, demb = real_loss(*a, **kw)
+        return (float("nan") if n_loss[0] == 3 else loss), accuracy, demb
 
     def only_two_updates(*a, **kw):
         n_adam[0] += 1
         if n_adam[0] <= 2:
             real_adam(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "matryoshka_forward", nan_at_step_3)
+    monkeypatch.setattr(train_mod, "contrastive_loss", nan_at_step_3)
     with pytest.raises(MinembedError, match="diverged.*nan at step 3.*lower --lr"):
         train(topic_txt, tmp_path / "bad", cfg, quiet=True)
     saved = weights(tmp_path / "bad")["tok_emb"]
-    monkeypatch.setattr(train_mod, "matryoshka_forward", real_loss)
+    monkeypatch.setattr(train_mod, "contrastive_loss", real_loss)
     # the same run, but with the optimiser frozen after two steps: the weights after step 2
     monkeypatch.setattr(train_mod.optim, "adam_step", only_two_updates)
     after2 = weights(train(topic_txt, tmp_path / "two", cfg, quiet=True).path)["tok_emb"]
@@ -140,7 +141,7 @@ def test_output_dir_is_not_overwritten_without_force(tmp_path, topic_txt):
 def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monkeypatch):
     train(topic_txt, tmp_path / "m", TrainConfig(max_steps=2, **FAST), quiet=True)
     before = weights(tmp_path / "m")["tok_emb"]
-    import minembed.product.model as model_mod
+    import minembed.product.files as model_mod
     real_replace = os.replace
 
     def crash(src, dst):
@@ -161,7 +162,7 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
 def test_the_bag_model_is_four_members_of_a_quarter_of_dim_each_with_half_the_epochs():
     """The default bag model: 4 tables of dim / 4 (1 with --matryoshka; the transformer 1), each
     trained 20 epochs within 400-2,500 steps where one table gets 40 within 800-5,000."""
-    from minembed.product.run import auto_epochs
+    from minembed.product.settings import auto_epochs
     assert TrainConfig().resolved().members == 4 and TrainConfig(dim=64).resolved().members == 4
     assert TrainConfig(matryoshka="32").resolved().members == 1
     assert TrainConfig(model="transformer").resolved().members == 1

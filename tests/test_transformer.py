@@ -8,6 +8,8 @@ from minembed.core import transformer as tr
 from minembed.core.gradcheck import check_grads
 from minembed.core.layers import RowGrad
 
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 CFG = dict(vocab_size=30, dim=8, layers=2, heads=2, ffn=16, max_len=6, dropout=0.1)
 LENGTHS = [3, 0, 8, 5, 1]          # an empty view and one longer than max_len
 

@@ -1,66 +1,52 @@
-"""NumPy or CuPy: one code path for both.
+"""NumPy or CuPy: one code path for both, and the one way a fast twin plugs in.
 
-Every function in minembed takes its array module from its inputs (``xp_of``) instead of
-importing CuPy, so the package imports and runs where CuPy is absent. ``get_xp(device)`` turns
-a user's ``--device cpu|gpu|auto`` into a module; ``to_numpy`` brings any array to the host.
+Every function takes its array module from its inputs (``xp_of``): numpy for NumPy arrays, and
+for another array type the package that defines it (a CuPy array gives CuPy), so
+nothing here imports CuPy and the package runs where it is absent.
+
+``@twin`` marks a reference function that a *fast twin* may stand in for: a version with the
+same signature and results (to float32 rounding) that is faster on one array module, such as
+a cache-blocked NumPy loop or a CUDA kernel. The twins live in ``minembed/fast`` and register
+themselves there; the reference never branches into them, and tests hold each twin to its
+reference (``f.reference`` is the plain function).
 """
 import functools
+import sys
 
 import numpy as np
 
-from ..errors import MinembedError
-
-
-@functools.cache
-def _try_cupy():
-    """Import CuPy once, lazily; None when it is missing or no GPU is usable."""
-    try:
-        import cupy  # optional dependency, never imported at top level
-        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
-    except Exception:
-        return None
-
-
-def gpu_available():
-    return _try_cupy() is not None
+TWINS = {}            # (array module name, "module.function") -> the fast twin
+use_twins = True      # False: every marked function runs its reference (minembed.fast.reference_only)
 
 
 def xp_of(*arrays):
-    """The array module (numpy or cupy) of the given arrays."""
-    return _try_cupy() if any(type(a).__module__.startswith("cupy") for a in arrays) else np
-
-
-def get_xp(device="cpu"):
-    """Map a device name (cpu, gpu, auto) to an array module."""
-    if device == "cpu":
-        return np
-    if device in ("gpu", "cuda"):
-        cp = _try_cupy()
-        if cp is None:
-            raise MinembedError("--device gpu: CuPy with a usable GPU was not found "
-                                "(pip install -e '.[gpu]' on a machine with a CUDA GPU)")
-        return cp
-    if device == "auto":
-        return _try_cupy() or np
-    raise MinembedError(f"unknown device {device!r} (expected cpu, gpu or auto)")
-
-
-BLOCK = 1 << 16  # numbers a block (256 KB of float32: a few such stay in the L2 cache)
-
-
-def row_blocks(a):
-    """Slices of a's first axis, about BLOCK numbers each (one on a GPU): a chain of passes run
-    block by block reads and writes main memory once, not once a pass."""
-    n = a.shape[0]
-    k = max(1, BLOCK // max(1, a[:1].size)) if xp_of(a) is np else max(1, n)
-    return [slice(s, s + k) for s in range(0, n, k)]
+    """The array module of the arrays: numpy, or the package whose array type they are."""
+    for a in arrays:
+        if a is not None and not isinstance(a, (np.ndarray, np.generic)):
+            module = sys.modules.get(type(a).__module__.partition(".")[0])
+            if hasattr(module, "asarray"):
+                return module
+    return np
 
 
 def to_numpy(a):
-    """Host copy of an array (a no-op for NumPy arrays)."""
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+    """A host (NumPy) copy of an array; a NumPy array as it is."""
+    return np.asarray(a) if isinstance(a, (np.ndarray, np.generic)) else xp_of(a).asnumpy(a)
 
 
 def to_device(a, xp):
-    """Move a host array to the module ``xp`` (no copy when already there)."""
+    """The host array ``a`` in the module ``xp`` (no copy when it is there already)."""
     return to_numpy(a) if xp is np else xp.asarray(a)
+
+
+def twin(reference):
+    """Mark ``reference`` as one a fast twin may replace: a call runs the twin registered for
+    the array module of its first argument, if any, else the reference."""
+    key = f"{reference.__module__}.{reference.__name__}"
+
+    @functools.wraps(reference)
+    def call(*args, **kwargs):
+        fast = use_twins and TWINS.get((type(args[0]).__module__.partition(".")[0], key))
+        return (fast or reference)(*args, **kwargs)
+    call.reference, call.key = reference, key
+    return call

@@ -2,73 +2,71 @@
 ``EmbeddingBag(mode="mean")`` written by hand). Batches are *ragged*: one flat id array plus
 offsets, no padding.
 
-The layer is a sparse matrix product. For N views over U distinct tokens let
-A be the (N, U) matrix with A[i, u] = (count of token u in view i) / len(i):
+The layer is a weighted sum of table rows, one weight per token occurrence t of view i:
 
-    forward:   out = A @ table[uniq]            (N, D)   (A indexed by token id: (N, V) @ (V, D))
-    backward:  d table[uniq] = A.T @ dout       (U, D); every other row: 0
+    forward:   out[i] = sum_t w_t table[ids_t]           (N, D);  the mean: w_t = 1 / len(i)
+    backward:  d table[u] = sum_{t: ids_t = u} w_t dout[view_t]   for each row u the batch used
 
-so the backward touches only the U rows the batch used (scipy's CSR product: far faster
-than ``np.add.at``), and the forward (all that encoding does) never looks for them.
+In matrix form out = A @ table with A (N, V) sparse, A[i, u] = the weights of token u in view i,
+and d table = A^T @ dout: only the rows the batch used get a gradient (a RowGrad).
 """
 import numpy as np
 
-from ..fast import cuda
-from .backend import xp_of
+from .backend import twin, xp_of
 from .layers import RowGrad
 
-DEFAULTS = dict(dim=256)
+
+def view_of_tokens(offsets, n_tokens):
+    """(M,) the view each token belongs to: view i = tokens offsets[i]:offsets[i+1]."""
+    xp = xp_of(offsets)
+    return xp.searchsorted(offsets, xp.arange(n_tokens), side="right") - 1
 
 
-def _sparse_module(xp):
-    import scipy.sparse
-    return scipy.sparse if xp is np else __import__("cupyx.scipy.sparse").scipy.sparse
+def weighted_bag_forward(table, ids, offsets, w):
+    """out[i] = sum over view i's tokens t of w_t table[ids_t]; (out (N, D), cache)."""
+    xp = xp_of(table)
+    view = view_of_tokens(offsets, len(ids))
+    out = xp.zeros((len(offsets) - 1, table.shape[1]), dtype=table.dtype)
+    xp.add.at(out, view, w[:, None] * table[ids])
+    return out, (ids, offsets, w, table.shape[0])
 
 
+@twin
 def embedding_bag_forward(table, ids, offsets):
     """Mean of each view's token rows. table: (V, D); ids: (M,) int; offsets: (N+1,) int, view
-    i = ids[offsets[i]:offsets[i+1]]. Returns out (N, D) in table's dtype (an empty view: zeros) and the cache."""
-    if cuda.use_kernels(table):  # on a GPU: one kernel (minembed/kernels/kernels.cu)
-        return cuda.embedding_bag_forward(table, ids, offsets)
+    i = ids[offsets[i]:offsets[i+1]]. Returns out (N, D) in table's dtype (an empty view: zeros)
+    and the cache."""
     xp = xp_of(table)
     ids, offsets = xp.asarray(ids), xp.asarray(offsets, dtype=xp.int64)
     lengths = xp.diff(offsets)
-    # each occurrence weighs 1/len(its view); repeated tokens add up in the product
-    w = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)
-    weights = xp.repeat(w, lengths) if xp is np else \
-        w[xp.searchsorted(offsets, xp.arange(ids.shape[0]), side="right") - 1]  # (CuPy: no array repeat)
-    # out = A @ table[uniq], with A's entries indexed by id: (N, V) @ (V, D)
-    A_ids = _sparse_module(xp).csr_matrix((weights, ids, offsets), shape=(offsets.shape[0] - 1, table.shape[0]))
-    return xp.asarray(A_ids @ table), (ids, offsets, weights, table.shape[0])
+    w = (1.0 / xp.maximum(lengths, 1)).astype(table.dtype)          # (N,) 1 / len(view)
+    return weighted_bag_forward(table, ids, offsets, w[view_of_tokens(offsets, len(ids))])
 
 
+@twin
 def sublinear_bag_forward(table, ids, offsets):
     """The same with a token n times in a view weighing 1 + log n, not n (TF-IDF's sublinear tf;
     ``--pooling sublinear``, encoding only), a view's weights summing to 1. Same cache."""
-    xp, sparse = xp_of(table), _sparse_module(xp_of(table))
-    A = sparse.csr_matrix((xp.ones(len(ids), table.dtype), xp.asarray(ids), xp.asarray(offsets)),
-                          shape=(len(offsets) - 1, table.shape[0]), copy=True)  # (sum_duplicates sorts in place)
-    A.sum_duplicates()                # one entry per distinct token of a view: its count n
-    A.data = 1 + xp.log(A.data)
-    A = (sparse.diags(1 / xp.maximum(xp.asarray(A.sum(axis=1)).ravel(), 1)) @ A).astype(table.dtype)
-    return xp.asarray(A @ table), (A.indices, A.indptr, A.data, table.shape[0])
+    xp = xp_of(table)
+    ids, offsets = xp.asarray(ids), xp.asarray(offsets, dtype=xp.int64)
+    view = view_of_tokens(offsets, len(ids))
+    _, inv, n = xp.unique(view * table.shape[0] + ids, return_inverse=True, return_counts=True)
+    n = n[inv.ravel()]                                   # (M,) times this token is in this view
+    w = (1.0 + xp.log(n)) / n                            # its n occurrences weigh 1 + log n
+    total = xp.zeros(len(offsets) - 1)
+    xp.add.at(total, view, w)                            # (N,) a view's weights, summed
+    return weighted_bag_forward(table, ids, offsets, (w / total[view]).astype(table.dtype))
 
 
+@twin
 def embedding_bag_backward(dout, cache):
-    """Gradient for the rows the batch touched: d table[uniq] = A.T @ dout."""
-    if isinstance(cache, cuda.BagCache):  # the forward ran the CUDA kernel
-        return RowGrad(*cuda.embedding_bag_backward(dout, cache))
+    """Gradient for the rows the batch touched: d table[u] = sum_{t: ids_t = u} w_t dout[view_t]."""
     xp = xp_of(dout)
-    ids, offsets, weights, vocab = cache
-    # sorted distinct ids, and for each occurrence the index of its id in uniq:
-    # np.unique(ids, return_inverse=True) without sorting, via a (V,) mask
-    seen = xp.zeros(vocab, dtype=bool)
-    seen[ids] = True
-    uniq = xp.flatnonzero(seen)                # (U,)
-    inv = (xp.cumsum(seen) - 1)[ids]           # (M,) position of each id in uniq
-    A = _sparse_module(xp).csr_matrix((weights, inv, offsets),
-                                      shape=(offsets.shape[0] - 1, uniq.shape[0]))  # (N, U)
-    return RowGrad(uniq, xp.asarray(A.T.tocsr() @ dout))  # as CSR: rows written in order
+    ids, offsets, w, _ = cache
+    rows, inv = xp.unique(ids, return_inverse=True)      # (U,) the rows used; each token's row
+    values = xp.zeros((len(rows), dout.shape[1]), dtype=dout.dtype)
+    xp.add.at(values, inv.ravel(), w[:, None] * dout[view_of_tokens(offsets, len(ids))])
+    return RowGrad(rows, values)
 
 
 # the encoder interface (docs/DESIGN.md): the model is just this one layer

@@ -13,8 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..fast import cuda
-from .backend import row_blocks, xp_of
+from .backend import twin, xp_of
 
 
 class RowGrad(NamedTuple):
@@ -22,6 +21,13 @@ class RowGrad(NamedTuple):
     distinct rows a batch used (sorted); values (U, D), their gradient (other rows': zero)."""
     rows: object
     values: object
+
+
+def densify(g, shape):
+    """A RowGrad as a full (V, D) array with zeros in the untouched rows."""
+    dense = xp_of(g.values).zeros(shape, dtype=g.values.dtype)
+    dense[g.rows] = g.values
+    return dense
 
 
 # linear: y = x @ w + b          x (..., I), w (I, O), b (O,)  ->  y (..., O)
@@ -49,9 +55,8 @@ def linear_backward(dy, cache):
 LN_EPS = 1e-5
 
 
+@twin
 def layernorm_forward(x, g, b, eps=LN_EPS):
-    if cuda.use_kernels(x, g, b):  # on a GPU: the CUDA twin (minembed/kernels/kernels.cu)
-        return cuda.layernorm_forward(x, g, b, eps)
     xp = xp_of(x)
     xc = x - x.mean(axis=-1, keepdims=True)                     # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)                # (..., 1)
@@ -63,12 +68,11 @@ def layernorm_forward(x, g, b, eps=LN_EPS):
     return y, (xhat, rstd, g)
 
 
+@twin
 def layernorm_backward(dy, cache):
     # With dxhat = dy * g, the mean and the variance both depend on x, giving
     #   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
     # (means over the last dim); dg = sum(dy * xhat), db = sum(dy) over rows.
-    if cuda.use_kernels(dy):
-        return cuda.layernorm_backward(dy, cache)
     xhat, rstd, g = cache
     C = xhat.shape[-1]
     dg = (dy * xhat).reshape(-1, C).sum(axis=0)
@@ -80,59 +84,29 @@ def layernorm_backward(dy, cache):
     return dx, dg, db
 
 
-# GELU, tanh approximation (GPT-2; the CUDA twin must use the same formula):
-#   y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+# GELU, tanh approximation (GPT-2; the fast twins must use the same formula):
+#   y = 0.5 x (1 + t),  t = tanh(u),  u = sqrt(2/pi) (x + 0.044715 x^3)
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
 
 
+@twin
 def gelu_forward(x):
-    if cuda.use_kernels(x):
-        return cuda.gelu_forward(x)
-    xp = xp_of(x)
-    t, y = xp.empty_like(x), xp.empty_like(x)
-    x2, t2, y2 = (a.reshape(-1, x.shape[-1]) for a in (x, t, y))
-    for b in row_blocks(x2):             # a block at a time: each pass runs in cache
-        xb, u, yb = x2[b], t2[b], y2[b]
-        xp.multiply(xb, xb, out=u)
-        u *= GELU_A * GELU_C
-        u += GELU_C
-        u *= xb                          # u = c (x + a x^3)
-        xp.tanh(u, out=u)                # t = tanh(u)
-        xp.add(u, 1.0, out=yb)
-        yb *= xb
-        yb *= 0.5
-    return y, (x, t)
+    t = xp_of(x).tanh(GELU_C * (x + GELU_A * x ** 3))
+    return 0.5 * x * (1.0 + t), (x, t)
 
 
+@twin
 def gelu_backward(dy, cache):
-    # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2)
-    if cuda.use_kernels(dy):
-        return cuda.gelu_backward(dy, cache)
-    xp, (x, t) = xp_of(dy), cache
-    d = xp.empty_like(x)
-    x2, t2, d2, dy2 = (a.reshape(-1, x.shape[-1]) for a in (x, t, d, dy))
-    for b in row_blocks(x2):             # a block at a time, in cache
-        tb, xb, db = t2[b], x2[b], d2[b]
-        sb = tb * tb
-        sb -= 1.0                        # -(1 - t^2)
-        xp.multiply(xb, xb, out=db)
-        db *= -3.0 * GELU_A * GELU_C
-        db -= GELU_C                     # -du/dx
-        db *= sb
-        db *= xb                         # x (1 - t^2) du/dx
-        db += tb
-        db += 1.0
-        db *= 0.5
-        db *= dy2[b]
-    return d
+    # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    x, t = cache
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x))
 
 
 # softmax over the last dim with a key mask (True = key may be attended to). Masked keys get
 # probability exactly 0; a row whose keys are all masked gets all zeros (not NaN).
+@twin
 def softmax_forward(z, mask=None):
-    if cuda.use_kernels(z):
-        return cuda.softmax_forward(z, mask)
     xp = xp_of(z)
     if mask is None:
         e = z - z.max(axis=-1, keepdims=True)
@@ -148,11 +122,10 @@ def softmax_forward(z, mask=None):
     return e, (e,)
 
 
+@twin
 def softmax_backward(dp, cache):
     # p_j = e_j / sum_k e_k  =>  dz_j = p_j (dp_j - sum_k dp_k p_k);
     # masked keys have p_j = 0 so they get dz_j = 0 exactly.
-    if cuda.use_kernels(dp, cache[0]):
-        return cuda.softmax_backward(dp, cache)
     (p,) = cache
     dz = dp * p
     dz -= p * dz.sum(axis=-1, keepdims=True)
@@ -160,22 +133,18 @@ def softmax_backward(dp, cache):
 
 
 # dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
-def dropout_mask(shape, p, rng, xp=np):
-    """The keep mask (True with probability 1 - p), a function of the NumPy Generator ``rng``'s
-    state: float32 uniforms from rng; on a GPU drawn there by a Philox generator seeded from rng
-    (a host mask costs more than the step to copy): GPU masks differ from CPU ones."""
-    if xp is np:
-        return rng.random(shape, dtype=np.float32) >= p
-    gen = xp.random.RandomState(int(rng.integers(2 ** 63)),
-                                method=xp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
-    return gen.random_sample(shape, dtype=np.float32) >= p
+@twin
+def dropout_mask(x, p, rng):
+    """A keep mask shaped like x (True with probability 1 - p), a function of the NumPy Generator
+    ``rng``'s state: float32 uniforms from rng (on a GPU its twin draws them there instead)."""
+    return xp_of(x).asarray(rng.random(x.shape, dtype=np.float32) >= p)
 
 
 def dropout_forward(x, p, rng=None):
     """Identity (cache None) when p == 0 or rng is None (evaluation)."""
     if p == 0.0 or rng is None:
         return x, None
-    keep = dropout_mask(x.shape, p, rng, xp_of(x))
+    keep = dropout_mask(x, p, rng)
     y = x * keep
     y *= 1.0 / (1.0 - p)
     return y, (keep, p)
@@ -226,6 +195,7 @@ def unpad_backward(dx, cache):
 #   y = concat_heads(ctx) @ w_out + b_out        (M, D)
 # The projections run once on all M rows (large matmuls); only the core (scores, softmax,
 # a' v) runs per grid, on (N_b * H) small matmuls.
+@twin
 def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
     """qkv (M_b, 3D) packed rows of one grid -> ctx (M_b, D)."""
     xp = xp_of(qkv)
@@ -240,40 +210,33 @@ def attention_core_forward(qkv, index, key_mask, heads, p_drop=0.0, rng=None):
     q = xp.ascontiguousarray(g[:, :, 0].transpose(0, 2, 1, 3))
     kT = xp.ascontiguousarray(g[:, :, 1].transpose(0, 2, 3, 1))
     v = xp.ascontiguousarray(g[:, :, 2].transpose(0, 2, 1, 3))
-    del qkv_grid, g
-
-    # The rest a view at a time on a CPU, so that the scores, softmax, dropout and a' v of
-    # a view stay in cache (the backward ran 1.5x faster); all views at once on a GPU.
-    views = [slice(n, n + 1) for n in range(N)] if xp is np else [slice(None)]
-    ctx, c_views = xp.empty((N, T, H, Dh), dtype=qkv.dtype), []
-    for b in views:
-        s = q[b] @ kT[b]                                         # (n, H, T, T)
-        s *= scale
-        a, c_sm = softmax_forward(s, key_mask[b, None, None, :])
-        a_d, c_drop = dropout_forward(a, p_drop, rng)
-        xp.matmul(a_d, v[b], out=ctx[b].transpose(0, 2, 1, 3))  # heads side by side
-        c_views.append((c_sm, c_drop))
+    s = q @ kT                                                   # (N, H, T, T)
+    s *= scale
+    a, c_sm = softmax_forward(s, key_mask[:, None, None, :])
+    a_d, c_drop = dropout_forward(a, p_drop, rng)
+    ctx = xp.empty((N, T, H, Dh), dtype=qkv.dtype)
+    xp.matmul(a_d, v, out=ctx.transpose(0, 2, 1, 3))             # heads side by side
     ctx, c_unpad = unpad_forward(ctx.reshape(N, T, D), index)    # (M_b, D)
-    return ctx, (c_pad, q, kT, v, scale, views, c_views, c_unpad)
+    return ctx, (c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad)
 
 
+@twin
 def attention_core_backward(dctx, cache):
-    c_pad, q, kT, v, scale, views, c_views, c_unpad = cache
+    c_pad, q, kT, v, scale, c_sm, c_drop, c_unpad = cache
     xp = xp_of(dctx)
     N, H, T, Dh = q.shape
     dctx = unpad_backward(dctx, c_unpad)                         # (N, T, D)
     dctx = dctx.reshape(N, T, H, Dh).transpose(0, 2, 1, 3)       # (N, H, T, Dh) view
     dqkv = xp.empty((N, T, 3, H, Dh), dtype=dctx.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                   # views into dqkv
-    for b, (c_sm, c_drop) in zip(views, c_views):
-        # recompute a' = a * keep / (1 - p) (the same product as dropout's backward)
-        a_d = c_sm[0] if c_drop is None else dropout_backward(c_sm[0], c_drop)
-        xp.matmul(a_d.swapaxes(-1, -2), dctx[b], out=dv[b])      # dv = a'^T dctx
-        da = dctx[b] @ v[b].swapaxes(-1, -2)                     # da' = dctx v^T
-        ds = softmax_backward(dropout_backward(da, c_drop), c_sm)
-        ds *= scale                                              # s = scale q k^T
-        xp.matmul(ds, kT[b].swapaxes(-1, -2), out=dq[b])         # dq = ds k
-        xp.matmul(ds.swapaxes(-1, -2), q[b], out=dk[b])          # dk = ds^T q
+    # recompute a' = a * keep / (1 - p) (the same product as dropout's backward)
+    a_d = c_sm[0] if c_drop is None else dropout_backward(c_sm[0], c_drop)
+    xp.matmul(a_d.swapaxes(-1, -2), dctx, out=dv)                # dv = a'^T dctx
+    da = dctx @ v.swapaxes(-1, -2)                               # da' = dctx v^T
+    ds = softmax_backward(dropout_backward(da, c_drop), c_sm)
+    ds *= scale                                                  # s = scale q k^T
+    xp.matmul(ds, kT.swapaxes(-1, -2), out=dq)                   # dq = ds k
+    xp.matmul(ds.swapaxes(-1, -2), q, out=dk)                    # dk = ds^T q
     return pad_backward(dqkv.reshape(N, T, 3 * H * Dh), c_pad)   # (M_b, 3D)
 
 
@@ -285,7 +248,7 @@ def attention_forward(x, grids, w_qkv, b_qkv, w_out, b_out, heads, p_drop=0.0, r
         stop = start + len(index)
         c, cache = attention_core_forward(qkv[start:stop], index, key_mask, heads, p_drop, rng)
         ctx.append(c)
-        c_core.append(cache)
+        c_core.append((stop - start, cache))
         start = stop
     del qkv
     ctx = ctx[0] if len(ctx) == 1 else xp.concatenate(ctx)      # (M, D)
@@ -298,10 +261,9 @@ def attention_backward(dy, cache):
     xp = xp_of(dy)
     dctx, dw_out, db_out = linear_backward(dy, c_out)            # (M, D)
     dqkv, start = [], 0
-    for c in c_core:
-        stop = start + len(c[0][0])                              # rows of this grid
-        dqkv.append(attention_core_backward(dctx[start:stop], c))
-        start = stop
+    for rows, c in c_core:                                       # each grid's rows, in order
+        dqkv.append(attention_core_backward(dctx[start:start + rows], c))
+        start += rows
     dqkv = dqkv[0] if len(dqkv) == 1 else xp.concatenate(dqkv)  # (M, 3D)
     dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)
     return dx, dw_qkv, db_qkv, dw_out, db_out

@@ -13,8 +13,7 @@ Matryoshka (Kusupati et al. 2022) trains every prefix in a list of dims K too:
 
 (the mean keeps the loss on one InfoNCE's scale: the tuned learning rates fit).
 """
-from ..fast import cuda
-from .backend import to_numpy, xp_of
+from .backend import to_numpy, twin, xp_of
 
 
 def l2_normalize_forward(x, eps=1e-12):
@@ -31,13 +30,11 @@ def l2_normalize_backward(dn, cache):
     return (dn - n * (dn * n).sum(axis=1, keepdims=True)) / norm
 
 
+@twin
 def infonce_rows(s):
     """Cross-entropy of each row of s (R, C) with target the diagonal entry: g = softmax(s) - I
     (d loss_i / d s_ij, R x C), the per-row losses loss_i = logsumexp_j s_ij - s_ii (R,), and
-    hit_i = [argmax_j s_ij == i]. Subtracting the row max first means exp never overflows. On a
-    GPU this is one kernel (kernels.cu: infonce_rows), whose twin this is."""
-    if cuda.use_kernels(s):
-        return cuda.infonce_rows(s)
+    hit_i = [argmax_j s_ij == i]. Subtracting the row max first means exp never overflows."""
     xp = xp_of(s)
     diag = xp.arange(s.shape[0])
     m = s.max(axis=1, keepdims=True)
@@ -52,9 +49,9 @@ def infonce_rows(s):
 
 
 def infonce_forward(a, p, scale=20.0, symmetric=False):
-    """InfoNCE of anchors a (B, D) against positives p (B, D), in-batch negatives:
-    (loss, cache); cache["accuracy"]: the fraction of anchors whose most similar
-    positive is their own; cache["g"]: dloss/dS times B (the backward: two products)."""
+    """InfoNCE of anchors a (B, D) against positives p (B, D), in-batch negatives: (loss,
+    accuracy, cache). accuracy: the fraction of anchors whose most similar positive is their own
+    (an output beside the loss, not differentiated); cache["g"]: dloss/dS times B."""
     xp = xp_of(a)
     an, a_cache = l2_normalize_forward(a)
     pn, p_cache = l2_normalize_forward(p)
@@ -68,7 +65,7 @@ def infonce_forward(a, p, scale=20.0, symmetric=False):
         g *= 0.5
     # one copy to the host for both numbers (on a GPU, one wait instead of two)
     loss, accuracy = (float(v) for v in to_numpy(xp.stack([loss, hit.mean(dtype=loss.dtype)])))
-    return loss, dict(an=an, pn=pn, a_cache=a_cache, p_cache=p_cache, scale=scale, g=g, accuracy=accuracy)
+    return loss, accuracy, dict(an=an, pn=pn, a_cache=a_cache, p_cache=p_cache, scale=scale, g=g)
 
 
 def infonce_backward(dloss, cache):
@@ -83,11 +80,10 @@ def infonce_backward(dloss, cache):
 
 def matryoshka_forward(a, p, dims, scale=20.0, symmetric=False):
     """The mean over k in ``dims`` (ascending, the last = a.shape[1]) of InfoNCE on the
-    first k dimensions. cache["accuracy"] is that of the full vectors."""
+    first k dimensions: (loss, accuracy of the full vectors, cache)."""
     parts = [infonce_forward(a[:, :k], p[:, :k], scale, symmetric) for k in dims]
     loss = sum(part[0] for part in parts) / len(dims)
-    return loss, dict(dims=dims, caches=[c for _, c in parts], shape=a.shape,
-                      accuracy=parts[-1][1]["accuracy"])
+    return loss, parts[-1][1], dict(dims=dims, caches=[c for _, _, c in parts], shape=a.shape)
 
 
 def matryoshka_backward(dloss, cache):
@@ -99,3 +95,12 @@ def matryoshka_backward(dloss, cache):
         da[:, :k] += dak
         dp[:, :k] += dpk
     return da, dp
+
+
+def contrastive_loss(emb, scale, symmetric=False, dims=None):
+    """The training loss of 2B views, anchors emb[:B] then their positives emb[B:]: InfoNCE, or
+    with ``dims`` its Matryoshka mean over those prefixes. (loss, accuracy, demb), demb (2B, D)
+    = d loss / d emb, what the encoder's backward takes."""
+    b = emb.shape[0] // 2
+    loss, accuracy, cache = matryoshka_forward(emb[:b], emb[b:], dims or [emb.shape[1]], scale, symmetric)
+    return loss, accuracy, xp_of(emb).concatenate(matryoshka_backward(1.0, cache))

@@ -11,9 +11,8 @@ SparseAdam) updates the touched rows only: O(rows used) instead of O(V).
 """
 import math
 
-from ..fast import cuda
-from .backend import row_blocks, to_numpy, xp_of
-from .layers import RowGrad
+from .backend import to_numpy, twin, xp_of
+from .layers import RowGrad, densify
 
 
 def adam_init(params):
@@ -23,54 +22,28 @@ def adam_init(params):
             "v": {k: xp.zeros_like(p) for k, p in params.items()}}
 
 
+@twin
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-    """One dense AdamW update of p, m and v in place. g is shaped like p, or a RowGrad (zero
-    outside g.rows, where m and v only decay: densify(g)'s numbers without a dense gradient)."""
-    if cuda.use_kernels(p, g, m, v):  # on a GPU: one fused kernel
-        return cuda.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    if not isinstance(g, RowGrad):
-        return adam_update_rows(p, None, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    m *= beta1                             # the moments of every row decay ...
-    m[g.rows] += (1.0 - beta1) * g.values  # ... and g's rows (distinct) get g: gather, add, scatter
+    """One dense AdamW update of p, m and v in place (the module docstring's formula). g is
+    shaped like p, or a RowGrad (zero outside its rows: there m and v only decay)."""
+    if isinstance(g, RowGrad):
+        g = densify(g, p.shape)
+    p *= 1.0 - lr * weight_decay
+    m *= beta1
+    m += (1.0 - beta1) * g
     v *= beta2
-    v[g.rows] += (1.0 - beta2) * (g.values * g.values)
-    adam_update_rows(p, None, None, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    v += (1.0 - beta2) * g * g
+    m_hat, v_hat = m / (1.0 - beta1 ** step), v / (1.0 - beta2 ** step)
+    p -= lr * m_hat / (xp_of(p).sqrt(v_hat) + eps)
 
 
+@twin
 def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-    """Lazy AdamW: the dense formula on p[rows], m[rows], v[rows] only (rows distinct, as a
-    RowGrad's; None: all; g_rows None: m, v updated already). A block of rows at a time (gather,
-    update in cache, scatter back): memory sees p, m, v, g read and p, m, v written once."""
-    if rows is not None and cuda.use_kernels(p, g_rows, m, v):  # on a GPU: one fused kernel
-        return cuda.adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    xp = xp_of(p)
-    # p -= lr_t * m / (sqrt(v) + eps_t) is the same update as with m_hat, v_hat:
-    # lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t).
-    c2 = math.sqrt(1.0 - beta2 ** step)
-    lr_t, eps_t = lr * c2 / (1.0 - beta1 ** step), eps * c2
-    g, src = g_rows, p if rows is None else g_rows         # the blocks cut p's rows or g's
-    blocks = row_blocks(src)
-    buf = xp.empty((blocks[0].stop if blocks else 0,) + p.shape[1:], p.dtype)
-    for b in blocks:
-        t, r = buf[:len(src[b])], b if rows is None else rows[b]
-        pb, mb, vb = p[r], m[r], v[r]  # rows None: views, updated in place; else copies, put back
-        if weight_decay:
-            pb *= 1.0 - lr * weight_decay
-        if g is not None:
-            gb = g[b]
-            mb *= beta1
-            mb += xp.multiply(gb, 1.0 - beta1, out=t)      # m = b1 m + (1 - b1) g
-            vb *= beta2
-            xp.multiply(gb, gb, out=t)
-            t *= 1.0 - beta2
-            vb += t                                        # v = b2 v + (1 - b2) g^2
-        xp.sqrt(vb, out=t)
-        t += eps_t
-        xp.divide(mb, t, out=t)
-        t *= lr_t
-        pb -= t                                            # p -= lr_t m / (sqrt(v) + eps_t)
-        if rows is not None:
-            p[r], m[r], v[r] = pb, mb, vb
+    """Lazy AdamW: the dense update on the rows ``rows`` (distinct) of p, m and v only, with
+    g_rows their gradient: the other rows do not move and their moments do not decay."""
+    p_r, m_r, v_r = p[rows], m[rows], v[rows]
+    adam_update.reference(p_r, g_rows, m_r, v_r, step, lr, beta1, beta2, eps, weight_decay)
+    p[rows], m[rows], v[rows] = p_r, m_r, v_r
 
 
 def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, lazy=True):
@@ -82,13 +55,6 @@ def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
             adam_update_rows(p, g.rows, g.values, m, v, t, lr, beta1, beta2, eps, weight_decay)
         else:
             adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
-
-
-def densify(g, shape):
-    """A RowGrad as a full (V, D) array with zeros in the untouched rows."""
-    dense = xp_of(g.values).zeros(shape, dtype=g.values.dtype)
-    dense[g.rows] = g.values
-    return dense
 
 
 def grad_norm(grads):

@@ -11,17 +11,14 @@
   ``mask`` (crops with a fraction of tokens masked).
 
 Every view is a list of token ranges gathered with one vectorised index computation
-(``_gather_ranges``): no Python loop over documents or tokens.
+(``gather_ranges``): no Python loop over documents or tokens.
 """
-import dataclasses
-
 import numpy as np
 
 from ..errors import MinembedError
-from .train import TrainConfig
 
 
-def _gather_ranges(starts, lengths):
+def gather_ranges(starts, lengths):
     """Indices of the concatenated ranges [starts[i], starts[i] + lengths[i]):
     idx = repeat(starts - (cumulative length before range i), lengths) + arange(total)."""
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -31,13 +28,13 @@ def _gather_ranges(starts, lengths):
 
 
 class PairSampler:
-    """Draws batches of positive pairs from a TokenizedCorpus, as the settings say: ``cfg`` (a TrainConfig;
-    default TrainConfig()) with ``settings`` overriding its fields, e.g. PairSampler(data, crops="spans").
-    Used: crops, crop_sentences, sentence_min/max, span_min/max, positives, mask_frac, and max_len for the
-    transformer. ``mask_id``: the tokenizer's [MASK] id (positives="mask")."""
+    """Draws batches of positive pairs from a TokenizedCorpus, as the settings ``cfg`` say (a
+    TrainConfig: crops, crop_sentences, sentence_min/max, span_min/max, positives, mask_frac, and
+    model and max_len: a transformer's views are cut to max_len tokens), e.g.
+    PairSampler(data, TrainConfig(crops="spans")). ``mask_id``: the [MASK] id (positives="mask")."""
 
-    def __init__(self, corpus, cfg=None, mask_id=None, **settings):
-        c = self.cfg = dataclasses.replace(cfg or TrainConfig(), **settings).resolved()
+    def __init__(self, corpus, cfg, mask_id=None):
+        c = self.cfg = cfg
         if c.positives == "mask" and mask_id is None:
             raise MinembedError("--positives mask needs a tokenizer with a [MASK] token")
         self.corpus, self.mask_id, self.n_sent = corpus, mask_id, c.crop_sentences
@@ -55,6 +52,10 @@ class PairSampler:
         self.usable = np.flatnonzero(use_sent | use_span)
         total, sents, spans = len(doc_len), int(use_sent.sum()), int(use_span.sum())  # documents
         self.stats = dict(documents=total, sentence_crops=sents, token_spans=spans, skipped=total - sents - spans)
+
+    def steps_per_epoch(self, batch_size):
+        """Batches of ``batch_size`` pairs in one pass over the usable documents."""
+        return len(self.usable) // batch_size
 
     def _sentence_views(self, docs, window):
         """Token ranges of the crops starting at kept-sentence `window` of each doc."""
@@ -93,7 +94,7 @@ class PairSampler:
         if self.max_len:  # cut each view to its first max_len tokens
             cum = np.cumsum(lens, axis=1)
             lens = np.clip(self.max_len - (cum - lens), 0, lens)
-        idx = _gather_ranges(starts.ravel(), lens.ravel())
+        idx = gather_ranges(starts.ravel(), lens.ravel())
         ids = np.asarray(self.corpus.ids[idx], dtype=np.int32) if len(idx) else np.zeros(0, np.int32)
         self.corpus.release_pages()  # a random read maps whole page-cache folios (MBs) into our memory
         offsets = np.r_[0, np.cumsum(lens.sum(axis=1))].astype(np.int64)

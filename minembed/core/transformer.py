@@ -22,17 +22,16 @@ import numpy as np
 from . import bag
 from . import layers as L
 from .backend import to_numpy, xp_of
-from .optim import densify
 
-DEFAULTS = dict(dim=128, layers=2, heads=4, ffn=512, max_len=64, dropout=0.1)
 BUCKETS = 4     # length buckets for attention (config["buckets"] overrides); see layout()
 
 
 def _config(config):
-    cfg = dict(DEFAULTS, **config)
-    if cfg["dim"] % cfg["heads"]:
-        raise ValueError(f"dim {cfg['dim']} is not a multiple of heads {cfg['heads']}")
-    return cfg
+    """The encoder's hyper-parameters (config.json: vocab_size, dim, layers, heads, ffn, max_len,
+    dropout), checked."""
+    if config["dim"] % config["heads"]:
+        raise ValueError(f"dim {config['dim']} is not a multiple of heads {config['heads']}")
+    return config
 
 
 def init_params(config, rng):
@@ -168,6 +167,6 @@ def backward(demb, cache):
          g[b + "attn.out.w"], g[b + "attn.out.b"]) = L.attention_backward(dh, c_attn)
         dh, g[b + "ln1.g"], g[b + "ln1.b"] = L.layernorm_backward(dh, c_ln1)
         dx += dh
-    g["pos_emb"] = densify(bag.embedding_bag_backward(dx, c_pos), pos_shape)  # small: dense Adam
+    g["pos_emb"] = L.densify(bag.embedding_bag_backward(dx, c_pos), pos_shape)  # small: dense Adam
     g["tok_emb"] = bag.embedding_bag_backward(dx, c_tok)
     return g

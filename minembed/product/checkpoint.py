@@ -24,7 +24,8 @@ import os
 
 from ..core.backend import to_numpy
 from ..errors import MinembedError
-from .model import WEIGHTS, atomic_write_bytes, atomic_write_json, load_weights, weights_bytes
+from .files import atomic_write_bytes, atomic_write_json, fsync_dir, load_weights, weights_bytes
+from .modeldir import WEIGHTS
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "minembed-checkpoint"
@@ -62,19 +63,6 @@ def has_checkpoint(model_dir):
     return os.path.isfile(os.path.join(checkpoint_dir(model_dir), "state.json"))
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(model_dir, step, params, adam_state, tokenizer, info):
     """Write a checkpoint of the run at ``step`` (see the module docstring).
 
@@ -95,12 +83,12 @@ def save_checkpoint(model_dir, step, params, adam_state, tokenizer, info):
     data = weights_bytes(arrays)
     name = "state-%09d.safetensors" % step
     atomic_write_bytes(os.path.join(d, name), data)
-    _fsync_dir(d)
+    fsync_dir(d)
     state = dict(info, format=FORMAT, format_version=FORMAT_VERSION, step=int(step),
                  adam_step=int(adam_state["step"]), arrays=name, size=len(data),
                  sha256=hashlib.sha256(data).hexdigest(), tokenizer_sha256=tok_sha)
     atomic_write_json(os.path.join(d, "state.json"), state)
-    _fsync_dir(d)
+    fsync_dir(d)
     for f in os.listdir(d):  # older weights, and temporary files a killed run left behind
         if (f.startswith("state-") and f != name) or f.endswith(".tmp"):
             try:
@@ -126,7 +114,8 @@ def read_info(model_dir):
             info = json.load(f)
         if info.get("format") != FORMAT:
             raise ValueError("not a checkpoint")
-        step, name, size, sha = int(info["step"]), info["arrays"], int(info["size"]), info["sha256"]
+        int(info["step"]), int(info["size"]), str(info["sha256"])  # present, and numbers
+        name = info["arrays"]
         if os.path.basename(name) != name:
             raise ValueError("bad file name")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -181,7 +170,7 @@ def remove_checkpoint(model_dir):
     state = os.path.join(d, "state.json")
     if os.path.exists(state):
         os.unlink(state)
-        _fsync_dir(d)
+        fsync_dir(d)
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
     os.rmdir(d)

@@ -28,9 +28,11 @@ import numpy as np
 from . import evaluate
 from .corpus import Corpus, cache_subdir
 from ..errors import MinembedError
-from .model import Model, atomic_write_bytes, atomic_write_json, encoder_module, read_log
+from .files import atomic_write_bytes, atomic_write_json
+from .model import untrained
+from .modeldir import read_log
 from .run import train
-from ..core.train import TrainConfig
+from .settings import TrainConfig
 
 FULL = dict(
     max_docs=None, vocab_size=16384,
@@ -105,8 +107,6 @@ def run_comparison(corpus=None, fast=False, fmt="auto", sweeps=(), sweep_model="
     """Train and evaluate the paper's configurations on a labelled corpus (a .jsonl
     path, or None for the built-in one). Returns a dict: meta, rows (one per
     configuration), sweeps (name -> rows)."""
-    say = say or (lambda msg: None)
-    settings = FAST if fast else FULL
     for name in sweeps:
         if name not in SWEEPS:
             raise MinembedError(f"unknown sweep {name!r} (expected one of {', '.join(SWEEPS)})")
@@ -114,85 +114,97 @@ def run_comparison(corpus=None, fast=False, fmt="auto", sweeps=(), sweep_model="
         raise MinembedError(f"sweep model must be bag or transformer, got {sweep_model!r}")
     if not main and not sweeps:
         raise MinembedError("nothing to do: no main comparison and no sweeps")
-    t_start = time.perf_counter()
-    source = Corpus(corpus, fmt)
-    texts, labels = source.labelled("the comparison")
-    n_all = len(texts)
-    max_docs = max_docs or settings["max_docs"]
-    if max_docs and n_all > max_docs:
-        keep = np.sort(np.random.default_rng(seed).permutation(n_all)[:max_docs])
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    if len(texts) < 2 * evaluate.K:
-        raise MinembedError(f"the comparison needs at least {2 * evaluate.K} labelled documents")
-    # train on exactly the documents evaluated: the file itself, or a subset written to the cache
-    train_path = corpus if len(texts) == n_all and fmt in ("auto", "jsonl") else _subset_file(texts, labels)
+    run = Comparison(corpus, FAST if fast else FULL, fmt, max_docs, seed, keep_models, say)
     own_work = work_dir is None
-    work_dir = work_dir or tempfile.mkdtemp(prefix="minembed-compare-")
-    os.makedirs(work_dir, exist_ok=True)
+    run.work_dir = work_dir or tempfile.mkdtemp(prefix="minembed-compare-")
+    os.makedirs(run.work_dir, exist_ok=True)
+    try:
+        rows = run.main_rows() if main else []
+        sweep_rows = {sw: run.sweep_rows(sw, sweep_model) for sw in sweeps}
+        meta = dict(corpus=run.source.name, documents=len(run.texts), corpus_documents=run.n_all,
+                    labels=len(set(run.labels)), fast=bool(fast),
+                    total_seconds=round(time.perf_counter() - run.t_start, 1),
+                    vocab_size=run.settings["vocab_size"], seed=seed, k=evaluate.K,
+                    split=f"{1 - evaluate.TEST_SIZE:.0%}/{evaluate.TEST_SIZE:.0%}, seed {evaluate.SPLIT_SEED}",
+                    machine=machine(), date=datetime.date.today().isoformat(),
+                    sweep_model=sweep_model if sweeps else None)
+        return dict(meta=meta, rows=rows, sweeps=sweep_rows, work_dir=run.work_dir if keep_models else None)
+    finally:
+        if own_work and not keep_models:
+            shutil.rmtree(run.work_dir, ignore_errors=True)
 
-    def cfg_of(kind, **over):
-        return TrainConfig(**dict(settings[kind], vocab_size=settings["vocab_size"], seed=seed, **over))
 
-    runs = []
+class Comparison:
+    """The corpus of a comparison (a subset of it with ``max_docs``), and its rows."""
 
-    def trained_row(name, kind, cfg):
-        say(f"training {name}: {cfg.max_steps} steps")
-        runs.append(name)
-        model = train(train_path, os.path.join(work_dir, f"run-{len(runs):02d}"), cfg, force=True, quiet=True)
+    def __init__(self, corpus, settings, fmt, max_docs, seed, keep_models, say):
+        self.settings, self.seed, self.keep_models = settings, seed, keep_models
+        self.say, self.t_start, self.runs, self.work_dir = say or (lambda msg: None), time.perf_counter(), 0, None
+        self.source = Corpus(corpus, fmt)
+        self.texts, self.labels = self.source.labelled("the comparison")
+        self.n_all = len(self.texts)
+        max_docs = max_docs or settings["max_docs"]
+        if max_docs and self.n_all > max_docs:
+            keep = np.sort(np.random.default_rng(seed).permutation(self.n_all)[:max_docs])
+            self.texts, self.labels = [self.texts[i] for i in keep], [self.labels[i] for i in keep]
+        if len(self.texts) < 2 * evaluate.K:
+            raise MinembedError(f"the comparison needs at least {2 * evaluate.K} labelled documents")
+        # train on exactly the documents evaluated: the file itself, or a subset written to the cache
+        self.train_path = corpus if len(self.texts) == self.n_all and fmt in ("auto", "jsonl") else \
+            _subset_file(self.texts, self.labels)
+
+    def cfg_of(self, kind, **over):
+        s = self.settings
+        return TrainConfig(**dict(s[kind], vocab_size=s["vocab_size"], seed=self.seed, **over))
+
+    def trained_row(self, name, kind, cfg):
+        """Train one configuration and measure it: (row, model)."""
+        self.say(f"training {name}: {cfg.max_steps} steps")
+        self.runs += 1
+        model = train(self.train_path, os.path.join(self.work_dir, f"run-{self.runs:02d}"), cfg, force=True,
+                      quiet=True)
         log = read_log(model.path)
-        X = model.encode(texts, normalize=False)  # raw vectors: Euclidean differs from cosine
+        X = model.encode(self.texts, normalize=False)  # raw vectors: Euclidean differs from cosine
         t, st = model.config["training"], model.config["corpus"]
         spe = max(1, (st["sentence_crops"] + st["token_spans"]) // t["batch_size"])  # steps per epoch
         row = dict(configuration=name, model=kind, settings=_settings(cfg), steps=t["steps"],
                    epochs=round(t["steps"] / spe, 2),
                    train_seconds=t["seconds"], final_loss=round(float(np.mean([r["loss"] for r in log[-5:]])), 4),
-                   **measure(X, labels))
-        if not keep_models:
+                   **measure(X, self.labels))
+        if not self.keep_models:
             shutil.rmtree(model.path, ignore_errors=True)
-        say(_row_line(row))
+        self.say(_row_line(row))
         return row, model
 
-    rows, sweep_rows = [], {sw: [] for sw in sweeps}
-    try:
-        if main:
-            for name, svd in (("TF-IDF", None), ("TF-IDF + SVD + L2", 100)):
-                t = time.perf_counter()
-                E = evaluate.tfidf(texts, svd_dim=svd, l2=svd is not None)
-                rows.append(dict(configuration=name, model="tfidf", settings="sublinear tf" +
-                                 (", SVD 100, L2" if svd else ""), steps=0, epochs=0,
-                                 train_seconds=round(time.perf_counter() - t, 2), final_loss=None,
-                                 **measure(E, labels)))
-                say(_row_line(rows[-1]))
-            maj = evaluate.majority_accuracy(labels)
-            rows.append(dict(configuration="majority class", model="-", settings="", steps=0, epochs=0,
-                             train_seconds=0.0, final_loss=None, knn_euclidean=maj, knn_cosine=maj,
-                             linear_probe=maj, eval_seconds=0.0))
-            for name, kind, over in MAIN_RUNS:
-                row, model = trained_row(name, kind, cfg_of(kind, **over))
-                rows.append(row)
-                if name == "bag + crops":  # the same table, untrained: what training added
-                    enc = encoder_module("bag")
-                    untrained = Model(model.config, enc.init_params(model.config, np.random.default_rng(
-                        [seed, 0])), model.tokenizer)
-                    rows.insert(len(rows) - 1, dict(
-                        configuration="untrained bag", model="bag", settings=f"random table, dim "
-                        f"{model.dim}, std 0.02", steps=0, epochs=0, train_seconds=0.0, final_loss=None,
-                        **measure(untrained.encode(texts, normalize=False), labels)))
-        for sw in sweeps:
-            field, values, show, over = SWEEPS[sw]
-            for v in LR_VALUES[sweep_model] if values is None else values:
-                row, _ = trained_row(show(v), sweep_model, cfg_of(sweep_model, **dict(over, **{field: v})))
-                sweep_rows[sw].append(row)
-        meta = dict(corpus=source.name, documents=len(texts), corpus_documents=n_all,
-                    labels=len(set(labels)), fast=bool(fast), total_seconds=round(time.perf_counter() - t_start, 1),
-                    vocab_size=settings["vocab_size"], seed=seed, k=evaluate.K,
-                    split=f"{1 - evaluate.TEST_SIZE:.0%}/{evaluate.TEST_SIZE:.0%}, seed {evaluate.SPLIT_SEED}",
-                    machine=machine(), date=datetime.date.today().isoformat(),
-                    sweep_model=sweep_model if sweeps else None)
-        return dict(meta=meta, rows=rows, sweeps=sweep_rows, work_dir=work_dir if keep_models else None)
-    finally:
-        if own_work and not keep_models:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    def main_rows(self):
+        """TF-IDF, majority class, the untrained bag model and MAIN_RUNS."""
+        rows = []
+        for name, svd in (("TF-IDF", None), ("TF-IDF + SVD + L2", 100)):
+            t = time.perf_counter()
+            E = evaluate.tfidf(self.texts, svd_dim=svd, l2=svd is not None)
+            rows.append(dict(configuration=name, model="tfidf", settings="sublinear tf" +
+                             (", SVD 100, L2" if svd else ""), steps=0, epochs=0,
+                             train_seconds=round(time.perf_counter() - t, 2), final_loss=None,
+                             **measure(E, self.labels)))
+            self.say(_row_line(rows[-1]))
+        maj = evaluate.majority_accuracy(self.labels)
+        rows.append(dict(configuration="majority class", model="-", settings="", steps=0, epochs=0,
+                         train_seconds=0.0, final_loss=None, knn_euclidean=maj, knn_cosine=maj,
+                         linear_probe=maj, eval_seconds=0.0))
+        for name, kind, over in MAIN_RUNS:
+            row, model = self.trained_row(name, kind, self.cfg_of(kind, **over))
+            rows.append(row)
+            if name == "bag + crops":  # the same table, untrained: what training added
+                rows.insert(len(rows) - 1, dict(
+                    configuration="untrained bag", model="bag", settings=f"random table, dim "
+                    f"{model.dim}, std 0.02", steps=0, epochs=0, train_seconds=0.0, final_loss=None,
+                    **measure(untrained(model).encode(self.texts, normalize=False), self.labels)))
+        return rows
+
+    def sweep_rows(self, sweep, model):
+        field, values, show, over = SWEEPS[sweep]
+        return [self.trained_row(show(v), model, self.cfg_of(model, **dict(over, **{field: v})))[0]
+                for v in (LR_VALUES[model] if values is None else values)]
 
 
 def machine():

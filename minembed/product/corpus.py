@@ -273,7 +273,7 @@ class Corpus:
     def tokenizer(self, vocab_size, say=None):
         """A tokenizer trained on (up to TOKENIZER_SAMPLE_DOCS documents of) the corpus,
         cached: training one is deterministic."""
-        from .model import atomic_write_bytes
+        from .files import atomic_write_bytes
         from .tokenize import tokenizer_from_str, train_tokenizer
         path = self._cache_path("tokenizers", vocab_size) + ".json"
         if os.path.isfile(path):

@@ -88,11 +88,6 @@ def tfidf(texts, svd_dim=None, l2=False, seed=0):
     return X
 
 
-def evaluate_model(model, texts, labels, batch_size=256, splits=1, progress=None):
-    """kNN accuracies of a Model's embeddings of the texts."""
-    return knn_scores(model.encode(texts, batch_size=batch_size, progress=progress), labels, splits)
-
-
 # ---------------------------------------------------------------------------
 # retrieval of held-out crops (no labels needed)
 
@@ -141,3 +136,53 @@ def tfidf_retrieval(texts, seed=0):
     vec = TfidfVectorizer(sublinear_tf=True).fit([r for _, _, r in triples])
     return dict(retrieval_scores(vec.transform([c for _, c, _ in triples]),
                                  vec.transform([r for _, _, r in triples])), documents=len(triples))
+
+
+# ---------------------------------------------------------------------------
+# what minembed eval reports
+
+def evaluate(model, texts, labels=None, splits=1, quiet=False):
+    """kNN accuracy (with labels) of the model, its untrained start, TF-IDF, TF-IDF -> SVD(100)
+    -> L2 and the majority class; and held-out crop retrieval of the model and TF-IDF. A dict
+    (minembed eval --json); progress on stderr unless ``quiet``."""
+    from .model import untrained
+    from .progress import Progress
+
+    def embed(m, docs, what):
+        bar = Progress(len(docs), f"embedding {what}", "document", quiet=quiet)
+        X = m.encode(docs, progress=bar.update)
+        bar.close()
+        return X
+
+    result = {"documents": len(texts), "k": K, "splits": splits}
+    if labels is not None:
+        rows = {"model": knn_scores(embed(model, texts, "the corpus"), labels, splits),
+                "untrained": knn_scores(embed(untrained(model), texts, "the corpus (untrained)"), labels, splits),
+                "tfidf": knn_scores(tfidf(texts), labels, splits),
+                "tfidf_svd_l2": knn_scores(tfidf(texts, svd_dim=100, l2=True), labels, splits)}
+        maj = [majority_accuracy(labels, seed=s) for s in (range(splits) if splits > 1 else [SPLIT_SEED])]
+        rows["majority"] = {"knn_euclidean": float(np.mean(maj)), "knn_cosine": float(np.mean(maj))}
+        result.update(labels=len(set(labels)), knn=rows)
+    result["retrieval"] = {"model": retrieval(texts, lambda d: embed(model, d, "crops and rests")),
+                           "tfidf": tfidf_retrieval(texts)}
+    return result
+
+
+def report_lines(result):
+    """evaluate()'s result as the lines minembed eval prints."""
+    lines = []
+    if "knn" in result:
+        splits = result["splits"]
+        how = "90/10 split" if splits == 1 else f"mean ± sd over {splits} random 90/10 splits"
+        lines += [f"{result['documents']:,} documents, {result['labels']} labels; kNN k={K}, {how}",
+                  f"{'':16s} {'euclidean':>14s} {'cosine':>14s}"]
+        for name, r in result["knn"].items():
+            cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r[k + '_sd']:.1f}" if k + "_sd" in r else "") + "%"
+                     for k in ("knn_euclidean", "knn_cosine")]
+            lines.append(f"{name:16s} {cells[0]:>14s} {cells[1]:>14s}")
+    r = result["retrieval"]
+    lines.append(f"retrieval of a held-out crop ({r['model']['documents']:,} documents): {'':4s} R@1    R@10   MRR")
+    for name in ("model", "tfidf"):
+        lines.append(f"  {name:10s} {100 * r[name]['recall@1']:6.1f}% {100 * r[name]['recall@10']:6.1f}% "
+                     f"{r[name]['mrr']:6.3f}")
+    return lines

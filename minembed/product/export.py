@@ -21,10 +21,10 @@ import numpy as np
 
 from ..core.backend import to_numpy
 from ..errors import MinembedError
-from .model import add_file, atomic_path, atomic_write_bytes, weights_bytes
+from .files import NpyWriter, atomic_path, atomic_write_bytes, weights_bytes
+from .modeldir import add_file
 from .progress import Progress
 from .runtime import tuned
-from .tokenize import _NpyWriter
 
 TARGETS = ("sentence-transformers", "model2vec")
 DTYPES = ("float32", "float16", "int8", "binary")
@@ -163,7 +163,7 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
     out = os.path.abspath(out)
     bar, chars, size = Progress(label="embedding", unit="document", quiet=quiet), 0, corpus.text_bytes
     with atomic_path(out) as tmp:
-        w = _NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
+        w = NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
         try:
             with warnings.catch_warnings(), tuned(model.config["model"], threads):  # check_dim said it
                 warnings.simplefilter("ignore")

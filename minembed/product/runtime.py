@@ -1,4 +1,8 @@
-"""How the process runs the numbers, around training and encoding: ``with tuned(model, threads):``
+"""How the process runs the numbers: on which device (``get_xp``), and around training and
+encoding with how many threads (``with tuned(model, threads):``).
+
+Devices: ``--device cpu|gpu|auto`` becomes an array module, numpy or CuPy (imported here only,
+lazily, so the package runs where CuPy is absent); the textbook takes its module from the arrays.
 
 BLAS threads (threadpoolctl): ``threads`` (``--threads``), else MINEMBED_THREADS, else chosen.
 OpenBLAS's idle workers spin after each product, so threads beyond the idle cores oversubscribe
@@ -15,12 +19,46 @@ for reuse made a step 4-11% faster at the same peak memory.
 """
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import sys
 import time
 
+import numpy as np
+
 from ..errors import MinembedError
+
+
+
+@functools.cache
+def _try_cupy():
+    """Import CuPy once, lazily; None when it is missing or no GPU is usable."""
+    try:
+        import cupy  # optional dependency, never imported at top level
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:
+        return None
+
+
+def gpu_available():
+    return _try_cupy() is not None
+
+
+def get_xp(device="cpu"):
+    """Map a device name (cpu, gpu, auto) to an array module."""
+    if device == "cpu":
+        return np
+    if device in ("gpu", "cuda"):
+        cp = _try_cupy()
+        if cp is None:
+            raise MinembedError("--device gpu: CuPy with a usable GPU was not found "
+                                "(pip install -e '.[gpu]' on a machine with a CUDA GPU)")
+        return cp
+    if device == "auto":
+        return _try_cupy() or np
+    raise MinembedError(f"unknown device {device!r} (expected cpu, gpu or auto)")
+
 
 _cache = [None, None]  # (modules loaded, ThreadpoolController): scanning the libraries takes ~2 ms
 _active = []  # the thread counts of the contexts we are inside

@@ -23,7 +23,9 @@ import numpy as np
 
 from .corpus import Corpus
 from ..errors import MinembedError
-from .model import Model, atomic_write_bytes, load
+from .files import atomic_write_bytes
+from .model import Model
+from .modeldir import load
 
 CACHE_PREFIX = "search-"
 

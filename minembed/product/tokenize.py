@@ -29,6 +29,7 @@ import shutil
 import numpy as np
 
 from ..errors import MinembedError
+from .files import NpyWriter, map_npy
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]
 DEFAULT_VOCAB_SIZE = 8192
@@ -125,53 +126,6 @@ def encode_texts(tok, texts):
 # ---------------------------------------------------------------------------
 # the tokenised corpus on disk
 
-class _NpyWriter:
-    """Append to a ``.npy`` file of rows (1-D: ``row=()``; 2-D: ``row=(width,)``) whose
-    number is known only at the end.
-
-    The .npy v1.0 format is a 128-byte header (magic, version, a Python-literal
-    dict with dtype and shape, space padding) followed by the raw data. We
-    reserve the header, stream the data, then write the real header in place.
-    """
-    HEADER = 128
-
-    def __init__(self, path, dtype, row=()):
-        self.path, self.dtype, self.row, self.count = path, np.dtype(dtype), tuple(row), 0
-        self.f = open(path, "wb")
-        self.f.write(b"\0" * self.HEADER)
-
-    def append(self, arr):
-        arr = np.ascontiguousarray(arr, dtype=self.dtype).reshape((-1,) + self.row)
-        self.f.write(arr.tobytes())
-        self.count += arr.shape[0]
-
-    def close(self):
-        d = {"descr": self.dtype.str, "fortran_order": False, "shape": (self.count,) + self.row}
-        body = repr(d).encode("latin1")
-        pad = self.HEADER - 10 - len(body) - 1
-        header = b"\x93NUMPY\x01\x00" + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"
-        self.f.seek(0)
-        self.f.write(header)
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-
-
-def _map_npy(path):
-    """A read-only array over a 1-D ``.npy`` file through an mmap we hold (so that
-    its pages can be released), and that mmap. The header is parsed, never
-    unpickled (the format is a Python-literal dict, see _NpyWriter)."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if len(shape) != 1 or dtype.hasobject:
-            raise ValueError(f"{path}: expected a 1-D numeric array")
-        offset = f.tell()
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(mm, dtype=dtype, count=shape[0], offset=offset), mm
-
-
 class TokenizedCorpus:
     """Memory-mapped views of a tokenised corpus directory (see the module docstring).
 
@@ -193,7 +147,7 @@ class TokenizedCorpus:
             with open(os.path.join(self.path, "meta.json")) as f:
                 self.meta = json.load(f)
             for name in self.FILES:
-                arr, mm = _map_npy(os.path.join(self.path, name + ".npy"))
+                arr, mm = map_npy(os.path.join(self.path, name + ".npy"))
                 setattr(self, name, arr)
                 self._mmaps.append(mm)
         except (OSError, ValueError) as e:
@@ -251,7 +205,7 @@ def tokenize_corpus(tok, docs, out_dir, chunk_docs=8192, progress=None):
 
 
 def _tokenize_into(tok, docs, out_dir, tmp, chunk_docs, progress):
-    w = {name: _NpyWriter(os.path.join(tmp, name + ".npy"), dt) for name, dt in
+    w = {name: NpyWriter(os.path.join(tmp, name + ".npy"), dt) for name, dt in
          [("ids", np.int32), ("doc_offsets", np.int64), ("sent_offsets", np.int64),
           ("doc_sents", np.int64), ("sent_chars", np.int32)]}
     w["doc_offsets"].append([0])

@@ -25,7 +25,8 @@ import textwrap
 import numpy as np
 
 from ..errors import MinembedError
-from .model import atomic_write_bytes, read_log
+from .files import atomic_write_bytes
+from .modeldir import read_log
 
 FIGSIZE = (10, 8)   # inches; with DPI the PNG is 1000 x 800 pixels
 DPI = 100
@@ -232,7 +233,8 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
 
     from .corpus import Corpus
     from .evaluate import K, knn_accuracy
-    from .model import Model, load
+    from .model import Model
+    from .modeldir import load
     from .progress import Progress
 
     outs = [out] if isinstance(out, str) else list(out)

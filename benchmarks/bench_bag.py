@@ -126,7 +126,8 @@ class Torch:
 
 
 def copy_bandwidth(mb=64, reps=5):
-    """GB/s of main memory, read + write, as np.copyto of a 64 MB array sees it (the best of reps)."""
+    """GB/s of main memory, read + write, as np.copyto of a 64 MB array sees it (the best of
+    reps)."""
     a = np.ones(mb * 2 ** 20 // 4, np.float32)
     b = np.empty_like(a)
     ts = []
@@ -158,9 +159,9 @@ def encode_bench(torch, reps, n_texts):
     long_docs = sorted(docs, key=len)[-max(200, n_texts // 20):]  # the longest documents
     n_long = sum(len(e) for e in tok.encode_batch(long_docs, add_special_tokens=False))
     print(f"encode: {len(texts):,} sentences of 5-30 words from the built-in corpus, "
-          f"{n_tok / len(texts):.1f} tokens/text on average; the {len(long_docs):,} longest documents, "
-          f"{n_long / len(long_docs):.0f} tokens/text; tokenizer vocab {vocab:,} (trained in "
-          f"{t_tok:.1f} s)\n")
+          f"{n_tok / len(texts):.1f} tokens/text on average; the {len(long_docs):,} longest "
+          f"documents, {n_long / len(long_docs):.0f} tokens/text; tokenizer vocab {vocab:,} "
+          f"(trained in {t_tok:.1f} s)\n")
 
     def ours_ids():
         for ids, offsets in batches:
@@ -196,7 +197,8 @@ def encode_bench(torch, reps, n_texts):
         floor = times.get((g, "floor: tokenizer alone (encode_batch)"))
         for k in d:
             rate = n / statistics.median(times[g, k])
-            rel = f"{statistics.median(floor) / statistics.median(times[g, k]):.2f}" if floor else ""
+            rel = (f"{statistics.median(floor) / statistics.median(times[g, k]):.2f}" if floor
+                   else "")
             print(f"| {k} | {g} | {rate:,.0f} | {rel} |")
     print()
 
@@ -223,7 +225,8 @@ def main():
             torch.set_num_threads(torch_threads)
         except ImportError:
             print("(PyTorch is not installed: `pip install torch` for the comparison; ours only)\n")
-    print(f"NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch is not None else "")
+    print(f"NumPy {np.__version__}"
+          + (f", PyTorch {torch.__version__}" if torch is not None else "")
           + f"; B = {B} pairs ({2 * B} views of {LO}-{HI} ids), V = {V:,}, D = {D}, "
           f"median of {steps} steps\n{common.machine(args, ours_threads, torch_threads)}\n")
 
@@ -258,8 +261,8 @@ def main():
             print(f"| {k} | {cells} | **{m[4]:.1f}** | {rel} |")
         print()
         gbs, mb = copy_bandwidth(), 7 * np.median(rows) * D * 4 / 1e6
-        print(f"Adam's floor (lazy): read p, m, v, g and write p, m, v of the rows once = {mb:.0f} MB; "
-              f"at {gbs:.1f} GB/s (a 64 MB copy here, now) {mb / gbs:.1f} ms; measured "
+        print(f"Adam's floor (lazy): read p, m, v, g and write p, m, v of the rows once = {mb:.0f} "
+              f"MB; at {gbs:.1f} GB/s (a 64 MB copy here, now) {mb / gbs:.1f} ms; measured "
               f"{med[names[0]][3]:.1f} ms\n")
         if best:  # the step ratio per round, to show the spread
             per = [a[4] / min(b[4], c[4]) for a, b, c in zip(

@@ -1,6 +1,7 @@
 """Data-parallel training on 1, 2 and 4 MPI ranks, and gradient caching's memory.
 
-    python benchmarks/bench_distributed.py [--ranks 1 2 4] [--steps 12] [--model bag|transformer|both]
+    python benchmarks/bench_distributed.py [--ranks 1 2 4] [--steps 12]
+        [--model bag|transformer|both]
     python benchmarks/bench_distributed.py --memory [--runs 128:0 256:0 1024:256 1024:64]
     python benchmarks/bench_distributed.py --project    (docs/scaling.md's model: 8-64 GPU ranks)
 
@@ -45,8 +46,9 @@ from minembed.product.settings import TrainConfig  # noqa: E402
 
 V = 30_000
 WORK = {"bag": dict(B=256, lo=32, hi=64, cfg=dict(model="bag", dim=256)),
-        "transformer": dict(B=64, lo=32, hi=64, cfg=dict(model="transformer", dim=128, layers=2, heads=4,
-                                                           ffn=512, max_len=64, dropout=0.1))}
+        "transformer": dict(B=64, lo=32, hi=64,
+                            cfg=dict(model="transformer", dim=128, layers=2, heads=4, ffn=512,
+                                     max_len=64, dropout=0.1))}
 _ZIPF_CDF = np.cumsum(1.0 / (np.arange(V) + 10.0))
 _ZIPF_CDF /= _ZIPF_CDF[-1]
 
@@ -62,7 +64,8 @@ def setup(model, cfg):
     enc = bag if model == "bag" else transformer
     ecfg = dict(cfg, vocab_size=V)
     params = enc.init_params(ecfg, np.random.default_rng(0))
-    return enc, ecfg, params, TrainConfig(**{k: v for k, v in cfg.items() if k in ("model", "dim")}).resolved()
+    return enc, ecfg, params, TrainConfig(**{k: v for k, v in cfg.items()
+                                             if k in ("model", "dim")}).resolved()
 
 
 def worker(model, steps):
@@ -81,8 +84,8 @@ def worker(model, steps):
         out = f(x, *a)
         spent[0] += time.perf_counter() - t0
         return out
-    comm.allgather = lambda x, counts: timed(gather, x, x.nbytes // max(1, len(x)) * sum(counts) * (R - 1) // R,
-                                             counts)
+    comm.allgather = lambda x, counts: timed(
+        gather, x, x.nbytes // max(1, len(x)) * sum(counts) * (R - 1) // R, counts)
     comm.allreduce = lambda x: timed(reduce, x, 2 * x.nbytes * (R - 1) // R)
     times, comms, moved = [], [], []
     for s in range(steps + 2):
@@ -103,7 +106,8 @@ def worker(model, steps):
     merge = {}
     if model == "bag" and R > 1:
         ids, offsets = make_batch(np.random.default_rng([9, R]), w["B"] // R, w["lo"], w["hi"])
-        g = bag.backward(np.ones((len(offsets) - 1, 256), np.float32), bag.forward(params, ids, offsets)[1])
+        g = bag.backward(np.ones((len(offsets) - 1, 256), np.float32),
+                         bag.forward(params, ids, offsets)[1])
         for name, factor in (("rows", 1e9), ("dense", 0.0)):
             dist.SPARSE_FACTOR, ts = factor, []
             for _ in range(5):
@@ -115,8 +119,10 @@ def worker(model, steps):
         merge["rows_per_rank"] = len(g["tok_emb"].rows)
     if comm.rank == 0:
         print(json.dumps(dict(model=model, ranks=R, step_ms=1e3 * statistics.median(times),
-                              comm_ms=1e3 * statistics.median(comms), mbytes=statistics.median(moved) / 1e6,
-                              pairs_per_s=WORK[model]["B"] / statistics.median(times), merge=merge)))
+                              comm_ms=1e3 * statistics.median(comms),
+                              mbytes=statistics.median(moved) / 1e6,
+                              pairs_per_s=WORK[model]["B"] / statistics.median(times),
+                              merge=merge)))
 
 
 def memory_worker(batch, micro):
@@ -145,7 +151,8 @@ def memory_worker(batch, micro):
 # (row counts, stop flag) cost alpha log2 R each. "Sharded": each rank computes only its b
 # anchors' loss rows against all B positives (6 b B D flop, (b, B) matrices) and a
 # reduce-scatter of dL/dp ((R-1)/R 4 B D bytes) gives each rank its positives' gradient.
-NVLINK, IB = (350e9, 10e-6), (45e9, 25e-6)   # bus bandwidth (B/s) and latency (s): in a node, across
+# bus bandwidth (B/s) and latency (s): in a node, across
+NVLINK, IB = (350e9, 10e-6), (45e9, 25e-6)
 F = 40e12                                      # fp32 matmul flop/s reached by the loss's products
 MODELS = {"bag": dict(b=4096, step=2.57e-3, D=256, V=30_000, P=0, U=25_000),
           "transformer": dict(b=256, step=62.3e-3, D=256, V=30_000, P=3.2e6, U=10_000)}
@@ -163,8 +170,10 @@ def project(model, R):
     moved = gather + dense + rows
     comm = moved / beta + lat * (4 + (m["P"] > 0))
     compute = m["step"] - loss(m["b"]) + loss(B)
-    fits = 12 * B * B < 100e9                                       # S, P and g: (B, B) float32 each
-    sharded = m["step"] - loss(m["b"]) + 6 * m["b"] * B * D / F + comm + 4 * B * D * (R - 1) / R / beta + lat
+    # S, P and g: (B, B) float32 each
+    fits = 12 * B * B < 100e9
+    sharded = (m["step"] - loss(m["b"]) + 6 * m["b"] * B * D / F + comm
+               + 4 * B * D * (R - 1) / R / beta + lat)
     return dict(B=B, moved=moved, comm=comm, compute=compute, step=compute + comm, fits=fits,
                 sharded=sharded)
 
@@ -180,8 +189,8 @@ def main():
     ap.add_argument("--project", action="store_true")
     a = ap.parse_args()
     if a.project:
-        print("| model | GPU ranks | global batch | MB received per rank | communication ms | compute ms "
-              "(of it the loss) | step ms | pairs/s | sharded loss: step ms, pairs/s |\n"
+        print("| model | GPU ranks | global batch | MB received per rank | communication ms | "
+              "compute ms (of it the loss) | step ms | pairs/s | sharded loss: step ms, pairs/s |\n"
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for model in MODELS:
             for R in (1, 8, 16, 32, 64):
@@ -190,44 +199,51 @@ def main():
                 step = (f"{1e3 * p['compute']:.1f} ({1e3 * loss:.1f}) | {1e3 * p['step']:.1f} | "
                         f"{p['B'] / p['step']:,.0f}") if p["fits"] else \
                     f"(B, B) matrices: {12 * p['B'] ** 2 / 1e9:.0f} GB, do not fit | – | –"
-                print(f"| {model} | {R} | {p['B']:,} | {p['moved'] / 1e6:.1f} | {1e3 * p['comm']:.2f} | {step} | "
-                      f"{1e3 * p['sharded']:.1f}, {p['B'] / p['sharded']:,.0f} |")
+                print(f"| {model} | {R} | {p['B']:,} | {p['moved'] / 1e6:.1f} | "
+                      f"{1e3 * p['comm']:.2f} | {step} | {1e3 * p['sharded']:.1f}, "
+                      f"{p['B'] / p['sharded']:,.0f} |")
         return
     if a.worker:
-        return memory_worker(*map(int, a.runs[0].split(":"))) if a.memory else worker(a.model, a.steps)
+        return (memory_worker(*map(int, a.runs[0].split(":"))) if a.memory
+                else worker(a.model, a.steps))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     me = [sys.executable, os.path.abspath(__file__), "--worker"]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if a.memory:
         print("transformer (4 layers, d 256, FFN 1024), views of 64-128 ids, dropout 0.1")
-        print("| global batch | micro-batch | peak RSS | peak NumPy allocations | step s |\n|---:|---:|---:|---:|---:|")
+        print("| global batch | micro-batch | peak RSS | peak NumPy allocations | step s |\n"
+              "|---:|---:|---:|---:|---:|")
         for run in a.runs:
             batch, m = run.split(":")
-            out = subprocess.run(me + ["--memory", "--runs", run], env=env, capture_output=True, text=True)
+            out = subprocess.run(me + ["--memory", "--runs", run], env=env,
+                                 capture_output=True, text=True)
             if out.returncode:
                 print(f"| {batch} | {m} | failed: {out.stderr.strip().splitlines()[-1:]} |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {batch} | {int(m) or 'whole batch'} | {r['rss_gb']:.2f} GB | {r['alloc_peak_gb']:.2f} GB | "
-                  f"{r['seconds']:.1f} |", flush=True)
+            print(f"| {batch} | {int(m) or 'whole batch'} | {r['rss_gb']:.2f} GB | "
+                  f"{r['alloc_peak_gb']:.2f} GB | {r['seconds']:.1f} |", flush=True)
         return
     mpiexec = shutil.which("mpiexec", path=sysconfig.get_path("scripts")) or shutil.which("mpiexec")
-    print("| model | ranks | step ms | communication ms | MB received per rank | pairs/s | RowGrad sum: rows / dense ms |")
+    print("| model | ranks | step ms | communication ms | MB received per rank | pairs/s | "
+          "RowGrad sum: rows / dense ms |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for model in (["bag", "transformer"] if a.model == "both" else [a.model]):
         for n in a.ranks:
             e = dict(env)
             if n > os.cpu_count():
                 e.setdefault("MPIR_CVAR_ALLGATHERV_INTRA_ALGORITHM", "recursive_doubling")
-            out = subprocess.run([mpiexec, "-n", str(n)] + me + ["--model", model, "--steps", str(a.steps)],
+            out = subprocess.run([mpiexec, "-n", str(n)] + me
+                                 + ["--model", model, "--steps", str(a.steps)],
                                  env=e, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-2000:])
             r = json.loads(out.stdout.strip().splitlines()[-1])
             m = r["merge"]
-            merge = f"{m['rows']:.1f} / {m['dense']:.1f} ({m['rows_per_rank']:,} rows each)" if m else "–"
-            print(f"| {model} | {n} | {r['step_ms']:.1f} | {r['comm_ms']:.1f} | {r['mbytes']:.2f} | "
-                  f"{r['pairs_per_s']:.0f} | {merge} |", flush=True)
+            merge = f"{m['rows']:.1f} / {m['dense']:.1f} ({m['rows_per_rank']:,} rows each)" \
+                if m else "–"
+            print(f"| {model} | {n} | {r['step_ms']:.1f} | {r['comm_ms']:.1f} | {r['mbytes']:.2f} "
+                  f"| {r['pairs_per_s']:.0f} | {merge} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -72,17 +72,20 @@ def matryoshka(models):
             warnings.simplefilter("ignore")
             row = [knn(mat.encode(texts, dim=k), labels), knn(alone.encode(texts), labels),
                    knn(plain.encode(texts, dim=k), labels)]
-        print(f"| {k} | {cell(row[0])} | " + " | ".join(f"{cell(r)} ({row[0].mean() - r.mean():+.1f})"
-                                                       for r in row[1:]) + " |", flush=True)
+        print(f"| {k} | {cell(row[0])} | " +
+              " | ".join(f"{cell(r)} ({row[0].mean() - r.mean():+.1f})" for r in row[1:]) +
+              " |", flush=True)
 
 
 def quantized(models):
     texts, labels = minembed.builtin()
-    print("| model | dim | float32 | float16 | int8 | binary (Hamming) | bytes: f32 / f16 / int8 / binary |")
+    print("| model | dim | float32 | float16 | int8 | binary (Hamming) | "
+          "bytes: f32 / f16 / int8 / binary |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, dims in (("bag256", (256,)), ("mat", DIMS)):
         title = "plain 256" if name == "bag256" else "Matryoshka"
-        m = model(models, name, **({"dim": 256, "members": 1} if name == "bag256" else {"matryoshka": "32,64,128,256"}))
+        m = model(models, name, **({"dim": 256, "members": 1} if name == "bag256"
+                                   else {"matryoshka": "32,64,128,256"}))
         calibrate(m, texts)
         for k in dims:
             X = m.encode(texts, dim=k)
@@ -90,7 +93,8 @@ def quantized(models):
             cells = [knn(X, labels), knn(dequantize(quantize(X, "float16"), "float16"), labels),
                      knn(dequantize(quantize(X, "int8", s), "int8", s), labels),
                      knn(dequantize(quantize(X, "binary"), "binary", dim=k) > 0, labels, "hamming")]
-            print(f"| {title} | {k} | {cell(cells[0])} | " + " | ".join(cell(c, cells[0]) for c in cells[1:]) +
+            print(f"| {title} | {k} | {cell(cells[0])} | " +
+                  " | ".join(cell(c, cells[0]) for c in cells[1:]) +
                   f" | {4 * k} / {2 * k} / {k} / {-(-k // 8)} |", flush=True)
 
 
@@ -116,11 +120,13 @@ def embed(models, gb, workdir, keep):
         generate(big, gb)
     out = os.path.join(workdir, "x.npy")
     for dtype in ("float32",):
-        r = subprocess.run([sys.executable, "-c", _CHILD, "embed", m.path, big, "-o", out, "--dtype", dtype],
+        r = subprocess.run([sys.executable, "-c", _CHILD, "embed", m.path, big, "-o", out,
+                            "--dtype", dtype],
                            capture_output=True, text=True)
         if r.returncode:
             sys.exit(r.stderr)
-        vals = dict(line.split() for line in r.stdout.splitlines() if line.split()[0] in ("seconds", "vmhwm_kb"))
+        vals = dict(line.split() for line in r.stdout.splitlines()
+                    if line.split()[0] in ("seconds", "vmhwm_kb"))
         X = np.load(out, mmap_mode="r")
         print(f"| {os.path.getsize(big) / 1e9:.2f} GB | {X.shape[0]:,} | {X.shape[1]} {dtype} "
               f"({os.path.getsize(out) / 1e9:.2f} GB) | {float(vals['seconds']):.0f} s | "
@@ -133,7 +139,8 @@ def embed(models, gb, workdir, keep):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=["matryoshka", "quantize", "embed"])
-    ap.add_argument("--models", required=True, help="directory of the trained models (made if missing)")
+    ap.add_argument("--models", required=True,
+                    help="directory of the trained models (made if missing)")
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where the generated file goes")
     ap.add_argument("--keep", action="store_true", help="keep the embeddings file")

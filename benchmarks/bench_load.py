@@ -20,7 +20,8 @@ import time
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--load", default="0,1", help="busy processes beside the run, a list")
-    ap.add_argument("--threads", default="default,2", help="default (minembed's choice) or N, a list")
+    ap.add_argument("--threads", default="default,2",
+                    help="default (minembed's choice) or N, a list")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", default="bag")
     ap.add_argument("--max-steps", type=int, default=0, help="0: the default run (all its steps)")
@@ -28,7 +29,8 @@ def main():
     loads, settings = [int(x) for x in args.load.split(",")], args.threads.split(",")
     out = tempfile.mkdtemp(prefix="bench_load_")
     base = [sys.executable, "-m", "minembed", "train", "--model", args.model, "-q", "--force",
-            "-o", os.path.join(out, "m")] + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
+            "-o", os.path.join(out, "m")] + (["--max-steps", str(args.max_steps)]
+                                             if args.max_steps else [])
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
     env.pop("MINEMBED_THREADS", None)
     subprocess.run(base + ["--max-steps", "1"], check=True, env=env)  # builds the corpus cache
@@ -40,7 +42,8 @@ def main():
                 time.sleep(0.5)
                 for s in settings:
                     t = time.perf_counter()
-                    subprocess.run(base + ([] if s == "default" else ["--threads", s]), check=True, env=env)
+                    subprocess.run(base + ([] if s == "default" else ["--threads", s]),
+                                   check=True, env=env)
                     times[n, s].append(time.perf_counter() - t)
             finally:
                 for p in busy:

@@ -69,7 +69,8 @@ def main():
                 t = time.perf_counter()
                 f()
                 times[k].append(time.perf_counter() - t)
-    print(f"{N} views, {M} rows, D = {D}, V = {V}: lookup + pooling, forward + backward (median ms)")
+    print(f"{N} views, {M} rows, D = {D}, V = {V}: lookup + pooling, forward + backward (median "
+          "ms)")
     best = min(np.median(v) for k, v in times.items() if k != "bag layer")
     for k, v in times.items():
         print(f"  {k:12s} {1e3 * np.median(v):7.2f} ms   / best plain {np.median(v) / best:.2f}")

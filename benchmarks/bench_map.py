@@ -119,7 +119,8 @@ def main():
         load0 = os.getloadavg()[0]
         p = subprocess.run([sys.executable, "-c", CHILD, corpus, model, work, str(args.sklearn)],
                            env=env, stdout=subprocess.PIPE, text=True, check=True)
-        res = json.loads(next(l for l in p.stdout.splitlines() if l.startswith("RESULT"))[7:])
+        res = json.loads(next(line for line in p.stdout.splitlines()
+                              if line.startswith("RESULT"))[7:])
         res.update(cpus=os.cpu_count(), load_before=round(load0, 1),
                    load_after=round(os.getloadavg()[0], 1))
         print(json.dumps(res, indent=1))

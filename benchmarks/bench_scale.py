@@ -32,7 +32,8 @@ WORDS = ("time person year way day thing man world life hand part child eye woma
          "music history science language market energy water light system theory table result "
          "good new first last long great little own other old right big high different small large "
          "next early young important few public bad same able make take see come think look want "
-         "give use find tell ask seem feel try leave call keep run move live believe hold bring").split()
+         "give use find tell ask seem feel try leave call keep run move live believe "
+         "hold bring").split()
 
 
 def make_sentences(rng, n=20000):
@@ -65,7 +66,8 @@ def generate(path, gb, seed=0):
             f.write(data)
             written += len(data)
             print(f"\rgenerating: {written / 1e9:.2f} / {gb:g} GB", end="", file=sys.stderr)
-    print(f"\rgenerated {written / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(f"\rgenerated {written / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr)
     return written
 
 
@@ -78,13 +80,16 @@ Corpus(CORPUS).tokenizer(VOCAB)
 from minembed import Corpus
 src = Corpus(CORPUS)
 tc = src.tokenized(src.tokenizer(VOCAB), progress=True)
-print("RESULT", {"documents": tc.n_docs, "tokens": tc.n_tokens, "sentences": int(tc.meta["n_sents"]),
-                 "bytes_on_disk": sum(os.path.getsize(os.path.join(tc.path, f)) for f in os.listdir(tc.path))})
+print("RESULT", {"documents": tc.n_docs, "tokens": tc.n_tokens,
+                 "sentences": int(tc.meta["n_sents"]),
+                 "bytes_on_disk": sum(os.path.getsize(os.path.join(tc.path, f))
+                                      for f in os.listdir(tc.path))})
 """,
     "train": """
 from minembed import TrainConfig
 from minembed.product.run import train
-m = train(CORPUS, OUT, TrainConfig(vocab_size=VOCAB, dim=64, batch_size=256, max_steps=STEPS, members=1),
+m = train(CORPUS, OUT, TrainConfig(vocab_size=VOCAB, dim=64, batch_size=256, max_steps=STEPS,
+                                   members=1),
           quiet=True, checkpoint_every=STEPS // 2)
 """,
 }
@@ -107,13 +112,15 @@ def run_phase(name, corpus, env, vocab, steps, out):
             rss_kb = int(line.split()[1])
         elif line.startswith("RESULT"):
             result = eval(line[len("RESULT"):])  # our own dict literal
-    return {"phase": name, "seconds": round(dt, 1), "peak_rss_mb": round(rss_kb / 1024, 1), **result}
+    return {"phase": name, "seconds": round(dt, 1),
+            "peak_rss_mb": round(rss_kb / 1024, 1), **result}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gb", type=float, default=1.0, help="corpus size in GB")
-    ap.add_argument("--dir", default=None, help="where to put the corpus and cache (default: a temp dir)")
+    ap.add_argument("--dir", default=None,
+                    help="where to put the corpus and cache (default: a temp dir)")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=50, help="training steps on the corpus")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -138,7 +145,8 @@ def main():
               f"{tok['tokens']:,} tokens, {tok['bytes_on_disk'] / 1e9:.2f} GB on disk")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"corpus_bytes": size, "cpus": os.cpu_count(), "phases": rows}, f, indent=2)
+                json.dump({"corpus_bytes": size, "cpus": os.cpu_count(), "phases": rows},
+                          f, indent=2)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,12 +1,13 @@
 """One transformer training step, ours (NumPy) vs PyTorch CPU eager.
 
-    python benchmarks/bench_transformer.py [--steps 5] [--no-torch] [--profile] [--size issue|default]
-                                           [--threads N] [--torch-threads N] [--load N]
+    python benchmarks/bench_transformer.py [--steps 5] [--no-torch] [--profile]
+                                           [--size issue|default] [--threads N]
+                                           [--torch-threads N] [--load N]
 
 Workload: B = 64 pairs = 128 views of 64-128 random tokens, vocab 30,000; --size issue (the
 speed issue's, the default here): d 256, 4 layers, 4 heads, FFN 1024, views <= 128 tokens;
---size default: minembed train's transformer (2 layers, d 128, FFN 512, <= 64 tokens); dropout 0.1, an
-InfoNCE loss on the pooled vectors (minembed.loss when present, else
+--size default: minembed train's transformer (2 layers, d 128, FFN 512, <= 64 tokens); dropout 0.1,
+an InfoNCE loss on the pooled vectors (minembed.loss when present, else
 sum(emb * R)), Adam (minembed.optim when present, lazy rows for tok_emb; else
 an inline dense Adam). Times forward (+ loss), backward, Adam separately,
 median over steps; encode throughput (train=False); peak RSS.
@@ -67,7 +68,8 @@ class Ours:
         self.cfg = dict(CFG, vocab_size=VOCAB, buckets=buckets)
         self.params = tr.init_params(self.cfg, np.random.default_rng(seed))
         self.rng = np.random.default_rng(seed + 1)
-        self.R = np.random.default_rng(seed + 2).standard_normal((2 * B, self.cfg["dim"])).astype(np.float32)
+        self.R = np.random.default_rng(seed + 2).standard_normal(
+            (2 * B, self.cfg["dim"])).astype(np.float32)
         if adam_init is not None:
             self.state = adam_init(self.params)
         else:
@@ -210,7 +212,8 @@ def gemm_gflops(M=12288, K=256, N=1024, reps=5):
     """float32 GEMM speed of NumPy's BLAS here (the shapes of the MLP's first linear), the best
     of ``reps`` (the floor: what the machine gives at best)."""
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32)
+    a, b = (rng.standard_normal((M, K), dtype=np.float32),
+            rng.standard_normal((K, N), dtype=np.float32))
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -235,8 +238,9 @@ def main():
     ap.add_argument("--encode-batches", type=int, default=4)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--size", choices=SIZES, default="issue", help="issue: d 256, 4 layers, <= 128 tokens; "
-                    "default: minembed train's transformer")
+    ap.add_argument("--size", choices=SIZES, default="issue",
+                    help="issue: d 256, 4 layers, <= 128 tokens; "
+                         "default: minembed train's transformer")
     ap.add_argument("--buckets", default=str(tr.BUCKETS),
                     help="attention length buckets; a list (1,4) compares them side by side")
     common.add_options(ap)
@@ -247,10 +251,12 @@ def main():
     batches = [make_batch(rng) for _ in range(args.steps + 1)]
     enc_batches = batches[:args.encode_batches]
     CFG.update(SIZES[args.size])
-    print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, --size {args.size}: {CFG}")
+    print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, --size {args.size}: "
+          f"{CFG}")
     print(common.machine(args, ours_threads, torch_threads))
     print(f"loss: {'minembed.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
-          f"adam: {'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
+          "adam: "
+          f"{'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
 
     settings = [int(b) for b in args.buckets.split(",")]
     variants = {nb: Ours(buckets=nb) for nb in settings}
@@ -304,13 +310,16 @@ def main():
           f"({common.machine(args, ours_threads, torch_threads)})")
     print("| | step (s) | fwd (s) | bwd (s) | Adam (s) | CPU s a step | encode (texts/s) |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| minembed (NumPy) | {so:.3f} | {fo:.3f} | {bo:.3f} | {ao:.3f} | {np.median(cpu_o):.2f} | {eo:.0f} |")
-    print(f"| PyTorch eager, SDPA | {st:.3f} | {ft:.3f} | {bt_:.3f} | {at:.3f} | {np.median(cpu_t):.2f} | {et:.0f} |")
-    print(f"| ratio ours/torch | **{so / st:.2f}** | {fo / ft:.2f} | {bo / bt_:.2f} | {ao / at:.2f} | "
-          f"{np.median(cpu_o) / np.median(cpu_t):.2f} | **{eo / et:.2f}** (throughput) |")
+    print(f"| minembed (NumPy) | {so:.3f} | {fo:.3f} | {bo:.3f} | {ao:.3f} | "
+          f"{np.median(cpu_o):.2f} | {eo:.0f} |")
+    print(f"| PyTorch eager, SDPA | {st:.3f} | {ft:.3f} | {bt_:.3f} | {at:.3f} | "
+          f"{np.median(cpu_t):.2f} | {et:.0f} |")
+    print(f"| ratio ours/torch | **{so / st:.2f}** | {fo / ft:.2f} | {bo / bt_:.2f} | "
+          f"{ao / at:.2f} | {np.median(cpu_o) / np.median(cpu_t):.2f} | **{eo / et:.2f}** "
+          "(throughput) |")
     print(f"step ratio per round: {', '.join(f'{r:.2f}' for r in per)}")
-    print(f"floor: {flops / 1e9:.0f} GFLOP / {np.median(rates):.0f} GFLOP/s (NumPy GEMM, median of the "
-          f"rounds) = {floor:.2f} s = {floor / so:.0%} of our step")
+    print(f"floor: {flops / 1e9:.0f} GFLOP / {np.median(rates):.0f} GFLOP/s (NumPy GEMM, median of "
+          f"the rounds) = {floor:.2f} s = {floor / so:.0%} of our step")
     print(f"peak RSS: ours alone {rss:.0f} MB; process after torch too {peak_rss_mb():.0f} MB")
 
 

@@ -10,7 +10,8 @@ from minembed.product import runtime  # noqa: E402
 
 def add_options(ap):
     ap.add_argument("--threads", type=int, default=None,
-                    help="NumPy's BLAS threads [minembed's choice for the model: minembed/runtime.py]")
+                    help="NumPy's BLAS threads [minembed's choice for the model: "
+                         "minembed/runtime.py]")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="PyTorch's threads [the idle cores: its best on a quiet machine]")
     ap.add_argument("--load", type=int, default=0,
@@ -31,5 +32,5 @@ def setup(args, model):
 
 def machine(args, ours, theirs):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cores} cores, load average {os.getloadavg()[0]:.1f} (--load {args.load}: busy processes "
-            f"started for this run); threads: NumPy BLAS {ours}, PyTorch {theirs}")
+    return (f"{cores} cores, load average {os.getloadavg()[0]:.1f} (--load {args.load}: busy "
+            f"processes started for this run); threads: NumPy BLAS {ours}, PyTorch {theirs}")

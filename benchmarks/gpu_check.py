@@ -289,12 +289,15 @@ def compare_bag(quick):
     params = bag.init_params(cfg, rng)
     ids, offsets = bag_batch(rng, pairs, V)
     compare_step(f"bag (B={pairs} pairs)", bag, cfg, params, ids, offsets, lr=0.1)
-    import cupy as cp  # --pooling sublinear: the CuPy sparse path (no kernel), as minembed encode runs it
+    # --pooling sublinear: the CuPy sparse path (no kernel), as minembed encode runs it
+    import cupy as cp
     want = bag.sublinear_bag_forward(params["tok_emb"], ids, offsets)[0]
-    got = cp.asnumpy(bag.sublinear_bag_forward(*map(cp.asarray, (params["tok_emb"], ids, offsets)))[0])
+    got = cp.asnumpy(bag.sublinear_bag_forward(*map(cp.asarray,
+                                                    (params["tok_emb"], ids, offsets)))[0])
     err = float(np.abs(got - want).max() / np.abs(want).max())
     print(f"bag encoding with --pooling sublinear: GPU vs NumPy max|diff|/max|x| = {err:.1e}")
-    SUMMARY.append(("bag --pooling sublinear GPU vs NumPy", f"{err:.1e}", "", "pass" if err < 1e-5 else "FAIL"))
+    SUMMARY.append(("bag --pooling sublinear GPU vs NumPy", f"{err:.1e}", "",
+                    "pass" if err < 1e-5 else "FAIL"))
 
 
 def compare_transformer(quick):
@@ -658,7 +661,8 @@ def timings(quick):
     with guarded(f"{workload}: phases"):
         ph = phases(transformer, tcfg, tparams, ids, offsets, n, clip=1.0)
         RESULTS[workload + " phases"] = ph
-        print(f"{workload}: minembed phases (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
+        print(f"{workload}: minembed phases (ms): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
     with guarded(f"{workload}: GPU breakdown"):
         RESULTS[workload + " breakdown"] = gpu_breakdown(
             minembed_runner(transformer, tcfg, tparams, ids, offsets, clip=1.0), n)

@@ -1,6 +1,6 @@
 """Quality of minembed's encoders against TF-IDF, on several labelled corpora.
 
-    python tools/corpora.py /tmp/corpora                      # wordnet, fortunes, debian (docs/corpora.md)
+    python tools/corpora.py /tmp/corpora  # wordnet, fortunes, debian (docs/corpora.md)
     python benchmarks/quality.py --corpora /tmp/corpora -o docs/quality.md
     python benchmarks/quality.py --corpora /tmp/corpora --only fortunes --rows default,ep40
 
@@ -31,13 +31,15 @@ from minembed.product.run import train  # noqa: E402
 SPLITS = 10
 # row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped
 ROWS = {
-    "default": ("bag: minembed train as shipped (four 64-wide tables side by side, 20 epochs each; a crop and "
-                "the rest of its document, scale 10, vocabulary 16k)", {}),
+    "default": ("bag: minembed train as shipped (four 64-wide tables side by side, 20 epochs each; "
+                "a crop and the rest of its document, scale 10, vocabulary 16k)", {}),
     "default-s1": ("  the default, training seed 1", dict(seed=1)),
     "default-s2": ("  the default, training seed 2", dict(seed=2)),
     "default-sublinear": ("  the default + --pooling sublinear", dict(pooling="sublinear")),
-    "default-sublinear-s1": ("  the default + --pooling sublinear, training seed 1", dict(pooling="sublinear", seed=1)),
-    "default-sublinear-s2": ("  the default + --pooling sublinear, training seed 2", dict(pooling="sublinear", seed=2)),
+    "default-sublinear-s1": ("  the default + --pooling sublinear, training seed 1",
+                             dict(pooling="sublinear", seed=1)),
+    "default-sublinear-s2": ("  the default + --pooling sublinear, training seed 2",
+                             dict(pooling="sublinear", seed=2)),
     "m4-ep10": ("  four members, 10 epochs each (the steps of one table's 40)", dict(epochs=10)),
     "m4-ep15": ("  four members, 15 epochs each", dict(epochs=15)),
     "m4-ep40": ("  four members, 40 epochs each", dict(epochs=40)),
@@ -48,11 +50,14 @@ ROWS = {
     "m4-d512-s1": ("  --dim 512, training seed 1", dict(dim=512, seed=1)),
     "m4-d512-s2": ("  --dim 512, training seed 2", dict(dim=512, seed=2)),
     "m4-d512-sublinear": ("  --dim 512 --pooling sublinear", dict(dim=512, pooling="sublinear")),
-    "m4-d512-sublinear-s1": ("  --dim 512 --pooling sublinear, training seed 1", dict(dim=512, pooling="sublinear", seed=1)),
-    "m4-d512-sublinear-s2": ("  --dim 512 --pooling sublinear, training seed 2", dict(dim=512, pooling="sublinear", seed=2)),
+    "m4-d512-sublinear-s1": ("  --dim 512 --pooling sublinear, training seed 1",
+                             dict(dim=512, pooling="sublinear", seed=1)),
+    "m4-d512-sublinear-s2": ("  --dim 512 --pooling sublinear, training seed 2",
+                             dict(dim=512, pooling="sublinear", seed=2)),
     "m8-d512": ("  --members 8 --dim 512: eight 64-wide members", dict(members=8, dim=512)),
     "m6-d384": ("  --members 6 --dim 384: six 64-wide members", dict(members=6, dim=384)),
-    # the rows below were measured when the default was one 256-wide table (--members 1): so they still are
+    # the rows below were measured when the default was one 256-wide table (--members 1): so
+    # they still are
     "one": ("bag: one 256-wide table (--members 1; the default until 2026-12-05: 40 epochs)", {}),
     "crops": ("bag: two crops instead (the paper's pairs; spans of 10-50 %)", CROPS),
     "v0.1": ("bag: the 0.1 defaults (two crops, ~800 steps, scale 20, vocabulary 8k)",
@@ -60,16 +65,20 @@ ROWS = {
     "ep40": ("  0.1 + 40 epochs", dict(CROPS, epochs=40, scale=20, vocab_size=8192)),
     "ep40-s10": ("  0.1 + 40 epochs + scale 10", dict(CROPS, epochs=40, scale=10, vocab_size=8192)),
     "ep40-s5": ("  0.1 + 40 epochs + scale 5", dict(CROPS, epochs=40, scale=5, vocab_size=8192)),
-    "ep40-v32k": ("  0.1 + 40 epochs + vocabulary 32k", dict(CROPS, epochs=40, scale=20, vocab_size=32768)),
-    "ep40-d512": ("  0.1 + 40 epochs + dim 512", dict(CROPS, epochs=40, scale=20, vocab_size=8192, dim=512)),
+    "ep40-v32k": ("  0.1 + 40 epochs + vocabulary 32k",
+                  dict(CROPS, epochs=40, scale=20, vocab_size=32768)),
+    "ep40-d512": ("  0.1 + 40 epochs + dim 512",
+                  dict(CROPS, epochs=40, scale=20, vocab_size=8192, dim=512)),
     "ep40-b256": ("  0.1 + 40 epochs + batch 256",
                   dict(CROPS, epochs=40, scale=20, vocab_size=8192, batch_size=256)),
     "ep40-spans3-8": ("  0.1 + 40 epochs + token spans of 30-80 %",
-                      dict(CROPS, epochs=40, scale=20, vocab_size=8192, span_min=0.3, span_max=0.8)),
+                      dict(CROPS, epochs=40, scale=20, vocab_size=8192, span_min=0.3,
+                           span_max=0.8)),
     "ep40-s10-d512": ("  40 epochs + scale 10 + dim 512",
                       dict(CROPS, epochs=40, scale=10, vocab_size=8192, dim=512)),
     "ep40-s10-sp1-3": ("  40 epochs + scale 10 + token spans of 10-30 %",
-                       dict(CROPS, epochs=40, scale=10, vocab_size=8192, span_min=0.1, span_max=0.3)),
+                       dict(CROPS, epochs=40, scale=10, vocab_size=8192, span_min=0.1,
+                            span_max=0.3)),
     "ep100-s10": ("  100 epochs + scale 10", dict(CROPS, epochs=100, scale=10, vocab_size=8192)),
     # with the crop-and-rest pairs (docs/quality.md, "Levers with the crop-and-rest pairs")
     "seed1": ("  one table, training seed 1", dict(seed=1)),
@@ -87,21 +96,27 @@ ROWS = {
     "lr0.01": ("  + lr 0.01", dict(lr=0.01)),
     "lr0.03-ep60": ("  + lr 0.03, 60 epochs", dict(lr=0.03, epochs=60)),
     "lr0.03-d512": ("  + lr 0.03, dim 512", dict(lr=0.03, dim=512)),
-    "sublinear": ("  + --pooling sublinear (encoding: a token n times weighs 1 + log n)", dict(pooling="sublinear")),
+    "sublinear": ("  + --pooling sublinear (encoding: a token n times weighs 1 + log n)",
+                  dict(pooling="sublinear")),
     "sublinear-s1": ("  + --pooling sublinear, training seed 1", dict(pooling="sublinear", seed=1)),
     "sublinear-s2": ("  + --pooling sublinear, training seed 2", dict(pooling="sublinear", seed=2)),
-    "members2": ("  + --members 2 --dim 512 (256-wide tables of seeds 0 and 1 side by side)", dict(members=2, dim=512)),
+    "members2": ("  + --members 2 --dim 512 (256-wide tables of seeds 0 and 1 side by side)",
+                 dict(members=2, dim=512)),
     "members3": ("  + --members 3 --dim 768 (seeds 0, 1, 2)", dict(members=3, dim=768)),
-    "members3-sublinear": ("  + --members 3 --dim 768 --pooling sublinear", dict(members=3, dim=768, pooling="sublinear")),
-    "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and the rest, "
-                    "starting as a bag model trained first, lr 3e-5)", dict(model="transformer")),
+    "members3-sublinear": ("  + --members 3 --dim 768 --pooling sublinear",
+                           dict(members=3, dim=768, pooling="sublinear")),
+    "transformer": ("transformer: minembed train --model transformer (2 layers, d 128, a crop and "
+                    "the rest, starting as a bag model trained first, lr 3e-5)",
+                    dict(model="transformer")),
     "transformer-crops": ("transformer, two crops instead", dict(CROPS, model="transformer")),
     "transformer-scratch-crops": ("transformer, two crops, random token table",
                                   dict(CROPS, model="transformer", bag_init=False)),
-    "transformer-dropout": ("transformer, dropout positives (SimCSE) instead of crops (random table: compare "
-                            "with the row above)", dict(CROPS, model="transformer", positives="dropout")),
+    "transformer-dropout": ("transformer, dropout positives (SimCSE) instead of crops (random "
+                            "table: compare with the row above)",
+                            dict(CROPS, model="transformer", positives="dropout")),
 }
-FOUR = list(ROWS)[:list(ROWS).index("one")]  # rows of the four-member default; the other bag rows: one table
+# rows of the four-member default; the other bag rows: one table
+FOUR = list(ROWS)[:list(ROWS).index("one")]
 ROWS.update({k: (what, dict(s, members=s.get("members", 1))) for k, (what, s) in ROWS.items()
              if k not in FOUR and s.get("model", "bag") == "bag"})
 
@@ -121,7 +136,8 @@ def corpora(directory):
 def measure(name, path, rows, work):
     texts, labels = Corpus(path).labelled("quality")
     res = {}
-    for what, X in (("TF-IDF", lambda: tfidf(texts)), ("TF-IDF + SVD(100) + L2", lambda: tfidf(texts, 100, True)),
+    for what, X in (("TF-IDF", lambda: tfidf(texts)),
+                    ("TF-IDF + SVD(100) + L2", lambda: tfidf(texts, 100, True)),
                     ("TF-IDF + SVD(256) + L2", lambda: tfidf(texts, 256, True))):
         t = time.perf_counter()
         E = X()
@@ -133,11 +149,13 @@ def measure(name, path, rows, work):
         if not os.path.isfile(os.path.join(out, "manifest.json")):
             train(path, out, TrainConfig(**settings), quiet=True, force=True)
         model = minembed.load(out)
-        res[row] = dict(knn=knn10(model.encode(texts), labels), seconds=model.config["training"]["seconds"],
+        res[row] = dict(knn=knn10(model.encode(texts), labels),
+                        seconds=model.config["training"]["seconds"],
                         steps=model.config["training"]["steps"])
         if row == "default":
             cfg = model.config
-            untrained = Model(cfg, model.encoder.init_params(cfg, np.random.default_rng([0, 0])), model.tokenizer)
+            untrained = Model(cfg, model.encoder.init_params(cfg, np.random.default_rng([0, 0])),
+                              model.tokenizer)
             res["untrained"] = dict(knn=knn10(untrained.encode(texts), labels), seconds=0.0)
         print(name, row, res[row], flush=True)
     return dict(documents=len(texts), labels=len(set(labels)), rows=res)
@@ -146,7 +164,8 @@ def measure(name, path, rows, work):
 def markdown(results, command):
     names = dict(ROWS, **{"TF-IDF": ("TF-IDF (sublinear tf)", None),
                           "TF-IDF + SVD(100) + L2": ("TF-IDF → SVD(100) → L2", None),
-                          "TF-IDF + SVD(256) + L2": ("TF-IDF → SVD(256) → L2 (the bag model's dimension)", None),
+                          "TF-IDF + SVD(256) + L2": ("TF-IDF → SVD(256) → L2 (the bag model's "
+                                                     "dimension)", None),
                           "untrained": ("untrained bag model (random table)", None)})
     lines = [f"Command: `{command}`", ""]
     for corpus, r in results.items():
@@ -154,15 +173,16 @@ def markdown(results, command):
                   "| row | kNN cosine % (10 splits) | steps | train s |", "|---|---|---|---|"]
         for key, v in r["rows"].items():
             m, sd = v["knn"]
-            lines.append(f"| {names[key][0]} | {100 * m:.1f} ± {100 * sd:.1f} | {v.get('steps', '–')} | "
-                         f"{v['seconds']:.1f} |")
+            lines.append(f"| {names[key][0]} | {100 * m:.1f} ± {100 * sd:.1f} | "
+                         f"{v.get('steps', '–')} | {v['seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpora", help="directory of NAME.jsonl.gz labelled corpora (tools/corpora.py)")
+    ap.add_argument("--corpora",
+                    help="directory of NAME.jsonl.gz labelled corpora (tools/corpora.py)")
     ap.add_argument("--only", help="comma-separated corpus names (builtin, wordnet, ...)")
     ap.add_argument("--rows", default="default", help=f"comma-separated rows: {', '.join(ROWS)}")
     ap.add_argument("--work", default="/tmp/minembed-quality", help="where trained models are kept")

@@ -105,13 +105,15 @@ print(f"\n{len(ids):,} tokens in all; tokens per document: mean {lengths.mean():
       f"median {np.median(lengths):.0f}, max {lengths.max()}")
 assert offsets[0] == 0 and offsets[-1] == len(ids) and (lengths > 0).all()
 top = np.argsort(-counts)
-print("most frequent tokens:", ", ".join(f"{tok.id_to_token(int(i))!r} {counts[i]:,}" for i in top[:12]))
+print("most frequent tokens:",
+      ", ".join(f"{tok.id_to_token(int(i))!r} {counts[i]:,}" for i in top[:12]))
 share = np.cumsum(counts[top]) / counts.sum()
 for k in (10, 100, 1000):
     print(f"   the {k:5d} most frequent tokens are {share[k - 1]:6.1%} of the text")
 unused = int((counts == 0).sum())
 once = int((counts == 1).sum())
-print(f"   {unused} tokens never occur, {once} occur once: their embedding rows get (almost) no training")
+print(f"   {unused} tokens never occur, {once} occur once: their embedding rows get "
+      "(almost) no training")
 unk = counts[tok.token_to_id("[UNK]")] / counts.sum()
 print(f"   [UNK] is {unk:.4%} of the tokens")
 assert share[99] > 0.4        # Zipf: a hundred tokens cover a large part of any text
@@ -127,12 +129,14 @@ with tempfile.TemporaryDirectory() as d:
     print(f"\ntokenised corpus in {tc.path}: {tc.meta}")
     for name in tc.FILES:
         a = getattr(tc, name)
-        print(f"   {name:13s} {str(a.dtype):6s} {str(a.shape):10s} {np.asarray(a[:6]).tolist()} ...")
+        print(f"   {name:13s} {str(a.dtype):6s} {str(a.shape):10s} "
+              f"{np.asarray(a[:6]).tolist()} ...")
     # document d = ids[doc_offsets[d]:doc_offsets[d+1]], made of sentences
     # doc_sents[d]..doc_sents[d+1]-1, and sentence s = ids[sent_offsets[s]:sent_offsets[s+1]]
     d0 = 0
     s0, s1 = tc.doc_sents[d0], tc.doc_sents[d0 + 1]
-    assert tc.sent_offsets[s0] == tc.doc_offsets[d0] and tc.sent_offsets[s1] == tc.doc_offsets[d0 + 1]
+    assert (tc.sent_offsets[s0] == tc.doc_offsets[d0]
+            and tc.sent_offsets[s1] == tc.doc_offsets[d0 + 1])
     assert s1 - s0 == len(split_sentences(texts[d0]))
     assert list(tc.sent_chars[s0:s1]) == [len(s) for s in split_sentences(texts[d0])]
     assert tc.n_tokens == len(ids) and tc.n_docs == len(texts)

@@ -39,8 +39,10 @@ FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 source = Corpus()
 tok = source.tokenizer(2048 if FAST else 8192)
 tc = source.tokenized(tok)
-doc_off, sent_off, doc_sents = (np.asarray(a) for a in (tc.doc_offsets, tc.sent_offsets, tc.doc_sents))
-print(f"{source.name}: {tc.n_docs:,} documents, {tc.n_tokens:,} tokens, vocabulary {tok.get_vocab_size():,}")
+doc_off, sent_off, doc_sents = (np.asarray(a)
+                                for a in (tc.doc_offsets, tc.sent_offsets, tc.doc_sents))
+print(f"{source.name}: {tc.n_docs:,} documents, {tc.n_tokens:,} tokens, vocabulary "
+      f"{tok.get_vocab_size():,}")
 
 
 def text(ids):
@@ -57,7 +59,8 @@ def views(ids, offsets):
 #    consecutive kept sentences (a sliding window); a document needs at least
 #    2 different windows, i.e. 3 kept sentences. The rest fall back to token spans.
 # ---------------------------------------------------------------------------
-sampler = PairSampler(tc, TrainConfig(positives="crops", span_max=0.5))  # the paper's pairs; crops="auto", n_sent=2
+# the paper's pairs; crops="auto", n_sent=2
+sampler = PairSampler(tc, TrainConfig(positives="crops", span_max=0.5))
 st = sampler.stats
 print(f"\n{st['sentence_crops']:,} documents give sentence crops, {st['token_spans']:,} token "
       f"spans, {st['skipped']} are skipped")
@@ -149,7 +152,8 @@ print(f"\ndropout positives: anchor == positive for all 8 pairs, e.g. {text(v[0]
 
 # A transformer with dropout on makes two different embeddings of the same ids
 # (train=True); with dropout off (train=False) they are identical.
-cfg = dict(vocab_size=tok.get_vocab_size(), dim=64, layers=2, heads=2, ffn=128, max_len=64, dropout=0.1)
+cfg = dict(vocab_size=tok.get_vocab_size(), dim=64, layers=2, heads=2, ffn=128, max_len=64,
+           dropout=0.1)
 params = transformer.init_params(cfg, np.random.default_rng(0))
 e1, _ = transformer.forward(params, ids, offsets, cfg, train=True, rng=np.random.default_rng(10))
 e2, _ = transformer.forward(params, ids, offsets, cfg, train=True, rng=np.random.default_rng(11))

@@ -94,7 +94,8 @@ def loss():
 out, cache = embedding_bag_forward(table, ids, offsets)
 grad = densify(embedding_bag_backward(W, cache), table.shape)
 err = check_grads(loss, {"table": table}, {"table": grad})["table"]
-print(f"\nfinite-difference check, {N} views of lengths {lengths.tolist()}: relative error {err:.2e}")
+print(f"\nfinite-difference check, {N} views of lengths {lengths.tolist()}: relative error "
+      f"{err:.2e}")
 assert err < 1e-6
 
 # and a wrong derivative is caught: forget the 1/len_i weighting
@@ -125,15 +126,16 @@ t1 = time.perf_counter()
 grads = bag.backward(np.ones_like(emb), cache)
 t2 = time.perf_counter()
 print(f"\na batch of {B} pairs = {2 * B} views, {len(ids):,} tokens: emb {emb.shape} {emb.dtype}")
-print(f"   forward {1e3 * (t1 - t0):.2f} ms, backward {1e3 * (t2 - t1):.2f} ms; the gradient touches "
-      f"{len(grads['tok_emb'].rows):,} of {config['vocab_size']:,} rows")
+print(f"   forward {1e3 * (t1 - t0):.2f} ms, backward {1e3 * (t2 - t1):.2f} ms; the gradient "
+      f"touches {len(grads['tok_emb'].rows):,} of {config['vocab_size']:,} rows")
 assert emb.shape == (2 * B, 256) and emb.dtype == np.float32
 assert len(grads["tok_emb"].rows) == len(np.unique(ids)) < config["vocab_size"]
 # the mean of N(0, 0.02^2) rows: norms shrink like 0.02 sqrt(D / len)
 lens = np.diff(offsets)
 pred = 0.02 * np.sqrt(256 / lens)
 ratio = np.linalg.norm(emb, axis=1) / pred
-print(f"   |emb| / (0.02 sqrt(D / len)) = {ratio.mean():.2f} on average (repeated tokens make it > 1)")
+print(f"   |emb| / (0.02 sqrt(D / len)) = {ratio.mean():.2f} on average "
+      "(repeated tokens make it > 1)")
 assert 0.8 < np.median(ratio) < 2.0
 
 print("\nlesson 3 OK")

@@ -127,7 +127,8 @@ for tau in (5.0, 0.5, 0.05, 0.005):
     share = float((neg.max(1) / neg.sum(1)).mean())
     da, _ = infonce_backward(1.0, c)
     shares.append(share)
-    print(f"  {tau:5.3f}  {L:6.3f}  {np.diag(Pm).mean():9.3f}   {share:33.3f}   {np.linalg.norm(da):.3e}")
+    print(f"  {tau:5.3f}  {L:6.3f}  {np.diag(Pm).mean():9.3f}   {share:33.3f}   "
+          f"{np.linalg.norm(da):.3e}")
 print("   tau = 5: every negative is pushed about equally (share ~ 1/(B-1)), the loss barely")
 print("   moves from log B, so there is little signal; tau = 0.05 (the paper's): the push goes")
 print("   to the few negatives the model confuses with the positive; tau = 0.005: nearly all of")

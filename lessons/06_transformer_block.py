@@ -90,7 +90,8 @@ erf_gelu = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
 print(f"   largest difference from the exact x * Phi(x): {np.abs(y - erf_gelu).max():.1e}")
 assert np.abs(y - erf_gelu).max() < 1e-3
 t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
-d_hand = 0.5 * (1 + t) + 0.5 * x * (1 - t ** 2) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x ** 2)
+d_hand = (0.5 * (1 + t)
+          + 0.5 * x * (1 - t ** 2) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x ** 2))
 assert np.allclose(gelu_backward(np.ones_like(x), cache), d_hand)
 x = rng.standard_normal((5, 7)) * 2
 W = rng.standard_normal(x.shape)
@@ -145,7 +146,8 @@ y, cache = attn(lay["grids"])
 # length) alone, in a grid of its own with T = 3, gives the same rows.
 alone = transformer.layout(np.zeros(3, np.int32), np.array([0, 3]), max_len=16)
 y_alone, _ = attn(alone["grids"], w["x"][:3])
-print(f"   short view alone vs next to a longer one: max difference {np.abs(y_alone - y[:3]).max():.1e}")
+print("   short view alone vs next to a longer one: max difference "
+      f"{np.abs(y_alone - y[:3]).max():.1e}")
 assert np.allclose(y_alone, y[:3], atol=1e-12)
 W = rng.standard_normal(y.shape)
 dx, dw_qkv, db_qkv, dw_out, db_out = attention_backward(W, cache)

@@ -55,7 +55,8 @@ with tempfile.TemporaryDirectory() as d:
         model = train(None, out, cfg, quiet=True)     # same seed: same init, same document order
         log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
         runs[positives] = dict(model=model, log=log, seconds=time.perf_counter() - t0)
-        print(f"{positives:8s}: {len(log)} steps of {BATCH} pairs in {runs[positives]['seconds']:.1f} s")
+        print(f"{positives:8s}: {len(log)} steps of {BATCH} pairs in "
+              f"{runs[positives]['seconds']:.1f} s")
 
 # ---------------------------------------------------------------------------
 # 1. The training loss, step by step (log B = chance)
@@ -67,7 +68,8 @@ for i in show:
     print(f"   {c['step']:4d}   {c['loss']:12.4f}   {p['loss']:14.4f}")
 loss = {k: np.array([r["loss"] for r in v["log"]]) for k, v in runs.items()}
 acc = {k: np.mean([r["acc"] for r in v["log"][-5:]]) for k, v in runs.items()}
-print(f"   in-batch accuracy over the last steps: crops {acc['crops']:.2f}, dropout {acc['dropout']:.2f}")
+print(f"   in-batch accuracy over the last steps: crops {acc['crops']:.2f}, dropout "
+      f"{acc['dropout']:.2f}")
 for k in loss:
     assert np.isfinite(loss[k]).all()
 # the paper's observation, which holds from the first step on: dropout pairs

@@ -24,7 +24,8 @@ import numpy as np
 
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else tempfile.mkdtemp(prefix="minembed-lesson8-")
+OUT = (sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv
+       else tempfile.mkdtemp(prefix="minembed-lesson8-"))
 
 import minembed
 from minembed import TrainConfig
@@ -54,7 +55,8 @@ rows = {(n, m): knn_accuracy(X, labels, metric=m) for n, X in (("raw", raw), ("u
         for m in ("euclidean", "cosine")}
 print("\nkNN accuracy (k = 10):          euclidean   cosine")
 for n in ("raw", "unit"):
-    print(f"   {n:4s} vectors                 {rows[n, 'euclidean']:.3f}     {rows[n, 'cosine']:.3f}")
+    print(f"   {n:4s} vectors                 {rows[n, 'euclidean']:.3f}     "
+          f"{rows[n, 'cosine']:.3f}")
 assert rows["unit", "euclidean"] == rows["unit", "cosine"] == rows["raw", "cosine"]
 chance = np.bincount(np.unique(labels, return_inverse=True)[1]).max() / len(labels)
 assert rows["unit", "cosine"] > 3 * chance
@@ -80,7 +82,8 @@ assert d_same < (0.9 if FAST else 0.8) * d_diff
 # ---------------------------------------------------------------------------
 # 3. Search: cosine similarity between the query and every document
 # ---------------------------------------------------------------------------
-index = CorpusIndex.build(model)                       # embeds the corpus (cached next to the model)
+# embeds the corpus (cached next to the model)
+index = CorpusIndex.build(model)
 query = "eigenvalues of a sparse symmetric matrix"
 print(f"\nsearch: {query!r}")
 hits = index.search(query, k=5)

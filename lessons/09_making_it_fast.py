@@ -98,7 +98,8 @@ def bag_loop():
 
 out_vec, cache = bag.embedding_bag_forward(table, ids, offsets)
 assert np.allclose(bag_loop(), out_vec, atol=1e-5)
-t_loop, t_vec = best_time(bag_loop), best_time(lambda: bag.embedding_bag_forward(table, ids, offsets))
+t_loop, t_vec = (best_time(bag_loop),
+                 best_time(lambda: bag.embedding_bag_forward(table, ids, offsets)))
 print(f"\nbag forward, {N} views, {len(ids):,} tokens: Python loop {1e3 * t_loop:.1f} ms, "
       f"sparse product {1e3 * t_vec:.1f} ms ({t_loop / t_vec:.0f}x)")
 assert t_vec < t_loop
@@ -136,9 +137,11 @@ print(f"embedding gradient, {len(ids):,} rows: np.add.at {1e3 * t_add:.1f} ms, "
 # 3. CUDA kernels: each wrapper in minembed.cuda has a NumPy twin
 # ---------------------------------------------------------------------------
 src = cuda.kernel_source()
-print(f"\n{cuda.KERNEL_FILE.name}: {len(src.splitlines())} lines, kernels {', '.join(cuda.KERNEL_NAMES)}")
+print(f"\n{cuda.KERNEL_FILE.name}: {len(src.splitlines())} lines, kernels "
+      f"{', '.join(cuda.KERNEL_NAMES)}")
 for name in cuda.KERNEL_NAMES:
-    assert f"void {name}(" in src.replace("void  ", "void "), f"kernel {name} missing from the source"
+    assert f"void {name}(" in src.replace("void  ", "void "), \
+        f"kernel {name} missing from the source"
 if not runtime.gpu_available():
     print("no GPU here (CuPy with a usable GPU was not found): the kernels are not run.")
     start = src.index("layernorm_forward")
@@ -177,7 +180,8 @@ else:
         cp.cuda.Device().synchronize()
         t_gpu = (time.perf_counter() - t0) / 10
         t_cpu = best_time(ref)
-        print(f"   {name:22s} max |GPU - NumPy| {err:.1e}   GPU {1e3 * t_gpu:.3f} ms, NumPy {1e3 * t_cpu:.2f} ms")
+        print(f"   {name:22s} max |GPU - NumPy| {err:.1e}   GPU {1e3 * t_gpu:.3f} ms, NumPy "
+              f"{1e3 * t_cpu:.2f} ms")
         assert err < 1e-4
 
 print("\nlesson 9 OK")

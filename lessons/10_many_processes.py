@@ -55,7 +55,8 @@ from minembed.core.pairs import PairSampler
 from minembed.product.gradcache import make_step
 from minembed.core.gradcheck import check_grads
 from minembed.core.layers import RowGrad
-from minembed.core.loss import infonce_backward, infonce_forward, l2_normalize_backward, l2_normalize_forward
+from minembed.core.loss import (infonce_backward, infonce_forward, l2_normalize_backward,
+                                l2_normalize_forward)
 from minembed.product.model import encoder_module
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
@@ -68,7 +69,8 @@ if "--ranks" in sys.argv:  # part 3, on each of the processes mpiexec started
     B, D = 6, 4
     lo, hi = r * B // R, (r + 1) * B // R
     rng = np.random.default_rng(1)
-    A, P = rng.standard_normal((B, D)), rng.standard_normal((B, D))   # every rank draws all, keeps its own
+    # every rank draws all, keeps its own
+    A, P = rng.standard_normal((B, D)), rng.standard_normal((B, D))
     mine = {"a": A[lo:hi].copy(), "p": P[lo:hi].copy()}
 
     def loss():  # collective: every rank gathers all pairs and computes all of L
@@ -79,7 +81,8 @@ if "--ranks" in sys.argv:  # part 3, on each of the processes mpiexec started
     da, dp = infonce_backward(1.0, cache)
     for q in range(R):  # in lockstep: rank q perturbs its pairs, the others a copy no one reads
         own = mine if q == r else {"a": np.zeros((B // R, D)), "p": np.zeros((B // R, D))}
-        err = check_grads(loss, own, {"a": da[q * B // R:(q + 1) * B // R], "p": dp[q * B // R:(q + 1) * B // R]})
+        err = check_grads(loss, own, {"a": da[q * B // R:(q + 1) * B // R],
+                                      "p": dp[q * B // R:(q + 1) * B // R]})
         if q == r:
             print(f"rank {r}: finite differences across {R} processes vs its rows of dL/de: "
                   f"relative error a {err['a']:.1e}, p {err['p']:.1e}", flush=True)
@@ -104,12 +107,14 @@ ids, offsets = sampler.sample(rng.choice(sampler.usable, B, replace=False), rng)
 emb = bag.encode(params, ids, offsets, enc_cfg).astype(np.float64)
 a, p = emb[:B], emb[B:]
 whole, acc, _ = infonce_forward(a, p, SCALE)
-local = [infonce_forward(a[q * B // R:(q + 1) * B // R], p[q * B // R:(q + 1) * B // R], SCALE) for q in range(R)]
+local = [infonce_forward(a[q * B // R:(q + 1) * B // R], p[q * B // R:(q + 1) * B // R], SCALE)
+         for q in range(R)]
 print(f"{B} pairs of the built-in corpus, untrained bag model: loss {whole:.3f} (chance log B = "
       f"{np.log(B):.3f}), in-batch accuracy {acc:.2f}")
-print(f"each of {R} ranks alone, {B // R - 1} negatives per anchor: loss {np.mean([l for l, _, _ in local]):.3f} "
-      f"(chance {np.log(B // R):.3f}), accuracy {np.mean([k for _, k, _ in local]):.2f}: an easier task")
-assert np.mean([l for l, _, _ in local]) < whole
+print(f"each of {R} ranks alone, {B // R - 1} negatives per anchor: loss "
+      f"{np.mean([L for L, _, _ in local]):.3f} (chance {np.log(B // R):.3f}), accuracy "
+      f"{np.mean([k for _, k, _ in local]):.2f}: an easier task")
+assert np.mean([L for L, _, _ in local]) < whole
 
 # ---------------------------------------------------------------------------
 # 2. The gather's backward, on 2 simulated ranks (float64)
@@ -132,16 +137,18 @@ def rank_loss_grads(q):
     Pm /= Pm.sum(1, keepdims=True)
     dS = np.zeros_like(S)
     dS[rows[q]] = (Pm - np.eye(B))[rows[q]] / B
-    Lq = float(np.sum(np.log(np.exp(S - S.max(1, keepdims=True)).sum(1))[rows[q]] + S.max(1)[rows[q]]
-                      - np.diag(S)[rows[q]]) / B)
-    return Lq, l2_normalize_backward(SCALE * dS @ pn, ca), l2_normalize_backward(SCALE * dS.T @ an, cp)
+    Lq = float(np.sum(np.log(np.exp(S - S.max(1, keepdims=True)).sum(1))[rows[q]]
+                      + S.max(1)[rows[q]] - np.diag(S)[rows[q]]) / B)
+    return (Lq, l2_normalize_backward(SCALE * dS @ pn, ca),
+            l2_normalize_backward(SCALE * dS.T @ an, cp))
 
 
 parts = [rank_loss_grads(q) for q in range(R)]
 _, _, cache = infonce_forward(a, p, SCALE)
 da, dp = infonce_backward(1.0, cache)
 assert abs(sum(L for L, _, _ in parts) - infonce_forward(a, p, SCALE)[0]) < 1e-12   # L = sum_q L_q
-reduce_scatter = [(sum(g[1] for g in parts)[rows[r]], sum(g[2] for g in parts)[rows[r]]) for r in range(R)]
+reduce_scatter = [(sum(g[1] for g in parts)[rows[r]], sum(g[2] for g in parts)[rows[r]])
+                  for r in range(R)]
 local_slice = [(parts[r][1][rows[r]], parts[r][2][rows[r]]) for r in range(R)]
 whole_rows = [(da[rows[r]], dp[rows[r]]) for r in range(R)]
 print(f"\nrank 0's positives get a push from rank 1's anchors too: "
@@ -159,7 +166,8 @@ for r in range(R):  # finite differences of the whole loss in rank r's rows
              ("local slice (the bug)", local_slice[r])]}
     print(f"rank {r}: finite differences vs " + ", ".join(
         f"{name} {max(e.values()):.1e}" for name, e in errs.items()))
-    assert max(errs["reduce-scatter"].values()) < 1e-7 and max(errs["all of L, own rows"].values()) < 1e-7
+    assert (max(errs["reduce-scatter"].values()) < 1e-7
+            and max(errs["all of L, own rows"].values()) < 1e-7)
     assert max(errs["local slice (the bug)"].values()) > 1e-2
     assert np.allclose(reduce_scatter[r][1], whole_rows[r][1], atol=1e-12)
 
@@ -179,7 +187,8 @@ else:
     res = subprocess.run([mpiexec, "-n", "2", sys.executable, __file__, "--ranks"], env=env,
                          capture_output=True, text=True, timeout=300)
     print("\n" + res.stdout.strip())
-    assert res.returncode == 0 and res.stdout.count("finite differences across 2") == 2, res.stderr[-2000:]
+    assert res.returncode == 0 and res.stdout.count("finite differences across 2") == 2, \
+        res.stderr[-2000:]
     steps = "6" if FAST else "40"
     with tempfile.TemporaryDirectory() as d:
         curves = {}
@@ -192,11 +201,13 @@ else:
             assert res.returncode == 0, res.stderr[-2000:]
             with open(os.path.join(out, "log.jsonl")) as f:
                 curves[n] = np.array([json.loads(line)["loss"] for line in f])
-        print("\nminembed train on 1 process, and mpiexec -n 2 minembed train (batch 128 = 2 x 64):")
+        print("\nminembed train on 1 process, and mpiexec -n 2 minembed train "
+              "(batch 128 = 2 x 64):")
         for s in range(0, len(curves[1]), max(1, len(curves[1]) // 6)):
             print(f"  step {s + 1:3d}   loss {curves[1][s]:.6f}   {curves[2][s]:.6f}")
         rel = float(np.max(np.abs(curves[1] - curves[2]) / curves[1]))
-        print(f"  largest relative difference of the loss curves: {rel:.1e} (float32 sums in another order)")
+        print(f"  largest relative difference of the loss curves: {rel:.1e} (float32 sums in "
+              "another order)")
         assert rel < 1e-5
 
 # ---------------------------------------------------------------------------
@@ -219,10 +230,11 @@ for m in (0, M):
     tracemalloc.stop()
 (l0, g0, peak0), (l1, g1, peak1) = results[0], results[M]
 dense = {k: (lambda g: g.values if isinstance(g, RowGrad) else g) for k in g0}
-err = max(float(np.abs(dense[k](g0[k]) - dense[k](g1[k])).max() / np.abs(dense[k](g0[k])).max()) for k in g0)
-print(f"\ntransformer, {B} pairs (dropout 0.1): whole batch loss {l0:.6f}, peak {peak0 / 1e6:.0f} MB of arrays;"
-      f"\n  micro-batches of {M}: loss {l1:.6f}, peak {peak1 / 1e6:.0f} MB; gradients agree to {err:.1e} "
-      f"(relative to each one's largest entry)")
+err = max(float(np.abs(dense[k](g0[k]) - dense[k](g1[k])).max() / np.abs(dense[k](g0[k])).max())
+          for k in g0)
+print(f"\ntransformer, {B} pairs (dropout 0.1): whole batch loss {l0:.6f}, peak {peak0 / 1e6:.0f} "
+      f"MB of arrays;\n  micro-batches of {M}: loss {l1:.6f}, peak {peak1 / 1e6:.0f} MB; gradients "
+      f"agree to {err:.1e} (relative to each one's largest entry)")
 assert abs(l0 - l1) < 1e-6 * l0 and err < 1e-4 and peak1 < 0.6 * peak0
 
 print("\nlesson 10 OK")

@@ -48,7 +48,8 @@ except MinembedError as e:
     assert str(e) == "boom"
 else:
     raise AssertionError("no error raised")
-assert comm.lead_first(lambda shared: (shared or "lead", f"from {r}")) == ("lead" if r == 0 else "from 0")
+assert (comm.lead_first(lambda shared: (shared or "lead", f"from {r}"))
+        == ("lead" if r == 0 else "from 0"))
 
 # the gather's backward, by finite differences across the ranks (float64): every rank
 # holds its own pairs; the loss is InfoNCE over all of them, gathered; rank r's analytic

@@ -28,7 +28,8 @@ CLI = ("import time\n"
        "from minembed.product.cli import main\n"
        "main(prog_name='minembed')\n")
 
-BAG = ["--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "40", "--seed", "3"]
+BAG = ["--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "40",
+       "--seed", "3"]
 TRANSFORMER = ["--model", "transformer", "--vocab-size", "256", "--dim", "16", "--layers", "1",
                "--heads", "2", "--ffn", "32", "--max-len", "32", "--dropout", "0.2",
                "--batch-size", "8", "--max-steps", "24", "--seed", "5"]
@@ -57,7 +58,8 @@ def env(tmp_path_factory):
 
 
 def start(env, args, delay=0.0):
-    return subprocess.Popen([sys.executable, "-c", CLI.replace("DELAY", repr(delay)), "train", *args],
+    return subprocess.Popen([sys.executable, "-c", CLI.replace("DELAY", repr(delay)),
+                             "train", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -77,7 +79,8 @@ def log_records(model_dir):
 
 
 def assert_same_model(a, b, why=""):
-    pa, pb = load_weights(os.path.join(a, "model.safetensors")), load_weights(os.path.join(b, "model.safetensors"))
+    pa, pb = (load_weights(os.path.join(a, "model.safetensors")),
+              load_weights(os.path.join(b, "model.safetensors")))
     assert pa.keys() == pb.keys()
     for k in pa:
         assert pa[k].dtype == pb[k].dtype and np.array_equal(pa[k], pb[k]), f"{k} differs {why}"
@@ -97,7 +100,8 @@ def kill_after_checkpoint(proc, model_dir, rng, after_step=0):
     """SIGKILL ``proc`` at a random moment after it saved a checkpoint past ``after_step``."""
     t_end = time.time() + 60
     while checkpoint_step(model_dir) <= after_step:
-        assert proc.poll() is None, "the run ended before its first checkpoint: " + proc.stderr.read()
+        assert proc.poll() is None, \
+            "the run ended before its first checkpoint: " + proc.stderr.read()
         assert time.time() < t_end
         time.sleep(0.005)
     time.sleep(rng.uniform(0, 0.2))
@@ -187,19 +191,22 @@ def test_python_api_interrupt_and_resume(env, monkeypatch):
 
 
 def test_members_are_the_runs_of_their_seeds_and_resume_across_members(env, monkeypatch):
-    """--members 3: the 16-wide tables of the runs with seeds 1, 2, 3 side by side, bit for bit; stopped
-    at the last step of member 1 or inside member 2, resume gives that same model and log."""
+    """--members 3: the 16-wide tables of the runs with seeds 1, 2, 3 side by side, bit for bit;
+    stopped at the last step of member 1 or inside member 2, resume gives that same model and
+    log."""
     d, e = env
     monkeypatch.setenv("MINEMBED_CACHE", e["MINEMBED_CACHE"])
     corpus = str(d / "corpus.txt")
     cfg = TrainConfig(vocab_size=256, dim=48, batch_size=16, max_steps=10, seed=1, members=3)
     ref = train(corpus, d / "members-ref", cfg, quiet=True)
     assert ref.dim == 48 and ref.config["training"]["steps"] == 30
-    singles = [train(corpus, d / f"member-{s}", dataclasses.replace(cfg, dim=16, members=1, seed=s), quiet=True)
+    singles = [train(corpus, d / f"member-{s}",
+                     dataclasses.replace(cfg, dim=16, members=1, seed=s), quiet=True)
                for s in (1, 2, 3)]
     table = load_weights(os.path.join(ref.path, "model.safetensors"))["tok_emb"]
-    assert np.array_equal(table, np.concatenate([load_weights(os.path.join(m.path, "model.safetensors"))
-                                                 ["tok_emb"] for m in singles], axis=1))
+    assert np.array_equal(table,
+                          np.concatenate([load_weights(os.path.join(m.path, "model.safetensors"))
+                                          ["tok_emb"] for m in singles], axis=1))
     assert [r["member"] for r in log_records(ref.path)] == [1] * 10 + [2] * 10 + [3] * 10
     for stop in (10, 14):
         undo = sigint_at(monkeypatch, stop)
@@ -286,14 +293,15 @@ def test_resume_keeps_the_runs_blas_thread_count(env, monkeypatch):
     monkeypatch.setenv("MINEMBED_CACHE", e["MINEMBED_CACHE"])
     monkeypatch.delenv("MINEMBED_THREADS", raising=False)
     corpus = str(d / "corpus.txt")
-    cfg = TrainConfig(model="transformer", dim=16, layers=1, heads=2, ffn=32, max_len=32, vocab_size=256,
-                      batch_size=16, max_steps=12, seed=1, bag_init=False)
+    cfg = TrainConfig(model="transformer", dim=16, layers=1, heads=2, ffn=32, max_len=32,
+                      vocab_size=256, batch_size=16, max_steps=12, seed=1, bag_init=False)
     undo = sigint_at(monkeypatch, 4)
     with pytest.raises(ckpt_mod.TrainingInterrupted):
         train(corpus, d / "threads", cfg, quiet=True, checkpoint_every=0, threads=2)
     undo()
     assert ckpt_mod.load_checkpoint(str(d / "threads")).info["blas_threads"] == 2
     chosen = []
-    monkeypatch.setattr(run_mod, "choose_threads", lambda model, threads, default: chosen.append(default) or 2)
+    monkeypatch.setattr(run_mod, "choose_threads",
+                        lambda model, threads, default: chosen.append(default) or 2)
     model = train(out_dir=d / "threads", resume=True, quiet=True)
     assert chosen == [2] and model.config["training"]["blas_threads"] == 2

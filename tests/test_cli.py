@@ -21,8 +21,8 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     # progress messages may come first; the error is one line, the last
-    lines = [l for l in result.output.strip().splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("Error: ")]
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.output
     for f in fragments:
         assert f in errors[0], (f, errors[0])
@@ -44,8 +44,9 @@ def test_help_is_complete():
         h = run(cmd, "--help")
         assert h.exit_code == 0 and "Usage:" in h.output
     h = run("train", "--help").output
-    for opt in ("--model", "--epochs", "--batch-size", "--lr", "--seed", "--scale", "--dim", "--symmetric",
-                "--format", "--tokenizer", "--vocab-size", "--crops", "--positives", "--quiet", "--force"):
+    for opt in ("--model", "--epochs", "--batch-size", "--lr", "--seed", "--scale", "--dim",
+                "--symmetric", "--format", "--tokenizer", "--vocab-size", "--crops", "--positives",
+                "--quiet", "--force"):
         assert opt in h
 
 
@@ -83,9 +84,11 @@ def test_paragraph_and_gzip_corpora_train(tmp_path, topic_docs):
 
 
 def test_existing_tokenizer_is_used(tmp_path, model_dir, topic_txt):
-    r = run("train", topic_txt, "--tokenizer", model_dir / "tokenizer.json", "-o", tmp_path / "m", *SMALL)
+    r = run("train", topic_txt, "--tokenizer", model_dir / "tokenizer.json", "-o",
+            tmp_path / "m", *SMALL)
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "m" / "tokenizer.json").read_text() == (model_dir / "tokenizer.json").read_text()
+    assert ((tmp_path / "m" / "tokenizer.json").read_text()
+            == (model_dir / "tokenizer.json").read_text())
 
 
 # --- bad input ---------------------------------------------------------------
@@ -108,7 +111,8 @@ def test_too_few_documents(tmp_path):
     r = run("train", p, "-o", tmp_path / "m", "--vocab-size", "100", "--max-steps", "3")
     assert r.exit_code == 0 and "batch size lowered from 128 to 2" in r.output, r.output
     p.write_text("only one document here.\n")
-    assert_one_line_error(run("train", p, "-o", tmp_path / "m1", "--vocab-size", "100"), "at least 2")
+    assert_one_line_error(run("train", p, "-o", tmp_path / "m1", "--vocab-size", "100"),
+                          "at least 2")
     assert not (tmp_path / "m1").exists()
 
 
@@ -129,7 +133,8 @@ def test_line_of_many_megabytes(tmp_path):
 
 
 def test_bad_model_dirs(tmp_path, model_dir, topic_txt):
-    assert_one_line_error(run("embed", tmp_path / "nope", topic_txt, "-o", tmp_path / "x.npy"), "not found")
+    assert_one_line_error(run("embed", tmp_path / "nope", topic_txt, "-o", tmp_path / "x.npy"),
+                          "not found")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(run("embed", empty, topic_txt, "-o", tmp_path / "x.npy"), "does not hold")
@@ -141,7 +146,8 @@ def test_bad_model_dirs(tmp_path, model_dir, topic_txt):
     (bad / "model.safetensors").write_bytes(bytes(data))
     assert_one_line_error(run("eval", bad, topic_txt), "model.safetensors", "corrupted")
     (bad / "model.safetensors").write_bytes(bytes(data[:100]))
-    assert_one_line_error(run("embed", bad, topic_txt, "-o", tmp_path / "x.npy"), "model.safetensors")
+    assert_one_line_error(run("embed", bad, topic_txt, "-o", tmp_path / "x.npy"),
+                          "model.safetensors")
     assert not (tmp_path / "x.npy").exists()
 
 
@@ -156,11 +162,13 @@ def test_invalid_numbers(tmp_path, topic_txt, args, fragment):
 
 def test_refuses_to_overwrite_a_model(model_dir, topic_txt):
     before = (model_dir / "model.safetensors").read_bytes()
-    assert_one_line_error(run("train", topic_txt, "-o", model_dir, *SMALL), "already holds a model", "--force")
+    assert_one_line_error(run("train", topic_txt, "-o", model_dir, *SMALL),
+                          "already holds a model", "--force")
     assert (model_dir / "model.safetensors").read_bytes() == before
 
 
 def test_eval_without_labels_reports_retrieval(model_dir, topic_txt):
     r = run("eval", model_dir, topic_txt)
     assert r.exit_code == 0, r.output
-    assert "retrieval of a held-out crop (240 documents)" in r.output and "tfidf_svd_l2" not in r.output
+    assert ("retrieval of a held-out crop (240 documents)" in r.output
+            and "tfidf_svd_l2" not in r.output)

@@ -9,7 +9,8 @@ from minembed.product.cli import main
 from minembed.product.compare import FAST, MAIN_RUNS, format_table, run_comparison
 from minembed.errors import MinembedError
 
-NAMES = ["TF-IDF", "TF-IDF + SVD + L2", "majority class", "untrained bag"] + [name for name, _, _ in MAIN_RUNS]
+NAMES = (["TF-IDF", "TF-IDF + SVD + L2", "majority class", "untrained bag"]
+         + [name for name, _, _ in MAIN_RUNS])
 FIELDS = {"configuration", "model", "settings", "steps", "epochs", "train_seconds", "final_loss",
           "knn_euclidean", "knn_cosine", "linear_probe", "eval_seconds"}
 

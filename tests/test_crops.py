@@ -8,7 +8,8 @@ from minembed.errors import MinembedError
 from minembed.product.tokenize import (encode_texts, fingerprint, mask_token_id, split_sentences,
                                tokenize_corpus, train_tokenizer)
 
-LONG = "This sentence is long enough to be kept by the paper's rule of one hundred characters, yes it is indeed"
+LONG = ("This sentence is long enough to be kept by the paper's rule of one hundred characters, "
+        "yes it is indeed")
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,8 @@ def corpus(tmp_path_factory):
         f"{LONG} alpha. {LONG} beta.",  # 2 kept -> 1 window: falls back to spans
         "Short doc with a few words only.",  # spans
         "x",  # 1 token: skipped
-        " ".join(f"Tiny {i}. {LONG} {i}." for i in range(3)),  # kept sentences interleaved with short ones
+        # kept sentences interleaved with short ones
+        " ".join(f"Tiny {i}. {LONG} {i}." for i in range(3)),
     ]
     tok = train_tokenizer(texts * 20, vocab_size=300)
     c = tokenize_corpus(tok, iter(texts), tmp_path_factory.mktemp("tc") / "c", chunk_docs=2)
@@ -113,13 +115,15 @@ def test_rest_positives_are_the_document_around_the_crop(corpus, crops):
             gap = len(doc) - len(crop) - len(rest)  # short sentences between a crop's two
             assert gap == 0 or (crops == "auto" and d == 4)
             span = len(crop) + gap                  # the crop's run in the document, from k
-            assert any(rest == doc[:k] + doc[k + span:] and doc[k] == crop[0] and doc[k + span - 1] == crop[-1]
+            assert any(rest == doc[:k] + doc[k + span:] and doc[k] == crop[0]
+                       and doc[k + span - 1] == crop[-1]
                        and (gap or doc[k:k + span] == crop) for k in range(len(rest) + 1))
 
 
 def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):
     _, tok, c = corpus
-    ids, off = sampler(c, model="transformer", max_len=10**6, positives="dropout").sample(np.array([0, 2]), np.random.default_rng(0))
+    ids, off = sampler(c, model="transformer", max_len=10**6,
+                       positives="dropout").sample(np.array([0, 2]), np.random.default_rng(0))
     assert ids[off[0]:off[1]].tolist() == ids[off[2]:off[3]].tolist()
     m = mask_token_id(tok)
     ids, off = sampler(c, positives="mask", mask_frac=0.5, mask_id=m).sample(
@@ -130,7 +134,8 @@ def test_dropout_positives_are_identical_views_and_mask_replaces_tokens(corpus):
 
 def test_max_len_cuts_views(corpus):
     _, _, c = corpus
-    ids, off = sampler(c, model="transformer", max_len=7).sample(np.array([0, 1, 2, 4]), np.random.default_rng(0))
+    ids, off = sampler(c, model="transformer", max_len=7).sample(np.array([0, 1, 2, 4]),
+                                                                 np.random.default_rng(0))
     assert np.diff(off).max() <= 7
 
 
@@ -142,10 +147,11 @@ def test_same_rng_same_batch(corpus):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("kw, msg", [(dict(crops="words"), "--crops"), (dict(positives="x"), "--positives"),
-                                     (dict(crop_sentences=0), "--crop-sentences"),
-                                     (dict(span_min=0.6, span_max=0.5), "span"),
-                                     (dict(positives="mask"), "MASK")])
+@pytest.mark.parametrize("kw, msg",
+                         [(dict(crops="words"), "--crops"), (dict(positives="x"), "--positives"),
+                          (dict(crop_sentences=0), "--crop-sentences"),
+                          (dict(span_min=0.6, span_max=0.5), "span"),
+                          (dict(positives="mask"), "MASK")])
 def test_bad_options(corpus, kw, msg):
     with pytest.raises(MinembedError, match=msg):
         sampler(corpus[2], **kw)

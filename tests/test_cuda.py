@@ -37,7 +37,8 @@ def find_nvcc():
     path = shutil.which("nvcc")
     if path:
         return path
-    for cand in (os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"):
+    for cand in (os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""),
+                 "/usr/local/cuda"):
         p = Path(cand) / "bin" / "nvcc"
         if cand and p.exists():
             return str(p)
@@ -55,7 +56,8 @@ def test_nvcc_compiles_every_kernel_to_ptx(tmp_path):
     assert res.returncode == 0, f"nvcc -ptx failed:\n{res.stdout}\n{res.stderr}"
     entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.read_text()))
     missing = set(cuda.KERNEL_NAMES) - entries
-    assert not missing, f"kernels used by minembed/fast/cuda.py but not in the PTX: {sorted(missing)}"
+    assert not missing, \
+        f"kernels used by minembed/fast/cuda.py but not in the PTX: {sorted(missing)}"
 
 
 def test_kernel_source_fits_nvrtc_and_wrappers():
@@ -83,7 +85,8 @@ def test_nvrtc_compiles_kernels_if_available():
 
 def test_import_without_cupy():
     code = ("import sys; sys.modules['cupy'] = None\n"
-            "import numpy as np, minembed.fast.cuda as c, minembed.core.layers, minembed.core.bag, minembed.core.optim\n"
+            "import numpy as np, minembed.fast.cuda as c, minembed.core.layers, minembed.core.bag, "
+            "minembed.core.optim\n"
             "assert not c.use_kernels(np.zeros(3, np.float32))\n"
             "assert 'embedding_bag_forward' in c.kernel_source()\n"
             "print('ok')")
@@ -142,7 +145,8 @@ def case_bag(rng, cp):
         table = rng.standard_normal((V, D)).astype(np.float32)
         ids, offsets = _ragged(rng, 120, 60, V, heavy=7)
         want, wc = bag.embedding_bag_forward.reference(table, ids, offsets)
-        got, gc = cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(ids), cp.asarray(offsets))
+        got, gc = cuda.embedding_bag_forward(cp.asarray(table), cp.asarray(ids),
+                                             cp.asarray(offsets))
         out.append((f"bag forward D={D}", got, want, False))
         dout = rng.standard_normal(want.shape).astype(np.float32)
         w = bag.embedding_bag_backward.reference(dout, wc)
@@ -176,7 +180,8 @@ def case_adam(rng, cp):
     dev = [cp.asarray(a) for a in (p, g, m, v)]
     optim.adam_update.reference(p, g, m, v, 3, **kw)
     cuda.adam_update(dev[0], dev[1], dev[2], dev[3], 3, **kw)
-    out += [("adam p", dev[0], p, False), ("adam m", dev[2], m, False), ("adam v", dev[3], v, False)]
+    out += [("adam p", dev[0], p, False), ("adam m", dev[2], m, False),
+            ("adam v", dev[3], v, False)]
     # lazy rows, no weight decay
     p, m = (rng.standard_normal((500, 48)).astype(np.float32) for _ in range(2))
     v = rng.random((500, 48)).astype(np.float32)
@@ -237,7 +242,8 @@ def case_softmax(rng, cp):
                     layers.softmax_backward.reference(dp, wc), False))
     # masked keys exactly 0, the fully masked view all 0
     got, _ = cuda.softmax_forward(cp.asarray(z), cp.asarray(key_mask[:, None, None, :]))
-    zero = np.where(np.broadcast_to(key_mask[:, None, None, :], z.shape), 1.0, 0.0).astype(np.float32)
+    zero = np.where(np.broadcast_to(key_mask[:, None, None, :], z.shape), 1.0,
+                    0.0).astype(np.float32)
     out.append(("softmax masked keys == 0", got * cp.asarray(1.0 - zero), np.zeros_like(z), True))
     return out
 
@@ -256,8 +262,8 @@ def case_infonce_rows(rng, cp):
     return out
 
 
-CASES = {"bag": case_bag, "infonce_rows": case_infonce_rows, "segment_sum": case_segment_sum, "adam": case_adam,
-         "layernorm": case_layernorm, "gelu": case_gelu, "softmax": case_softmax}
+CASES = {"bag": case_bag, "infonce_rows": case_infonce_rows, "segment_sum": case_segment_sum,
+         "adam": case_adam, "layernorm": case_layernorm, "gelu": case_gelu, "softmax": case_softmax}
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -13,7 +13,8 @@ import pytest
 from minembed.product import corpus as data
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("build_docstrings", ROOT / "tools" / "build_docstrings.py")
+_spec = importlib.util.spec_from_file_location("build_docstrings",
+                                               ROOT / "tools" / "build_docstrings.py")
 datasets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(datasets)
 clean_docstring = datasets.clean_docstring
@@ -83,7 +84,8 @@ def test_clean_docstring_keeps_prose_drops_markup():
 
 
 def test_clean_docstring_drops_signature_line_and_literal_blocks():
-    doc = "add(x1, x2, /, out=None)\n\nAdd arguments element-wise.\n\nIt is computed as::\n\n    x1 + x2\n\nDone."
+    doc = ("add(x1, x2, /, out=None)\n\nAdd arguments element-wise.\n\nIt is computed as::\n\n"
+           "    x1 + x2\n\nDone.")
     # The colon introduced the dropped block: the sentence ends there.
     assert clean_docstring(doc) == "Add arguments element-wise. It is computed as. Done."
 
@@ -189,7 +191,8 @@ def test_known_objects_land_where_expected(corpus):
 def test_shipped_snapshot_is_small_and_documented():
     assert os.path.getsize(data.BUILTIN) <= 1_000_000
     readme = (Path(data.BUILTIN).parent / "README.md").read_text()
-    for needle in ("numpy 2.4.6", "scipy 1.17.1", "scikit-learn 1.9.1", "BSD", "tools/build_docstrings.py"):
+    for needle in ("numpy 2.4.6", "scipy 1.17.1", "scikit-learn 1.9.1", "BSD",
+                   "tools/build_docstrings.py"):
         assert needle in readme
 
 
@@ -199,9 +202,10 @@ def test_builder_is_deterministic_and_writes_the_shipped_format(tmp_path):
     outs = []
     for seed in ("1", "12345"):
         out = tmp_path / f"c{seed}.jsonl.gz"
-        res = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docstrings.py"), "--out", str(out)],
-                             env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True, text=True,
-                             timeout=600)
+        res = subprocess.run([sys.executable, str(ROOT / "tools" / "build_docstrings.py"),
+                              "--out", str(out)],
+                             env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True,
+                             text=True, timeout=600)
         assert res.returncode == 0, res.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]

@@ -34,10 +34,10 @@ HERE = Path(__file__).resolve().parent
 
 MODELS = {  # tiny: every test launches several processes on 2 shared cores; one BLAS thread each,
     # as the count can change a product's last bits (minembed/runtime.py)
-    "bag": ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "5",
-            "--threads", "1"],
-    "bag-members": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "3", "--threads", "1",
-                    "--members", "2"],
+    "bag": ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "24",
+            "--max-steps", "5", "--threads", "1"],
+    "bag-members": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "3",
+                    "--threads", "1", "--members", "2"],
     "transformer": ["--model", "transformer", "--dim", "16", "--layers", "1", "--heads", "2",
                     "--ffn", "32", "--max-len", "32", "--dropout", "0.1", "--vocab-size", "300",
                     "--batch-size", "24", "--max-steps", "4", "--threads", "1"],
@@ -80,30 +80,36 @@ def test_ranks_train_the_model_one_process_trains(model, env):
     d, e, corpus = env
     args = MODELS[model]
     res = subprocess.run([sys.executable, "-m", "minembed", "train", corpus, "-o",  # no MPI
-                          str(d / f"{model}-1"), "-q"] + args, env=e, capture_output=True, text=True)
+                          str(d / f"{model}-1"), "-q"] + args, env=e,
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     one = curve_and_weights(d / f"{model}-1")
     for n in (1, 2, 4):
         out = d / f"{model}-{n}ranks"
         res = mpirun(n, ["train", corpus, "-o", str(out), "--distributed", "-q"] + args, e)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert sorted(os.listdir(out)) == sorted(os.listdir(d / f"{model}-1"))  # rank 0's files only
+        # rank 0's files only
+        assert sorted(os.listdir(out)) == sorted(os.listdir(d / f"{model}-1"))
         many = curve_and_weights(out)
         assert len(many[0]) == len(one[0])
         dl, dw = compare(one, many)
-        print(f"{model}, {n} ranks: loss curve {dl:.1e}, weights {dw:.1e} (max relative difference)")
+        print(f"{model}, {n} ranks: loss curve {dl:.1e}, weights {dw:.1e} (max relative "
+              "difference)")
         if n == 1:  # the same numbers in the same order
             assert dl == 0 and dw == 0
         assert dl < 1e-5 and dw < 1e-5
-        for k in one[1]:  # elementwise: float32 rounding, which Adam scales up where a gradient is ~0
-            assert float(np.abs(one[1][k] - many[1][k]).max()) < 1e-4 * max(1.0, float(np.abs(one[1][k]).max()))
+        # elementwise: float32 rounding, which Adam scales up where a gradient is ~0
+        for k in one[1]:
+            assert (float(np.abs(one[1][k] - many[1][k]).max())
+                    < 1e-4 * max(1.0, float(np.abs(one[1][k]).max())))
 
 
 def test_collectives_and_the_gathers_backward_on_two_and_three_ranks(env):
     d, e, _ = env
     for n in (2, 3):
         res = mpirun(n, [], e, cli=str(HERE / "mpi_checks.py"))
-        assert res.returncode == 0 and "collectives OK" in res.stdout, res.stdout + res.stderr[-3000:]
+        assert res.returncode == 0 and "collectives OK" in res.stdout, \
+            res.stdout + res.stderr[-3000:]
 
 
 def _pieces(model, corpus, micro_cache, **over):
@@ -118,7 +124,8 @@ def _pieces(model, corpus, micro_cache, **over):
     return cfg, sampler, enc, ecfg, enc.init_params(ecfg, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("model,over", [("bag", {}), ("transformer", {}), ("bag", dict(matryoshka="4,8"))])
+@pytest.mark.parametrize("model,over",
+                         [("bag", {}), ("transformer", {}), ("bag", dict(matryoshka="4,8"))])
 def test_micro_batches_give_the_full_batch_gradient(model, over, topic_txt):
     """... the same loss too: with --matryoshka, the mean of InfoNCE over the prefix dims."""
     cfg, sampler, enc, ecfg, params = _pieces(model, topic_txt, None, **over)
@@ -185,7 +192,8 @@ def test_only_rank_0_writes_and_an_error_stops_every_rank(env):
 
 def test_ctrl_c_on_one_rank_stops_all_and_resume_on_other_ranks(env):
     d, e, corpus = env
-    out, args = d / "interrupted", MODELS["bag"][:-3] + ["30", "--threads", "1", "--checkpoint-every", "0", "--seed", "4"]
+    out, args = d / "interrupted", MODELS["bag"][:-3] + ["30", "--threads", "1",
+                                                         "--checkpoint-every", "0", "--seed", "4"]
     ref = d / "uninterrupted"
     res = mpirun(2, ["train", corpus, "-o", str(ref), "-q"] + args, e)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -50,8 +50,8 @@ def test_model2vec_loads_the_export_with_the_same_vectors(tmp_path, model_dir, t
     assert not any(unk in model.tokenizer.encode(t, add_special_tokens=False).ids for t in texts)
     r = run("export", model_dir, "--to", "model2vec", tmp_path / "m2v")
     assert r.exit_code == 0, r.output
-    assert set(os.listdir(tmp_path / "m2v")) == {"model.safetensors", "tokenizer.json", "config.json",
-                                                 "README.md"}
+    assert set(os.listdir(tmp_path / "m2v")) == {"model.safetensors", "tokenizer.json",
+                                                 "config.json", "README.md"}
     m2v = StaticModel.from_pretrained(str(tmp_path / "m2v"))
     X, Y = model.encode(texts), m2v.encode(texts)
     assert Y.shape == X.shape == (len(texts), 32)
@@ -93,16 +93,18 @@ def test_export_refuses_what_it_cannot_do(tmp_path, model_dir, topic_txt):
     r = run("export", model_dir, "--to", "sentence-transformers", tmp_path / "e")
     assert r.exit_code == 1 and "--force replaces it" in r.output
     r = run("export", model_dir, "--to", "sentence-transformers", tmp_path / "e", "--force")
-    assert r.exit_code == 0 and "config.json" not in os.listdir(tmp_path / "e")  # the old one is gone
+    # the old one is gone
+    assert r.exit_code == 0 and "config.json" not in os.listdir(tmp_path / "e")
     r = run("export", model_dir, "--to", "onnx", tmp_path / "f")
     assert r.exit_code == 2 and "onnx" in r.output
-    t = run("train", topic_txt, "-o", tmp_path / "t", "--model", "transformer", "--dim", "8", "--heads", "2",
-            "--layers", "1", "--ffn", "16", "--vocab-size", "100", "--max-steps", "1", "-q")
+    t = run("train", topic_txt, "-o", tmp_path / "t", "--model", "transformer", "--dim", "8",
+            "--heads", "2", "--layers", "1", "--ffn", "16", "--vocab-size", "100",
+            "--max-steps", "1", "-q")
     assert t.exit_code == 0, t.output
     r = run("export", tmp_path / "t", "--to", "model2vec", tmp_path / "g")
     assert r.exit_code == 1 and "only the bag model" in r.output and "Traceback" not in r.output
-    t = run("train", topic_txt, "-o", tmp_path / "s", "--pooling", "sublinear", "--dim", "8", "--vocab-size", "100",
-            "--max-steps", "1", "-q")
+    t = run("train", topic_txt, "-o", tmp_path / "s", "--pooling", "sublinear", "--dim", "8",
+            "--vocab-size", "100", "--max-steps", "1", "-q")
     assert t.exit_code == 0, t.output
     r = run("export", tmp_path / "s", "--to", "sentence-transformers", tmp_path / "h")
     assert r.exit_code == 1 and "pools sublinearly" in r.output and not (tmp_path / "h").exists()
@@ -116,7 +118,8 @@ def test_quantize_and_dequantize():
     q = ex.quantize(X, "int8", scales)
     assert q.dtype == np.int8 and np.abs(q).max() == 127
     assert np.abs(ex.dequantize(q, "int8", scales) - X).max() <= scales.max() / 254 + 1e-7
-    assert np.all(ex.quantize(2 * X, "int8", scales) == np.clip(np.rint(254 * X / scales), -127, 127))
+    assert np.all(ex.quantize(2 * X, "int8", scales)
+                  == np.clip(np.rint(254 * X / scales), -127, 127))
     b = ex.quantize(X, "binary")
     assert b.dtype == np.uint8 and b.shape == (50, 3)
     assert np.array_equal(ex.dequantize(b, "binary", dim=20), np.where(X > 0, 1, -1))
@@ -138,12 +141,15 @@ def test_embed_streams_to_npy_with_dims_and_dtypes(tmp_path, model_dir, topic_do
         np.testing.assert_array_equal(Y, want)   # chunked: the same vectors
     r = run("embed", model_dir, path, "-o", tmp_path / "h.npy", "--dtype", "float16", "-q")
     assert r.exit_code == 0 and np.array_equal(np.load(tmp_path / "h.npy"), X.astype(np.float16))
-    r = run("embed", model_dir, path, "-o", tmp_path / "b.npy", "--dtype", "binary", "--dim", "8", "-q")
+    r = run("embed", model_dir, path, "-o", tmp_path / "b.npy", "--dtype", "binary",
+            "--dim", "8", "-q")
     assert r.exit_code == 0
-    assert np.array_equal(np.load(tmp_path / "b.npy"), np.packbits(model.encode(texts, dim=8) > 0, axis=1))
+    assert np.array_equal(np.load(tmp_path / "b.npy"),
+                          np.packbits(model.encode(texts, dim=8) > 0, axis=1))
     # int8 needs the scales of `minembed quantize`, stored in the model directory
     r = run("embed", model_dir, path, "-o", tmp_path / "q.npy", "--dtype", "int8")
-    assert r.exit_code == 1 and "minembed quantize" in r.output and not (tmp_path / "q.npy").exists()
+    assert (r.exit_code == 1 and "minembed quantize" in r.output
+            and not (tmp_path / "q.npy").exists())
     r = run("quantize", model_dir, path, "--max-docs", "100")
     assert r.exit_code == 0, r.output
     stored = json.load(open(model_dir / "int8_scales.json"))
@@ -157,10 +163,12 @@ def test_embed_streams_to_npy_with_dims_and_dtypes(tmp_path, model_dir, topic_do
     Q = np.load(tmp_path / "q.npy")
     assert Q.dtype == np.int8 and np.array_equal(Q, ex.quantize(X, "int8", s32))
     with pytest.warns(UserWarning, match="not 16"):
-        r = run("embed", model_dir, path, "-o", tmp_path / "q.npy", "--dtype", "int8", "--dim", "16")
+        r = run("embed", model_dir, path, "-o", tmp_path / "q.npy", "--dtype", "int8",
+                "--dim", "16")
     assert r.exit_code == 1 and "quantize" in r.output and "--dim 16" in r.output
     # errors: one line, and no file left behind
-    for args, msg in ((("--dim", "33"), "from 1 to 32"), (("--dtype", "int8", "--no-normalize"), "unit vectors"),
+    for args, msg in ((("--dim", "33"), "from 1 to 32"),
+                      (("--dtype", "int8", "--no-normalize"), "unit vectors"),
                       (("--dtype", "int4"), "'int4' is not one of")):
         r = run("embed", model_dir, path, "-o", tmp_path / "bad.npy", *args)
         assert r.exit_code in (1, 2) and msg in r.output.strip().splitlines()[-1], r.output
@@ -178,7 +186,8 @@ def test_embed_warns_on_a_dimension_the_model_was_not_trained_at(tmp_path, model
     with pytest.warns(UserWarning, match="trained at dimensions 8, 32, not 4") as caught:
         r = run("embed", model_dir, topic_txt, "-o", tmp_path / "x.npy", "--dim", "4", "-q")
     assert r.exit_code == 0 and len(caught) == 1                 # once, not once per chunk
-    assert warnings.formatwarning("m", UserWarning, "f.py", 1) == "Warning: m\n"  # the CLI's one line
+    # the CLI's one line
+    assert warnings.formatwarning("m", UserWarning, "f.py", 1) == "Warning: m\n"
     assert np.load(tmp_path / "x.npy").shape == (240, 4)
 
 
@@ -205,7 +214,8 @@ def test_embed_memory_does_not_grow_with_the_input(tmp_path, model_dir, topic_do
         path = tmp_path / f"{n}.txt"
         path.write_text("\n".join(texts[i % len(texts)] for i in range(n)) + "\n")
         out = subprocess.run([sys.executable, "-c", _RSS, "embed", str(model_dir), str(path), "-o",
-                              str(tmp_path / f"{n}.npy"), "-q"], capture_output=True, text=True, check=True)
+                              str(tmp_path / f"{n}.npy"), "-q"], capture_output=True,
+                             text=True, check=True)
         rss[n] = int(out.stdout.split()[-1]) / 1024
         assert np.load(tmp_path / f"{n}.npy", mmap_mode="r").shape == (n, 32)
     assert os.path.getsize(tmp_path / "40000.txt") > 30e6

@@ -23,8 +23,9 @@ def ragged(rng, n_views=9, vocab=40, max_len=7):
 
 
 def test_every_marked_function_has_a_cpu_twin_and_a_cuda_twin():
-    assert set(cpu.TWINS) <= set(cuda.TWINS) | {layers.attention_core_forward, layers.attention_core_backward,
-                                                 bag.sublinear_bag_forward}
+    assert set(cpu.TWINS) <= set(cuda.TWINS) | {layers.attention_core_forward,
+                                                layers.attention_core_backward,
+                                                bag.sublinear_bag_forward}
     for reference in cpu.TWINS:
         assert backend.TWINS[("numpy", reference.key)] is cpu.TWINS[reference]
         assert reference.reference is not reference  # the marked function dispatches
@@ -53,7 +54,8 @@ def test_gelu_twin():
     y2, c2 = cpu.gelu_forward(x)
     np.testing.assert_allclose(y2, y, **TOL)
     dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
-    np.testing.assert_allclose(cpu.gelu_backward(dy, c2), layers.gelu_backward.reference(dy, c), **TOL)
+    np.testing.assert_allclose(cpu.gelu_backward(dy, c2),
+                               layers.gelu_backward.reference(dy, c), **TOL)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
@@ -66,7 +68,8 @@ def test_adam_twins(weight_decay, grad):
     g_rows = rng.standard_normal((500, 4)).astype(np.float32)
     states = [[a.copy() for a in (p, m, v)] for _ in range(2)]
     for (pp, mm, vv), update in zip(states, ("reference", "twin")):
-        fn = {"reference": {"dense": optim.adam_update.reference, "rowgrad": optim.adam_update.reference,
+        fn = {"reference": {"dense": optim.adam_update.reference,
+                            "rowgrad": optim.adam_update.reference,
                             "rows": optim.adam_update_rows.reference},
               "twin": {"dense": cpu.adam_update, "rowgrad": cpu.adam_update,
                        "rows": cpu.adam_update_rows}}[update][grad]
@@ -74,7 +77,8 @@ def test_adam_twins(weight_decay, grad):
             if grad == "rows":
                 fn(pp, rows, g_rows, mm, vv, step, 1e-2, weight_decay=weight_decay)
             else:
-                g = RowGrad(rows, g_rows) if grad == "rowgrad" else layers.densify(RowGrad(rows, g_rows), p.shape)
+                g = (RowGrad(rows, g_rows) if grad == "rowgrad"
+                     else layers.densify(RowGrad(rows, g_rows), p.shape))
                 fn(pp, g, mm, vv, step, 1e-2, weight_decay=weight_decay)
     for a, b in zip(*states):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
@@ -93,7 +97,8 @@ def test_attention_core_twin_view_at_a_time(p_drop):
     qkv = rng.standard_normal((int(lens.sum()), 3 * D)).astype(np.float32)
     ctx, cache = layers.attention_core_forward.reference(qkv, index, key_mask, H, p_drop,
                                                          np.random.default_rng(7))
-    ctx2, cache2 = cpu.attention_core_forward(qkv, index, key_mask, H, p_drop, np.random.default_rng(7))
+    ctx2, cache2 = cpu.attention_core_forward(qkv, index, key_mask, H, p_drop,
+                                              np.random.default_rng(7))
     np.testing.assert_allclose(ctx2, ctx, **TOL)        # the same dropout masks: one random stream
     dctx = rng.standard_normal(ctx.shape).astype(np.float32)
     np.testing.assert_allclose(cpu.attention_core_backward(dctx, cache2),
@@ -110,7 +115,8 @@ def test_a_training_step_is_the_same_with_the_twins_or_the_references(model):
     results = []
     for twins in (True, False):
         with contextlib.nullcontext() if twins else fast.reference_only():
-            emb, cache = enc.forward(params, ids, offsets, cfg, train=True, rng=np.random.default_rng(5))
+            emb, cache = enc.forward(params, ids, offsets, cfg, train=True,
+                                     rng=np.random.default_rng(5))
             grads = enc.backward(np.ones_like(emb) / emb.size, cache)
         results.append((emb, grads))
     (e1, g1), (e2, g2) = results

@@ -19,7 +19,8 @@ from minembed.product import progress
 from minembed.product.cli import main
 from minembed.product.modeldir import write_manifest
 
-SMALL = ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "16", "--max-steps", "5"]
+SMALL = ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "16",
+         "--max-steps", "5"]
 
 
 def run(*args, **kw):
@@ -112,8 +113,8 @@ def test_progress_rate_is_smoothed_and_the_time_left_right_after_resume(monkeypa
 
 def test_transformer_run_time_is_estimated_up_front(tmp_path, topic_txt):
     r = cli("train", topic_txt, "-o", tmp_path / "m", "--model", "transformer", "--dim", "16",
-            "--layers", "1", "--heads", "2", "--ffn", "32", "--max-len", "32", "--vocab-size", "300",
-            "--batch-size", "8", "--max-steps", "30")
+            "--layers", "1", "--heads", "2", "--ffn", "32", "--max-len", "32",
+            "--vocab-size", "300", "--batch-size", "8", "--max-steps", "30")
     assert r.returncode == 0, r.stderr
     assert "estimated training time:" in r.stderr and "24 more steps" in r.stderr
 
@@ -135,8 +136,8 @@ def test_one_enormous_document_is_refused_at_once(tmp_path):
 
 
 def test_a_dead_run_is_detected_and_leaves_nothing(tmp_path, topic_txt):
-    r = run("train", topic_txt, "-o", tmp_path / "m", "--lr", "1e6", "--dim", "16", "--vocab-size", "300",
-            "--batch-size", "16", "--max-steps", "200")
+    r = run("train", topic_txt, "-o", tmp_path / "m", "--lr", "1e6", "--dim", "16",
+            "--vocab-size", "300", "--batch-size", "16", "--max-steps", "200")
     one_line_error(r, "training is dead", "--lr")
     assert not (tmp_path / "m").exists()
 
@@ -162,7 +163,8 @@ def test_double_ctrl_c_leaves_a_directory_a_rerun_accepts(tmp_path, topic_txt):
             "t.train_step = lambda *a: (time.sleep(0.2), f(*a))[1]\n"
             "from minembed.product.cli import main\nmain(prog_name='minembed')\n")
     out = tmp_path / "m"
-    p = subprocess.Popen([sys.executable, "-c", code, "train", topic_txt, "-o", out, *SMALL[:-1], "500",
+    p = subprocess.Popen([sys.executable, "-c", code, "train", topic_txt, "-o", out,
+                          *SMALL[:-1], "500",
                           "--checkpoint-every", "0"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "log.jsonl").exists() or not (out / "log.jsonl").read_text().strip():
@@ -214,7 +216,8 @@ def test_eval_splits(model_dir, topic_jsonl):
 # 8. messages ---------------------------------------------------------------
 
 def test_unwritable_output_names_the_file_not_a_temporary(tmp_path, model_dir, topic_txt):
-    err = one_line_error(run("embed", model_dir, topic_txt, "-o", tmp_path / "no" / "such" / "x.npy"))
+    err = one_line_error(run("embed", model_dir, topic_txt, "-o",
+                             tmp_path / "no" / "such" / "x.npy"))
     assert "cannot write" in err and "x.npy" in err and ".tmp" not in err
 
 

@@ -41,15 +41,18 @@ def test_mean_pooling_matches_a_loop_and_handles_empty_views():
 def test_sublinear_pooling_weighs_a_token_by_one_plus_log_its_count():
     rng = np.random.default_rng(1)
     table = rng.standard_normal((30, 4))
-    ids, offsets = np.array([7, 7, 7, 2, 7, 9, 9, 4]), np.array([0, 5, 5, 8])  # 7 x4 and 2; none; 9 x2 and 4
+    # 7 x4 and 2; none; 9 x2 and 4
+    ids, offsets = np.array([7, 7, 7, 2, 7, 9, 9, 4]), np.array([0, 5, 5, 8])
     out, _ = bag.sublinear_bag_forward(table, ids, offsets)
     w = 1 + np.log(4)
     np.testing.assert_allclose(out[0], (w * table[7] + table[2]) / (w + 1), rtol=1e-12)
     assert np.all(out[1] == 0)
-    np.testing.assert_allclose(out[2], ((1 + np.log(2)) * table[9] + table[4]) / (2 + np.log(2)), rtol=1e-12)
+    np.testing.assert_allclose(out[2], ((1 + np.log(2)) * table[9] + table[4])
+                               / (2 + np.log(2)), rtol=1e-12)
     assert ids.tolist() == [7, 7, 7, 2, 7, 9, 9, 4]                    # the caller's ids untouched
     # no repeats: the plain mean
-    np.testing.assert_allclose(bag.sublinear_bag_forward(table, np.array([3, 9, 4]), np.array([0, 3]))[0],
+    np.testing.assert_allclose(bag.sublinear_bag_forward(table, np.array([3, 9, 4]),
+                                                         np.array([0, 3]))[0],
                                table[[3, 9, 4]].mean(axis=0, keepdims=True), rtol=1e-12)
 
 
@@ -96,7 +99,8 @@ def test_cosine_similarity_gradient():
 
     an, ca = loss.l2_normalize_forward(a)
     pn, cp = loss.l2_normalize_forward(p)
-    grads = {"a": loss.l2_normalize_backward(R @ pn, ca), "p": loss.l2_normalize_backward(R.T @ an, cp)}
+    grads = {"a": loss.l2_normalize_backward(R @ pn, ca),
+             "p": loss.l2_normalize_backward(R.T @ an, cp)}
     errs = check_grads(f, {"a": a, "p": p}, grads)
     assert max(errs.values()) < TOL
 
@@ -122,7 +126,8 @@ def test_matryoshka_infonce_backward(symmetric):
     dims = [2, 5, 8]
     f = lambda: loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)[0]  # noqa: E731
     value, acc, cache = loss.matryoshka_forward(a, p, dims, scale=7.0, symmetric=symmetric)
-    terms = [loss.infonce_forward(a[:, :k], p[:, :k], scale=7.0, symmetric=symmetric)[0] for k in dims]
+    terms = [loss.infonce_forward(a[:, :k], p[:, :k], scale=7.0,
+                                  symmetric=symmetric)[0] for k in dims]
     assert abs(value - np.mean(terms)) < 1e-12
     assert acc == loss.infonce_forward(a, p, 7.0, symmetric)[1]  # the full vectors
     da, dp = loss.matryoshka_backward(1.0, cache)

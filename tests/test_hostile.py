@@ -16,17 +16,20 @@ from minembed.product.corpus import iter_documents
 from minembed.core.pairs import PairSampler
 from minembed.product.settings import TrainConfig
 from minembed.errors import MinembedError
-from minembed.product.tokenize import mask_token_id, split_sentences, tokenize_corpus, train_tokenizer
+from minembed.product.tokenize import (mask_token_id, split_sentences, tokenize_corpus,
+                                       train_tokenizer)
 
 SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
 
 # text made of the characters that break readers: newlines of every kind, BOMs,
 # NUL and other controls, Unicode separators, combining marks, astral characters
 NASTY = ["\n", "\r", "\r\n", "\ufeff", "\x00", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029",
-         "\t", " ", ".", "!", "?", '"', ")", "\u0301", "\u200b", "é", "ß", "中", "😀", "a", "b", "Z",
-         "{", "}", '\\"', "\\u", "[", ":"]
-nasty_text = st.lists(st.one_of(st.sampled_from(NASTY), st.text(max_size=8)), max_size=60).map("".join)
+         "\t", " ", ".", "!", "?", '"', ")", "\u0301", "\u200b", "é", "ß", "中", "😀", "a", "b",
+         "Z", "{", "}", '\\"', "\\u", "[", ":"]
+nasty_text = st.lists(st.one_of(st.sampled_from(NASTY), st.text(max_size=8)),
+                      max_size=60).map("".join)
 raw_bytes = st.one_of(st.binary(max_size=400), nasty_text.map(lambda t: t.encode("utf-8")),
                       st.lists(st.sampled_from([b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\x00", b"\r",
                                                 b"\n", b"ab", b" ", b"\xe2\x80\xa8"]),
@@ -82,7 +85,8 @@ def test_lines_format_oracle(lines, newline, bom):
     st.none(), st.integers(), st.text(max_size=5), st.floats(allow_nan=True)), max_size=6),
     junk=st.sampled_from(["", "\r", " ", "\ufeff"]))
 def test_jsonl_roundtrip(texts, labels, junk):
-    recs = [{"text": t} if i >= len(labels) or labels[i] is None else {"text": t, "label": labels[i]}
+    recs = [{"text": t} if i >= len(labels) or labels[i] is None
+            else {"text": t, "label": labels[i]}
             for i, t in enumerate(texts)]
     data = "\n".join(junk + json.dumps(r) for r in recs).encode("utf-8")
     docs, err = read(data, "jsonl", "c.jsonl", max_doc_chars=10_000)
@@ -185,7 +189,8 @@ def test_tokenise_and_sample_crops(tok, texts, data):
         n_sent = data.draw(st.integers(1, 2))
         positives = data.draw(st.sampled_from(["crops", "mask", "dropout"]))
         max_len = data.draw(st.sampled_from([None, 3, 50]))
-        sampler = PairSampler(tc, TrainConfig(crops=data.draw(st.sampled_from(["auto", "sentences", "spans"])),
+        sampler = PairSampler(tc, TrainConfig(crops=data.draw(st.sampled_from(["auto", "sentences",
+                                                                               "spans"])),
                               crop_sentences=n_sent, sentence_min=data.draw(st.integers(0, 5)),
                               sentence_max=40, positives=positives,
                               model="transformer" if max_len or positives == "dropout" else "bag",
@@ -194,7 +199,8 @@ def test_tokenise_and_sample_crops(tok, texts, data):
         assert st_["sentence_crops"] + st_["token_spans"] + st_["skipped"] == len(docs)
         if len(sampler.usable) == 0:
             return
-        batch = data.draw(st.lists(st.sampled_from(sampler.usable.tolist()), min_size=1, max_size=6))
+        batch = data.draw(st.lists(st.sampled_from(sampler.usable.tolist()), min_size=1,
+                                   max_size=6))
         batch = np.asarray(batch)
         ids, offsets = sampler.sample(batch, np.random.default_rng(data.draw(st.integers(0, 99))))
         b = len(batch)
@@ -217,7 +223,8 @@ def test_megabyte_document_tokenises_and_samples(tok, tmp_path):
     docs = ["a" * 1_000_000, "word. " * 150_000, "x y"]
     t = time.perf_counter()
     tc = tokenize_corpus(tok, iter(docs), tmp_path / "c")
-    sampler = PairSampler(tc, TrainConfig(sentence_min=1, sentence_max=10, model="transformer", max_len=64))
+    sampler = PairSampler(tc, TrainConfig(sentence_min=1, sentence_max=10, model="transformer",
+                                          max_len=64))
     ids, offsets = sampler.sample(sampler.usable, np.random.default_rng(0))
     assert offsets[-1] == len(ids) and sampler.stats["skipped"] == 0
     assert time.perf_counter() - t < 30

@@ -26,7 +26,8 @@ SLOW_CLI = ("import os, time\n"
             "t.train_step = step\n"
             "from minembed.product.cli import main\n"
             "main(prog_name='minembed')\n")
-CONFIG = ["--members", "1", "--vocab-size", "256", "--dim", "16", "--batch-size", "16", "--max-steps", "30", "-q"]
+CONFIG = ["--members", "1", "--vocab-size", "256", "--dim", "16", "--batch-size", "16",
+          "--max-steps", "30", "-q"]
 
 
 def cli(env, *args, slow=False):
@@ -41,7 +42,8 @@ def setup(tmp_path_factory):
     words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
     with open(d / "corpus.txt", "w") as f:
         for i in range(300):
-            f.write(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(20 + i % 30)) + ".\n")
+            f.write(" ".join(words[(i * 7 + j * 3) % len(words)]
+                             for j in range(20 + i % 30)) + ".\n")
     env = dict(os.environ, MINEMBED_CACHE=str(d / "cache"), OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1")
     return d, env
@@ -77,7 +79,8 @@ def test_second_training_is_refused_and_the_first_is_intact(setup):
     lone = cli(env, corpus, "-o", ref, *CONFIG)
     _, err = lone.communicate(timeout=120)
     assert lone.returncode == 0, err
-    a, b = load_weights(os.path.join(out, "model.safetensors")), load_weights(os.path.join(ref, "model.safetensors"))
+    a, b = (load_weights(os.path.join(out, "model.safetensors")),
+            load_weights(os.path.join(ref, "model.safetensors")))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     # the lock went with the first process: the directory can be trained into again
     again = cli(env, corpus, "-o", out, "--force", *CONFIG)
@@ -90,7 +93,8 @@ def test_lock_held_by_another_process(setup, tmp_path):
     OutputDir, with or without force; it is released when the holder dies."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from minembed.product.outdir import OutputDir; "
-         "o = OutputDir(sys.argv[1]); o.open(); print('held', flush=True); sys.stdin.read()", str(tmp_path / "o")],
+         "o = OutputDir(sys.argv[1]); o.open(); print('held', flush=True); sys.stdin.read()",
+         str(tmp_path / "o")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     for kw in ({}, {"force": True}, {"resume": True}):

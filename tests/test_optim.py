@@ -29,7 +29,8 @@ def test_dense_adam_matches_formula(wd):
     state = optim.adam_init(params)
     for g in grads:
         optim.adam_step(params, {"w": g.copy()}, state, lr=0.01, weight_decay=wd)
-    np.testing.assert_allclose(params["w"], reference_adam(p0, grads, 0.01, wd=wd), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(params["w"], reference_adam(p0, grads, 0.01, wd=wd),
+                               rtol=1e-12, atol=1e-14)
     assert state["step"] == 4
 
 

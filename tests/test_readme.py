@@ -47,7 +47,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import make_docs
 
@@ -143,7 +142,8 @@ def capped(tokens):
 
 def resolve(tokens, home):
     exe = {"minembed": str(BIN / "minembed"), "python": sys.executable,
-           "mpiexec": str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")}
+           "mpiexec": (str(BIN / "mpiexec") if (BIN / "mpiexec").exists()
+                       else shutil.which("mpiexec"))}
     out = [exe.get(tokens[0], tokens[0])] + tokens[1:]
     return [str(home) + t[1:] if t == "~" or t.startswith("~/") else t for t in out]
 
@@ -161,7 +161,8 @@ def config(model_dir):
 
 def check_train(cmd, cwd):
     out = cwd / option(cmd, "-o", option(cmd, "--out", "minembed_model"))
-    for name in ("config.json", "tokenizer.json", "model.safetensors", "log.jsonl", "manifest.json"):
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "log.jsonl",
+                 "manifest.json"):
         assert (out / name).is_file(), (out, name)
     assert not (out / "checkpoint").exists() and not (out / ".lock").exists()
     cfg = config(out)
@@ -272,7 +273,8 @@ def test_readme_is_short_and_starts_with_the_two_commands():
     text = README.read_text()
     assert len(text.splitlines()) <= 200
     first = blocks(text)[0]
-    assert first[2] == 4 and first[1].splitlines()[0].startswith("pip install -e . && minembed train ")
+    assert (first[2] == 4
+            and first[1].splitlines()[0].startswith("pip install -e . && minembed train "))
     assert first[1].splitlines()[1].startswith('pip install -e ".[test]" && python -m pytest -q')
 
 
@@ -295,7 +297,8 @@ def test_every_readme_command_runs_in_order(tmp_path):
     for name, data in INPUTS.items():
         (cwd / name).write_bytes(data)
     env = {k: v for k, v in os.environ.items() if k not in ("MINEMBED_CACHE",)}
-    import matplotlib  # its font cache, kept where it is: building one in the new HOME takes seconds
+    # its font cache, kept where it is: building one in the new HOME takes seconds
+    import matplotlib
     env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg",
                MPLCONFIGDIR=env.get("MPLCONFIGDIR") or matplotlib.get_cachedir())
     cache = home / ".cache" / "minembed"
@@ -315,15 +318,18 @@ def test_every_readme_command_runs_in_order(tmp_path):
                     target = Path(resolve(tokens, home)[2])
                     assert home in target.resolve().parents, where  # never outside this test's HOME
                     assert target == cache and (cache / "tokenizers").is_dir() \
-                        and (cache / "corpora").is_dir(), f"{where}: the cache is not where the README says"
+                        and (cache / "corpora").is_dir(), \
+                        f"{where}: the cache is not where the README says"
                 argv = resolve(capped(tokens), home)
                 if bg:
-                    background.append(subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                    background.append(subprocess.Popen(argv, cwd=cwd, env=env,
+                                                       stdout=subprocess.DEVNULL,
                                                        stderr=subprocess.DEVNULL))
                     ran.append(where)
                     continue
                 t0 = time.perf_counter()
-                r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                                   timeout=300)
                 print(f"{time.perf_counter() - t0:6.1f} s  {where}")
                 assert r.returncode == 0, f"{where}\nexit {r.returncode}\n{r.stdout}\n{r.stderr}"
                 check(inner(capped(tokens)), cwd, comment, r.stdout)

@@ -51,7 +51,8 @@ def test_the_same_numbers_to_rounding_for_any_thread_count():
     rounding; not always bit for bit (the edges' kernels differ: on an AMD EPYC with OpenBLAS
     0.3.31, 2 % of the elements by up to 5e-5), which is why a resumed run keeps its count."""
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2000, 256), dtype=np.float32), rng.standard_normal((256, 1024), dtype=np.float32)
+    a, b = (rng.standard_normal((2000, 256), dtype=np.float32),
+            rng.standard_normal((256, 1024), dtype=np.float32))
     outs = []
     for n in (1, 2):
         with runtime.tuned("transformer", n):

@@ -30,8 +30,8 @@ def test_same_seed_same_model_bit_for_bit(tmp_path, topic_txt):
     assert np.array_equal(wa["tok_emb"], wb["tok_emb"])
     assert not np.array_equal(wa["tok_emb"], wc["tok_emb"])
     # the logs agree too, apart from timing
-    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("time", "pairs_per_s")}  # noqa
-                       for l in open(os.path.join(p, "log.jsonl"))]
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k not in ("time", "pairs_per_s")}  # noqa
+                       for line in open(os.path.join(p, "log.jsonl"))]
     assert strip(a.path) == strip(b.path)
 
 
@@ -40,7 +40,8 @@ def test_training_beats_untrained_on_the_builtin_corpus(tmp_path):
     texts, labels = minembed.builtin()
     cfg = TrainConfig(dim=64, epochs=2, batch_size=128, vocab_size=4000)
     model = train(None, tmp_path / "m", cfg, quiet=True)
-    untrained = Model(model.config, model.encoder.init_params(model.config, np.random.default_rng([0, 0])),
+    untrained = Model(model.config,
+                      model.encoder.init_params(model.config, np.random.default_rng([0, 0])),
                       model.tokenizer)
     acc = knn_accuracy(model.encode(texts), labels, metric="cosine")
     acc0 = knn_accuracy(untrained.encode(texts), labels, metric="cosine")
@@ -49,7 +50,7 @@ def test_training_beats_untrained_on_the_builtin_corpus(tmp_path):
 
 def test_loss_goes_down_and_log_is_complete(tmp_path, topic_txt):
     m = train(topic_txt, tmp_path / "m", TrainConfig(**dict(FAST, epochs=6)), quiet=True)
-    recs = [json.loads(l) for l in open(os.path.join(m.path, "log.jsonl"))]
+    recs = [json.loads(line) for line in open(os.path.join(m.path, "log.jsonl"))]
     assert [r["step"] for r in recs] == list(range(1, len(recs) + 1))
     assert set(recs[0]) >= {"step", "epoch", "loss", "lr", "pairs_per_s"}
     first, last = np.mean([r["loss"] for r in recs[:3]]), np.mean([r["loss"] for r in recs[-3:]])
@@ -99,7 +100,8 @@ def test_load_and_encode(tmp_path, topic_txt, topic_docs):
     np.testing.assert_allclose(model.encode([texts[4]])[0], X[4], rtol=1e-5, atol=1e-6)
     Xn = model.encode(texts, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(Xn[:10], axis=1), 1.0, rtol=1e-5)
-    v = model.encode("star planet")                  # one string: one vector, as sentence-transformers
+    # one string: one vector, as sentence-transformers
+    v = model.encode("star planet")
     assert v.shape == (32,)
     np.testing.assert_allclose(v, X[11], rtol=1e-5, atol=1e-6)
     for bad, msg in ((None, "string or a list"), ([None], "text 0 is a NoneType"),
@@ -124,7 +126,8 @@ def test_sublinear_pooling_changes_encoding_only(tmp_path, topic_txt, topic_docs
         u, n = np.unique(t, return_counts=True)
         want = ((1 + np.log(n))[:, None] * table[u]).sum(axis=0) / (1 + np.log(n)).sum()
         np.testing.assert_allclose(Y[i], want / np.linalg.norm(want), rtol=1e-5, atol=1e-6)
-    assert np.all(Y[2] == 0) and np.abs(X[0] @ Y[0]) < 1 - 1e-4   # a repeated token: different vectors
+    # a repeated token: different vectors
+    assert np.all(Y[2] == 0) and np.abs(X[0] @ Y[0]) < 1 - 1e-4
     assert minembed.load(b.path).config["pooling"] == "sublinear"
 
 
@@ -134,7 +137,8 @@ def test_output_dir_is_not_overwritten_without_force(tmp_path, topic_txt):
     with pytest.raises(MinembedError, match="already holds a model.*--force"):
         train(topic_txt, tmp_path / "m", TrainConfig(seed=1, **FAST), quiet=True)
     assert np.array_equal(before, weights(tmp_path / "m")["tok_emb"])
-    train(topic_txt, tmp_path / "m", TrainConfig(seed=1, max_steps=2, **FAST), quiet=True, force=True)
+    train(topic_txt, tmp_path / "m", TrainConfig(seed=1, max_steps=2, **FAST),
+          quiet=True, force=True)
     assert not np.array_equal(before, weights(tmp_path / "m")["tok_emb"])
 
 
@@ -150,8 +154,10 @@ def test_crash_during_save_leaves_the_old_model_intact(tmp_path, topic_txt, monk
         real_replace(src, dst)
 
     monkeypatch.setattr(model_mod.os, "replace", crash)
-    with pytest.raises(MinembedError, match=r"cannot write \S*/m/model.safetensors: disk full") as e:
-        train(topic_txt, tmp_path / "m", TrainConfig(seed=9, max_steps=2, **FAST), quiet=True, force=True)
+    with pytest.raises(MinembedError,
+                       match=r"cannot write \S*/m/model.safetensors: disk full") as e:
+        train(topic_txt, tmp_path / "m", TrainConfig(seed=9, max_steps=2, **FAST),
+              quiet=True, force=True)
     assert ".tmp" not in str(e.value)
     monkeypatch.setattr(model_mod.os, "replace", real_replace)
     # no temporary file left behind, and the weights on disk are the old ones, whole
@@ -178,7 +184,8 @@ def test_the_bag_model_is_four_members_of_a_quarter_of_dim_each_with_half_the_ep
     (dict(matryoshka="8,64", dim=32), "--matryoshka.*from 1 to --dim \\(32\\)"),
     (dict(model="transformer", pooling="sublinear"), "--pooling sublinear is for the bag model"),
     (dict(model="transformer", members=2), "--members is for the bag model"),
-    (dict(members=2, matryoshka="8"), "not with --matryoshka"), (dict(members=0), "--members must be positive"),
+    (dict(members=2, matryoshka="8"), "not with --matryoshka"),
+    (dict(members=0), "--members must be positive"),
     (dict(matryoshka="0,8"), "--matryoshka"), (dict(matryoshka="8,x"), "--matryoshka"),
     (dict(dim=30), "--dim 30 is not a multiple of --members 4"),
 ])
@@ -200,9 +207,11 @@ def test_matryoshka_training_makes_prefixes_embeddings(tmp_path, topic_txt, topi
     as the full vectors do, and clearly better than the first 4 of a model trained at
     32 alone (same seed); config.json records the trained dimensions."""
     texts, labels = topic_docs
-    # crops at scale 20: with rest positives or at scale 10 every 4-dim prefix of this easy corpus works
+    # crops at scale 20: with rest positives or at scale 10 every 4-dim prefix of this easy
+    # corpus works
     cfg = dict(FAST, epochs=6, seed=1, scale=20.0, positives="crops", span_max=0.5)
-    plain = train(topic_txt, tmp_path / "plain", TrainConfig(members=1, **cfg), quiet=True)  # one 32-wide table
+    # one 32-wide table
+    plain = train(topic_txt, tmp_path / "plain", TrainConfig(members=1, **cfg), quiet=True)
     mat = train(topic_txt, tmp_path / "mat", TrainConfig(matryoshka="4", **cfg), quiet=True)
     assert mat.config["matryoshka"] == [4, 32] and mat.config["training"]["matryoshka"] == "4,32"
     assert "matryoshka" not in plain.config
@@ -233,10 +242,12 @@ def test_transformer_token_table_from_a_bag_model(tmp_path, topic_txt, capsys):
     texts, labels = minembed.builtin()
 
     def initial_table(**kw):  # lr ~0: the table as the transformer's training found it
-        m = train(None, tmp_path / str(len(kw)), TrainConfig(**dict(TINY_TF, vocab_size=2000, lr=1e-12, **kw)),
+        m = train(None, tmp_path / str(len(kw)),
+                  TrainConfig(**dict(TINY_TF, vocab_size=2000, lr=1e-12, **kw)),
                   quiet=True)
         table = weights(m.path)["tok_emb"]
-        bag = Model(dict(model="bag", vocab_size=2000, dim=32, normalize=True), {"tok_emb": table}, m.tokenizer)
+        bag = Model(dict(model="bag", vocab_size=2000, dim=32, normalize=True), {"tok_emb": table},
+                    m.tokenizer)
         return table, knn_accuracy(bag.encode(texts), labels, metric="cosine")
 
     (table, acc), (_, acc0) = initial_table(), initial_table(bag_init=False)
@@ -247,8 +258,9 @@ def test_transformer_token_table_from_a_bag_model(tmp_path, topic_txt, capsys):
     for k in ("blocks.0.attn.out.w", "blocks.0.mlp.proj.w"):
         assert np.abs(w[k]).max() < 1e-9 and np.abs(w0[k]).std() > 1e-3, k
     assert abs(w["pos_emb"].std() - 0.002) < 3e-4 and abs(w0["pos_emb"].std() - 0.02) < 3e-3
-    lrs = [train(None, tmp_path / f"lr{i}", TrainConfig(**dict(TINY_TF, vocab_size=2000, **kw)), quiet=True)
-           .config["training"]["lr"] for i, kw in enumerate([{}, dict(bag_init=False), dict(lr=1e-3)])]
+    lrs = [train(None, tmp_path / f"lr{i}", TrainConfig(**dict(TINY_TF, vocab_size=2000, **kw)),
+                 quiet=True).config["training"]["lr"]
+           for i, kw in enumerate([{}, dict(bag_init=False), dict(lr=1e-3)])]
     assert lrs == [3e-5, 5e-4, 1e-3]  # the default lr refines a bag table; from scratch it is 5e-4
     m = train(topic_txt, tmp_path / "d", TrainConfig(**TINY_TF, positives="dropout"))
     assert "--positives dropout: the token table starts random" in capsys.readouterr().err

@@ -172,7 +172,8 @@ def test_length_buckets_do_not_change_the_result():
         emb, c = tr.forward(p, ids, offsets, dict(CFG, buckets=buckets))
         np.testing.assert_allclose(emb, ref, rtol=1e-12, atol=1e-12)
     R = rng.standard_normal(ref.shape)
-    g1, g4 = tr.backward(R, c1), tr.backward(R, tr.forward(p, ids, offsets, dict(CFG, buckets=4))[1])
+    g1, g4 = (tr.backward(R, c1),
+              tr.backward(R, tr.forward(p, ids, offsets, dict(CFG, buckets=4))[1]))
     for k in g1:
         a, b = (_dense(g1[k], p[k].shape), _dense(g4[k], p[k].shape))
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -41,7 +41,7 @@ def model_dir(tmp_path_factory, topic_jsonl):
 
 
 def test_eval_every_records_knn_accuracy(model_dir):
-    recs = [json.loads(l) for l in open(os.path.join(model_dir, "log.jsonl"))]
+    recs = [json.loads(line) for line in open(os.path.join(model_dir, "log.jsonl"))]
     with_knn = [r["step"] for r in recs if "knn_cosine" in r]
     last = recs[-1]["step"]
     assert with_knn == sorted(set(list(range(4, last + 1, 4)) + [last]))
@@ -136,7 +136,8 @@ def test_tsne_openTSNE_and_the_scikit_learn_fallback(monkeypatch):
     monkeypatch.setitem(sys.modules, "openTSNE", None)  # not installed: scikit-learn's
     Y = viz.tsne(X)
     assert len(seen) == 2 and Y.shape == (200, 2) and knn_accuracy(Y, y) == 1.0
-    with pytest.raises(MinembedError, match=r"maps with --exaggeration need openTSNE: pip install openTSNE"):
+    with pytest.raises(MinembedError,
+                       match=r"maps with --exaggeration need openTSNE: pip install openTSNE"):
         viz.tsne(X, exaggeration=4)
     with pytest.raises(MinembedError, match="at least 5 documents"):
         viz.tsne(X[:4])
@@ -255,7 +256,8 @@ def test_missing_plotly_and_bad_outputs_are_clear_errors(model_dir, topic_txt, t
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "plotly", None)
     assert error("-o", tmp_path / "m.html") == ('Error: HTML maps need plotly: pip install plotly '
-                                                '(in a clone of minembed: pip install -e ".[plot]")')
+                                                '(in a clone of minembed: '
+                                                'pip install -e ".[plot]")')
     assert not (tmp_path / "m.npy").exists() and not (tmp_path / "m.png").exists()
 
 

@@ -233,8 +233,9 @@ def _paragraphs(lines):
 
 
 def _is_table(paragraph):
-    return any(_TABLE_RULE.match(l) or (l.strip().startswith("|") and l.strip().endswith("|"))
-               for l in paragraph)
+    return any(_TABLE_RULE.match(line) or (line.strip().startswith("|")
+                                           and line.strip().endswith("|"))
+               for line in paragraph)
 
 
 def clean_docstring(doc):
@@ -263,7 +264,7 @@ def clean_docstring(doc):
         items.append(item)
         for item in items:
             in_list = len(items) > 1
-            text = " ".join(l.strip() for l in item)
+            text = " ".join(line.strip() for line in item)
             if n == 0 and _SIGNATURE.match(text):
                 continue
             text = clean_inline(text)
@@ -392,7 +393,8 @@ def _methods(cls):
         if name.startswith("_"):
             continue
         owner = next((k for k in cls.__mro__ if name in vars(k)), None)
-        if owner is None or (getattr(owner, "__module__", None) or "").split(".")[0] not in PACKAGES:
+        if (owner is None
+                or (getattr(owner, "__module__", None) or "").split(".")[0] not in PACKAGES):
             continue
         attr = vars(owner)[name]
         func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
@@ -450,11 +452,11 @@ def _collect_objects():
 def _fold_labels(labels):
     """Fold small labels 3+ components deep into their parent, deepest first."""
     labels = list(labels)
-    for depth in range(max(l.count(".") + 1 for l in labels), 2, -1):
+    for depth in range(max(lab.count(".") + 1 for lab in labels), 2, -1):
         counts = Counter(labels)
-        labels = [l.rsplit(".", 1)[0]
-                  if l.count(".") + 1 == depth and counts[l] < MIN_DOCS_PER_LABEL else l
-                  for l in labels]
+        labels = [lab.rsplit(".", 1)[0]
+                  if lab.count(".") + 1 == depth and counts[lab] < MIN_DOCS_PER_LABEL else lab
+                  for lab in labels]
     return labels
 
 
@@ -489,7 +491,7 @@ def build():
 
     labels = _fold_labels(labels)
     counts = Counter(labels)
-    keep = [i for i, l in enumerate(labels) if counts[l] >= MIN_DOCS_PER_LABEL]
+    keep = [i for i, lab in enumerate(labels) if counts[lab] >= MIN_DOCS_PER_LABEL]
     return [texts[i] for i in keep], [labels[i] for i in keep], [names[i] for i in keep]
 
 
@@ -524,7 +526,8 @@ def main():
     if args.check:
         with gzip.open(args.out, "rt", encoding="utf-8") as f:
             shipped = [json.loads(line) for line in f]
-        same = [(d["text"], d["label"], d["name"]) for d in shipped] == list(zip(texts, labels, names))
+        same = ([(d["text"], d["label"], d["name"]) for d in shipped]
+                == list(zip(texts, labels, names)))
         print("identical to the shipped corpus" if same else "DIFFERS from the shipped corpus")
         return 0 if same else 1
     write(args.out, texts, labels, names)

@@ -218,7 +218,8 @@ def wordnet(cache):
     names = lexnames(root)
     docs = []
     for pos in ("noun", "verb"):
-        for lexfile, lemmas, gloss in synsets(os.path.join(root, "usr/share/wordnet", f"data.{pos}")):
+        for lexfile, lemmas, gloss in synsets(os.path.join(root, "usr/share/wordnet",
+                                                           f"data.{pos}")):
             label = names[lexfile]
             if label != "noun.Tops":
                 docs.append((f"{', '.join(lemmas)}: {gloss}", label))
@@ -295,7 +296,8 @@ def debian(cache):
             source = s.get("Source", s["Package"]).split()[0]
             by_source[source].append((s["Package"], s["Section"], description_text(text)))
     docs = []
-    for source, packages in sorted(by_source.items()):   # the package named like its source, else the shortest name
+    # the package named like its source, else the shortest name
+    for source, packages in sorted(by_source.items()):
         name, section, text = min(packages, key=lambda p: (p[0] != source, len(p[0]), p[0]))
         docs.append((text, section))
     return finish(docs, max_docs=10_000)
@@ -311,21 +313,24 @@ def write_jsonl_gz(path, docs):
     tmp = path + ".tmp"
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         for text, label in docs:
-            gz.write((json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n").encode("utf-8"))
+            gz.write((json.dumps({"text": text, "label": label}, ensure_ascii=False)
+                      + "\n").encode("utf-8"))
     os.replace(tmp, path)
 
 
 def stats(docs):
     counts = collections.Counter(label for _, label in docs)
     return {"documents": len(docs), "labels": len(counts),
-            "min_per_label": min(counts.values()), "median_per_label": statistics.median(counts.values()),
+            "min_per_label": min(counts.values()),
+            "median_per_label": statistics.median(counts.values()),
             "max_per_label": max(counts.values()),
             "median_chars": statistics.median(len(t) for t, _ in docs)}
 
 
 def main(argv=None):
     default_cache = os.path.join(os.environ.get("MINEMBED_CACHE") or
-                                 os.path.join(os.path.expanduser("~"), ".cache", "minembed"), "corpora-src")
+                                 os.path.join(os.path.expanduser("~"), ".cache", "minembed"),
+                                 "corpora-src")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", help="where NAME.jsonl.gz are written")
     p.add_argument("--only", nargs="+", choices=sorted(CORPORA), help="build only these corpora")
@@ -344,8 +349,8 @@ def main(argv=None):
         write_jsonl_gz(path, docs)
         s = stats(docs)
         print(f"{name}: {s['documents']} documents, {s['labels']} labels, per label "
-              f"min {s['min_per_label']} median {s['median_per_label']:g} max {s['max_per_label']}, "
-              f"median {s['median_chars']:g} chars -> {path}")
+              f"min {s['min_per_label']} median {s['median_per_label']:g} max "
+              f"{s['max_per_label']}, median {s['median_chars']:g} chars -> {path}")
         if name == "debian":
             print(f"  from the indexes of {release(os.path.join(cache, 'lists'))}")
         if args.labels:

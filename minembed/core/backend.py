@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 TWINS = {}            # (array module name, "module.function") -> the fast twin
-use_twins = True      # False: every marked function runs its reference (minembed.fast.reference_only)
+# False: every marked function runs its reference (minembed.fast.reference_only)
+use_twins = True
 
 
 def xp_of(*arrays):

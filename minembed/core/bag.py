@@ -83,7 +83,8 @@ def forward(params, ids, offsets, config=None, train=False, rng=None):
 
 
 def encode(params, ids, offsets, config=None):  # inference: no cache kept; training always counts n
-    pool = sublinear_bag_forward if (config or {}).get("pooling") == "sublinear" else embedding_bag_forward
+    pool = (sublinear_bag_forward if (config or {}).get("pooling") == "sublinear"
+            else embedding_bag_forward)
     return pool(params["tok_emb"], ids, offsets)[0]
 
 

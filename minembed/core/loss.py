@@ -25,7 +25,8 @@ def l2_normalize_forward(x, eps=1e-12):
 
 
 def l2_normalize_backward(dn, cache):
-    """dx = (dn - n (n . dn)) / ||x||: the part of dn along n is removed (moving x along itself keeps n)."""
+    """dx = (dn - n (n . dn)) / ||x||: the part of dn along n is removed (moving x along itself
+    keeps n)."""
     n, norm = cache
     return (dn - n * (dn * n).sum(axis=1, keepdims=True)) / norm
 
@@ -102,5 +103,6 @@ def contrastive_loss(emb, scale, symmetric=False, dims=None):
     with ``dims`` its Matryoshka mean over those prefixes. (loss, accuracy, demb), demb (2B, D)
     = d loss / d emb, what the encoder's backward takes."""
     b = emb.shape[0] // 2
-    loss, accuracy, cache = matryoshka_forward(emb[:b], emb[b:], dims or [emb.shape[1]], scale, symmetric)
+    loss, accuracy, cache = matryoshka_forward(emb[:b], emb[b:], dims or [emb.shape[1]],
+                                               scale, symmetric)
     return loss, accuracy, xp_of(emb).concatenate(matryoshka_backward(1.0, cache))

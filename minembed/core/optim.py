@@ -38,7 +38,8 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
 
 
 @twin
-def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=0.0):
     """Lazy AdamW: the dense update on the rows ``rows`` (distinct) of p, m and v only, with
     g_rows their gradient: the other rows do not move and their moments do not decay."""
     p_r, m_r, v_r = p[rows], m[rows], v[rows]
@@ -46,7 +47,8 @@ def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, ep
     p[rows], m[rows], v[rows] = p_r, m_r, v_r
 
 
-def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, lazy=True):
+def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+              weight_decay=0.0, lazy=True):
     """Update every parameter from its gradient; ``lazy``: RowGrads update their rows only."""
     t = state["step"] = state["step"] + 1
     for name, p in params.items():
@@ -59,7 +61,8 @@ def adam_step(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight
 
 def grad_norm(grads):
     """Global L2 norm over all gradients (RowGrads count their rows only)."""
-    sums = [(v * v).sum() for v in (g.values if isinstance(g, RowGrad) else g for g in grads.values())]
+    sums = [(v * v).sum()
+            for v in (g.values if isinstance(g, RowGrad) else g for g in grads.values())]
     # one copy from a GPU, not one per array; summed in float64, in order
     return math.sqrt(sum(map(float, to_numpy(xp_of(*sums).stack(sums))))) if sums else 0.0
 
@@ -79,4 +82,5 @@ def lr_at(step, total_steps, warmup_steps, lr):
     step counts from 1 (the step about to be taken)."""
     if warmup_steps > 0 and step <= warmup_steps:
         return lr * step / warmup_steps
-    return lr * max(0.0, (total_steps - step + 1) / max(1, total_steps - warmup_steps))  # remaining / span
+    # remaining / span
+    return lr * max(0.0, (total_steps - step + 1) / max(1, total_steps - warmup_steps))

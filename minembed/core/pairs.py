@@ -47,11 +47,14 @@ class PairSampler:
         before = np.searchsorted(self.kept, np.asarray(corpus.doc_sents))
         self.doc_kept_start = before[:-1]  # index into self.kept
         self.n_windows = np.maximum(np.diff(before) - self.n_sent + 1, 0)
-        self.is_sent = use_sent = self.n_windows >= 2 if c.crops != "spans" else np.zeros_like(doc_len, bool)
-        use_span = (~use_sent) & (doc_len >= 2) if c.crops != "sentences" else np.zeros_like(use_sent)
+        self.is_sent = use_sent = (self.n_windows >= 2 if c.crops != "spans"
+                                   else np.zeros_like(doc_len, bool))
+        use_span = ((~use_sent) & (doc_len >= 2) if c.crops != "sentences"
+                    else np.zeros_like(use_sent))
         self.usable = np.flatnonzero(use_sent | use_span)
         total, sents, spans = len(doc_len), int(use_sent.sum()), int(use_span.sum())  # documents
-        self.stats = dict(documents=total, sentence_crops=sents, token_spans=spans, skipped=total - sents - spans)
+        self.stats = dict(documents=total, sentence_crops=sents, token_spans=spans,
+                          skipped=total - sents - spans)
 
     def steps_per_epoch(self, batch_size):
         """Batches of ``batch_size`` pairs in one pass over the usable documents."""
@@ -60,7 +63,8 @@ class PairSampler:
     def _sentence_views(self, docs, window):
         """Token ranges of the crops starting at kept-sentence `window` of each doc."""
         so = np.asarray(self.corpus.sent_offsets)
-        sent = self.kept[(self.doc_kept_start[docs] + window)[:, None] + np.arange(self.n_sent)]  # (b, n) ids
+        # (b, n) ids
+        sent = self.kept[(self.doc_kept_start[docs] + window)[:, None] + np.arange(self.n_sent)]
         return so[sent], so[sent + 1] - so[sent]  # starts, lengths (b, n): n ranges per view
 
     def _span_views(self, docs, rng):
@@ -89,14 +93,17 @@ class PairSampler:
     def _assemble(self, range_sets, rng):
         """Concatenate views (each a set of ranges) into a ragged batch (ids, offsets)."""
         n = max(r[0].shape[1] for r in range_sets)  # (b, n) ranges a view, padded with empty ones
-        starts, lens = (np.concatenate([np.pad(r[i], ((0, 0), (0, n - r[i].shape[1]))) for r in range_sets])
+        starts, lens = (np.concatenate([np.pad(r[i], ((0, 0), (0, n - r[i].shape[1])))
+                                        for r in range_sets])
                         for i in (0, 1))
         if self.max_len:  # cut each view to its first max_len tokens
             cum = np.cumsum(lens, axis=1)
             lens = np.clip(self.max_len - (cum - lens), 0, lens)
         idx = gather_ranges(starts.ravel(), lens.ravel())
-        ids = np.asarray(self.corpus.ids[idx], dtype=np.int32) if len(idx) else np.zeros(0, np.int32)
-        self.corpus.release_pages()  # a random read maps whole page-cache folios (MBs) into our memory
+        ids = (np.asarray(self.corpus.ids[idx], dtype=np.int32) if len(idx)
+               else np.zeros(0, np.int32))
+        # a random read maps whole page-cache folios (MBs) into our memory
+        self.corpus.release_pages()
         offsets = np.r_[0, np.cumsum(lens.sum(axis=1))].astype(np.int64)
         if self.cfg.positives == "mask":  # ids is a copy (a gather)
             ids[rng.random(len(ids)) < self.cfg.mask_frac] = self.mask_id

@@ -24,7 +24,8 @@ from .backend import to_device, xp_of
 from .loss import contrastive_loss
 
 
-def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None, step_fn=None):
+def train_loop(encoder, params, adam, sampler, cfg, enc_cfg, total, start=0, on_step=None,
+               step_fn=None):
     """Steps start+1 .. total on ``sampler``'s pairs, updating ``params`` and the Adam state
     ``adam`` in place; ``on_step(step, record)`` after each (loss, in-batch accuracy, lr,
     gradient norm, epoch, seconds). ``step_fn``: one like train_step, instead of it (a step

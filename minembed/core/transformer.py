@@ -65,7 +65,8 @@ def layout(ids, offsets, max_len, buckets=1):
       starts     (N+1,) packed view j is rows starts[j]:starts[j+1]
       grids      [(index (M_b,), key_mask (N_b, T_b))] per bucket, in row order
     """
-    ids, offsets = to_numpy(ids), to_numpy(offsets).astype(np.int64, copy=False)  # bookkeeping: on the host
+    # bookkeeping: on the host
+    ids, offsets = to_numpy(ids), to_numpy(offsets).astype(np.int64, copy=False)
     cut = np.minimum(np.diff(offsets), max_len)
     N = len(cut)
     order = np.argsort(cut, kind="stable")
@@ -134,7 +135,8 @@ def _forward(params, ids, offsets, config, train, rng, keep_cache):
             blocks.append((c_ln1, c_attn, c_d1, c_ln2, c_fc, c_gelu, c_proj, c_d2))
 
     x, c_lnf = L.layernorm_forward(x, params["ln_f.g"], params["ln_f.b"])
-    emb, c_pool = bag.embedding_bag_forward(x, xp.arange(M), xp.asarray(lay["starts"]))  # view means
+    # view means
+    emb, c_pool = bag.embedding_bag_forward(x, xp.arange(M), xp.asarray(lay["starts"]))
     order = xp.asarray(lay["order"])
     out = xp.empty_like(emb)
     out[order] = emb                                                  # back to input order

@@ -33,16 +33,19 @@ def embedding_bag_forward(table, ids, offsets):
     ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
     w = np.repeat((1.0 / np.maximum(lengths, 1)).astype(table.dtype), lengths)  # (M,) 1/len(view)
-    A = scipy.sparse.csr_matrix((w, ids, offsets), shape=(len(offsets) - 1, table.shape[0]))  # (N, V)
+    # (N, V)
+    A = scipy.sparse.csr_matrix((w, ids, offsets), shape=(len(offsets) - 1, table.shape[0]))
     return np.asarray(A @ table), (ids, offsets, w, table.shape[0])
 
 
 def sublinear_bag_forward(table, ids, offsets):
-    A = scipy.sparse.csr_matrix((np.ones(len(ids), table.dtype), np.asarray(ids), np.asarray(offsets)),
+    A = scipy.sparse.csr_matrix((np.ones(len(ids), table.dtype), np.asarray(ids),
+                                 np.asarray(offsets)),
                                 shape=(len(offsets) - 1, table.shape[0]), copy=True)
     A.sum_duplicates()                # one entry per distinct token of a view: its count n
     A.data = 1 + np.log(A.data)
-    A = (scipy.sparse.diags(1 / np.maximum(np.asarray(A.sum(axis=1)).ravel(), 1)) @ A).astype(table.dtype)
+    A = (scipy.sparse.diags(1 / np.maximum(np.asarray(A.sum(axis=1)).ravel(), 1))
+         @ A).astype(table.dtype)
     return np.asarray(A @ table), (A.indices, A.indptr, A.data, table.shape[0])
 
 
@@ -107,7 +110,8 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     adam_update_rows(p, None, None, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
-def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+def adam_update_rows(p, rows, g_rows, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=0.0):
     """rows None: every row; g_rows None: m and v are updated already. A block of rows at a time
     (gather, update in cache, scatter back): p, m, v, g read and p, m, v written once."""
     # p -= lr_t m / (sqrt(v) + eps_t) is the update with m_hat, v_hat:
@@ -161,7 +165,8 @@ def attention_core_backward(dctx, caches):
     return np.concatenate(out)
 
 
-TWINS = {bag.embedding_bag_forward: embedding_bag_forward, bag.embedding_bag_backward: embedding_bag_backward,
+TWINS = {bag.embedding_bag_forward: embedding_bag_forward,
+         bag.embedding_bag_backward: embedding_bag_backward,
          bag.sublinear_bag_forward: sublinear_bag_forward,
          layers.gelu_forward: gelu_forward, layers.gelu_backward: gelu_backward,
          layers.attention_core_forward: attention_core_forward,

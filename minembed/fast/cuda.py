@@ -345,7 +345,8 @@ def _first(a, *rest):
 
 
 TWINS = {
-    bag.embedding_bag_forward: _or_reference(bag.embedding_bag_forward, embedding_bag_forward, _first),
+    bag.embedding_bag_forward: _or_reference(bag.embedding_bag_forward,
+                                             embedding_bag_forward, _first),
     bag.embedding_bag_backward: _or_reference(
         bag.embedding_bag_backward, _bag_backward, lambda dout, cache: isinstance(cache, BagCache)),
     optim.adam_update: _or_reference(optim.adam_update, adam_update,

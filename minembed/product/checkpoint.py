@@ -38,7 +38,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, step, model_dir):
         self.step, self.model_dir = step, model_dir
-        super().__init__(f"interrupted at step {step}; resume with: minembed train --resume {model_dir}")
+        super().__init__(f"interrupted at step {step}; resume with: minembed train --resume "
+                         f"{model_dir}")
 
     def __str__(self):
         return self.args[0]
@@ -106,8 +107,8 @@ def read_info(model_dir):
         raise MinembedError(f"cannot resume: {model_dir} does not exist")
     if not has_checkpoint(model_dir):
         if any(os.path.isfile(os.path.join(model_dir, f)) for f in (WEIGHTS, "model.npz")):
-            raise MinembedError(f"cannot resume: {model_dir} has no checkpoint (its training finished; "
-                                f"the model there is complete)")
+            raise MinembedError(f"cannot resume: {model_dir} has no checkpoint (its training "
+                                f"finished; the model there is complete)")
         raise MinembedError(f"cannot resume: {model_dir} has no checkpoint ({where}/state.json)")
     try:
         with open(os.path.join(d, "state.json"), encoding="utf-8") as f:
@@ -119,9 +120,11 @@ def read_info(model_dir):
         if os.path.basename(name) != name:
             raise ValueError("bad file name")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise MinembedError(f"{where}/state.json is damaged; the checkpoint cannot be used") from None
+        raise MinembedError(f"{where}/state.json is damaged; the checkpoint cannot be "
+                            "used") from None
     if info.get("format_version", 0) > FORMAT_VERSION:
-        raise MinembedError(f"{where} was written by a newer minembed (format {info['format_version']})")
+        raise MinembedError(f"{where} was written by a newer minembed (format "
+                            f"{info['format_version']})")
     return info
 
 
@@ -141,14 +144,16 @@ def load_checkpoint(model_dir):
     except OSError:
         raise MinembedError(f"{where}/{name} is missing; the checkpoint cannot be used") from None
     if len(data) != size:
-        raise MinembedError(f"{where}/{name} has {len(data)} bytes, state.json says {size} (truncated)")
+        raise MinembedError(f"{where}/{name} has {len(data)} bytes, state.json says {size} "
+                            "(truncated)")
     if hashlib.sha256(data).hexdigest() != sha:
         raise MinembedError(f"{where}/{name} does not match its checksum (corrupted)")
     try:
         with open(os.path.join(d, "tokenizer.json"), "rb") as f:
             tok_bytes = f.read()
     except OSError:
-        raise MinembedError(f"{where}/tokenizer.json is missing; the checkpoint cannot be used") from None
+        raise MinembedError(f"{where}/tokenizer.json is missing; the checkpoint cannot be "
+                            "used") from None
     if hashlib.sha256(tok_bytes).hexdigest() != info.get("tokenizer_sha256"):
         raise MinembedError(f"{where}/tokenizer.json does not match its checksum (corrupted)")
     tok = tokenizer_from_str(tok_bytes.decode("utf-8"), where=f"{where}/tokenizer.json")

@@ -36,7 +36,8 @@ from .settings import TrainConfig
 
 FULL = dict(
     max_docs=None, vocab_size=16384,
-    bag=dict(model="bag", members=1),            # `minembed train`'s settings, one table (the paper's)
+    # `minembed train`'s settings, one table (the paper's)
+    bag=dict(model="bag", members=1),
     # the default transformer (small enough to train in minutes on a CPU; the paper's is
     # BERT-base), from scratch as the paper's, so that the positives alone differ
     transformer=dict(model="transformer", bag_init=False, max_steps=420, epochs=100),
@@ -56,7 +57,8 @@ MAIN_RUNS = [  # (configuration name, model kind, TrainConfig overrides)
     ("transformer + masking", "transformer", dict(CROPS, positives="mask", mask_frac=0.3)),
 ]
 SWEEPS = {  # name -> (TrainConfig field, values, how a value is shown, extra overrides)
-    "temperature": ("scale", [1 / 0.005, 1 / 0.05, 1 / 0.5, 1 / 5.0], lambda s: f"tau={1 / s:g}", CROPS),
+    "temperature": ("scale", [1 / 0.005, 1 / 0.05, 1 / 0.5, 1 / 5.0],
+                    lambda s: f"tau={1 / s:g}", CROPS),
     "crop-sentences": ("crop_sentences", [1, 2, 3, 4], lambda v: f"{v} sentence(s)", CROPS),
     "lr": ("lr", None, lambda v: f"lr={v:g}", CROPS),  # values depend on the model: LR_VALUES
     "mask-frac": ("mask_frac", [0.1, 0.2, 0.4, 0.6, 0.8], lambda v: f"mask {v:.0%}",
@@ -65,7 +67,8 @@ SWEEPS = {  # name -> (TrainConfig field, values, how a value is shown, extra ov
 LR_VALUES = {"bag": [0.005, 0.05, 0.5, 5.0], "transformer": [5e-5, 2e-4, 5e-4, 2e-3]}
 PAPER_KNN = {  # the paper's kNN accuracies (ICLR abstracts), for the Markdown table
     "bag + crops": "57.3 (10 ep)", "transformer + crops": "57.1 (BERT, 10 ep)",
-    "transformer + dropout": "46.8 (MPNet, pretrained)", "TF-IDF": "60.0", "TF-IDF + SVD + L2": "62.4",
+    "transformer + dropout": "46.8 (MPNet, pretrained)", "TF-IDF": "60.0",
+    "TF-IDF + SVD + L2": "62.4",
 }
 
 
@@ -125,10 +128,12 @@ def run_comparison(corpus=None, fast=False, fmt="auto", sweeps=(), sweep_model="
                     labels=len(set(run.labels)), fast=bool(fast),
                     total_seconds=round(time.perf_counter() - run.t_start, 1),
                     vocab_size=run.settings["vocab_size"], seed=seed, k=evaluate.K,
-                    split=f"{1 - evaluate.TEST_SIZE:.0%}/{evaluate.TEST_SIZE:.0%}, seed {evaluate.SPLIT_SEED}",
+                    split=f"{1 - evaluate.TEST_SIZE:.0%}/{evaluate.TEST_SIZE:.0%}, seed "
+                          f"{evaluate.SPLIT_SEED}",
                     machine=machine(), date=datetime.date.today().isoformat(),
                     sweep_model=sweep_model if sweeps else None)
-        return dict(meta=meta, rows=rows, sweeps=sweep_rows, work_dir=run.work_dir if keep_models else None)
+        return dict(meta=meta, rows=rows, sweeps=sweep_rows,
+                    work_dir=run.work_dir if keep_models else None)
     finally:
         if own_work and not keep_models:
             shutil.rmtree(run.work_dir, ignore_errors=True)
@@ -139,7 +144,8 @@ class Comparison:
 
     def __init__(self, corpus, settings, fmt, max_docs, seed, keep_models, say):
         self.settings, self.seed, self.keep_models = settings, seed, keep_models
-        self.say, self.t_start, self.runs, self.work_dir = say or (lambda msg: None), time.perf_counter(), 0, None
+        self.say, self.t_start, self.runs, self.work_dir = (say or (lambda msg: None),
+                                                            time.perf_counter(), 0, None)
         self.source = Corpus(corpus, fmt)
         self.texts, self.labels = self.source.labelled("the comparison")
         self.n_all = len(self.texts)
@@ -148,10 +154,12 @@ class Comparison:
             keep = np.sort(np.random.default_rng(seed).permutation(self.n_all)[:max_docs])
             self.texts, self.labels = [self.texts[i] for i in keep], [self.labels[i] for i in keep]
         if len(self.texts) < 2 * evaluate.K:
-            raise MinembedError(f"the comparison needs at least {2 * evaluate.K} labelled documents")
-        # train on exactly the documents evaluated: the file itself, or a subset written to the cache
-        self.train_path = corpus if len(self.texts) == self.n_all and fmt in ("auto", "jsonl") else \
-            _subset_file(self.texts, self.labels)
+            raise MinembedError(f"the comparison needs at least {2 * evaluate.K} labelled "
+                                "documents")
+        # train on exactly the documents evaluated: the file itself, or a subset written
+        # to the cache
+        self.train_path = corpus if len(self.texts) == self.n_all and fmt in ("auto", "jsonl") \
+            else _subset_file(self.texts, self.labels)
 
     def cfg_of(self, kind, **over):
         s = self.settings
@@ -161,15 +169,17 @@ class Comparison:
         """Train one configuration and measure it: (row, model)."""
         self.say(f"training {name}: {cfg.max_steps} steps")
         self.runs += 1
-        model = train(self.train_path, os.path.join(self.work_dir, f"run-{self.runs:02d}"), cfg, force=True,
-                      quiet=True)
+        model = train(self.train_path, os.path.join(self.work_dir, f"run-{self.runs:02d}"),
+                      cfg, force=True, quiet=True)
         log = read_log(model.path)
         X = model.encode(self.texts, normalize=False)  # raw vectors: Euclidean differs from cosine
         t, st = model.config["training"], model.config["corpus"]
-        spe = max(1, (st["sentence_crops"] + st["token_spans"]) // t["batch_size"])  # steps per epoch
+        # steps per epoch
+        spe = max(1, (st["sentence_crops"] + st["token_spans"]) // t["batch_size"])
         row = dict(configuration=name, model=kind, settings=_settings(cfg), steps=t["steps"],
                    epochs=round(t["steps"] / spe, 2),
-                   train_seconds=t["seconds"], final_loss=round(float(np.mean([r["loss"] for r in log[-5:]])), 4),
+                   train_seconds=t["seconds"],
+                   final_loss=round(float(np.mean([r["loss"] for r in log[-5:]])), 4),
                    **measure(X, self.labels))
         if not self.keep_models:
             shutil.rmtree(model.path, ignore_errors=True)
@@ -212,11 +222,13 @@ def machine():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
     except OSError:
         pass
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {n} CPU cores, {platform.system()}, Python {platform.python_version()}, NumPy {np.__version__}"
+    return (f"{cpu}, {n} CPU cores, {platform.system()}, Python {platform.python_version()}, "
+            f"NumPy {np.__version__}")
 
 
 COLUMNS = [("configuration", "configuration", "{}"), ("knn_euclidean", "kNN eucl. %", "pct"),
@@ -237,7 +249,8 @@ def _row_line(row):
 
 def format_table(rows, markdown=False, paper=False):
     """The rows as a plain-text table (or Markdown, optionally with the paper's numbers)."""
-    head = [h for _, h, _ in COLUMNS] + (["paper kNN %"] if paper else []) + (["settings"] if markdown else [])
+    head = ([h for _, h, _ in COLUMNS] + (["paper kNN %"] if paper else [])
+            + (["settings"] if markdown else []))
     body = [[_fmt(r.get(k), how) for k, _, how in COLUMNS] +
             ([PAPER_KNN.get(r["configuration"], "-")] if paper else []) +
             ([r.get("settings", "")] if markdown else []) for r in rows]
@@ -247,12 +260,14 @@ def format_table(rows, markdown=False, paper=False):
     widths = [max([len(h)] + [len(c[i]) for c in body]) for i, h in enumerate(head)]
 
     def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(c) for c in body])
 
 
 def write_tables(result, out_dir, command=None):
-    """Write compare.json / compare.md (and sweep-NAME.json / .md) into out_dir; returns the paths."""
+    """Write compare.json / compare.md (and sweep-NAME.json / .md) into out_dir; returns the
+    paths."""
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(result["meta"], command=command)
     tables = ([("compare", "Comparison", result["rows"], True)] if result["rows"] else []) + \
@@ -262,9 +277,10 @@ def write_tables(result, out_dir, command=None):
     for stem, title, rows, paper in tables:
         p = os.path.join(out_dir, stem + ".json")
         atomic_write_json(p, dict(meta=meta, rows=rows))
-        md = [f"## {title}", "", f"{meta['corpus']}: {meta['documents']:,} documents, {meta['labels']} "
-              f"labels; kNN k={meta['k']}, split {meta['split']}; took {meta['total_seconds']:.0f} s; "
-              f"{meta['machine']}.", ""] + ([f"Command: `{command}`", ""] if command else []) + \
+        md = [f"## {title}", "",
+              f"{meta['corpus']}: {meta['documents']:,} documents, {meta['labels']} "
+              f"labels; kNN k={meta['k']}, split {meta['split']}; took {meta['total_seconds']:.0f} "
+              f"s; {meta['machine']}.", ""] + ([f"Command: `{command}`", ""] if command else []) + \
              [format_table(rows, markdown=True, paper=paper), ""]
         pm = os.path.join(out_dir, stem + ".md")
         atomic_write_bytes(pm, "\n".join(md).encode("utf-8"))

@@ -36,26 +36,29 @@ from ..errors import MinembedError
 
 FORMATS = ("auto", "lines", "paragraphs", "jsonl")
 MAX_DOC_CHARS = 1_000_000  # a "document" longer than this is almost surely not one
-BUILTIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "builtin", "docstrings.jsonl.gz")
+BUILTIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "builtin",
+                       "docstrings.jsonl.gz")
 BUILTIN_NAME = "built-in corpus (numpy/scipy/scikit-learn docstrings)"
 TOKENIZER_SAMPLE_DOCS = 500_000  # documents a tokenizer is trained on, at most
 
 
 def cache_dir():
     """minembed's cache directory: $MINEMBED_CACHE, or ~/.cache/minembed."""
-    return os.environ.get("MINEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minembed")
+    return os.environ.get("MINEMBED_CACHE") or os.path.join(os.path.expanduser("~"),
+                                                            ".cache", "minembed")
 
 
 def cache_subdir(name):
-    """A directory in the cache, created; a one-line error naming $MINEMBED_CACHE if it cannot be."""
+    """A directory in the cache, created; a one-line error naming $MINEMBED_CACHE if it cannot
+    be."""
     path = os.path.join(cache_dir(), name)
     try:
         os.makedirs(path, exist_ok=True)
         if not os.access(path, os.W_OK):
             raise PermissionError
     except OSError:
-        raise MinembedError(f"the cache directory {cache_dir()} is not writable (set MINEMBED_CACHE "
-                            f"to a writable directory)") from None
+        raise MinembedError(f"the cache directory {cache_dir()} is not writable (set "
+                            f"MINEMBED_CACHE to a writable directory)") from None
     return path
 
 
@@ -115,8 +118,8 @@ def _raw_lines(path, max_doc_chars, lone_cr=True, encoding="utf-8", errors="stri
                     line = raw.decode(encoding, errors)
                 except UnicodeDecodeError as e:
                     raise MinembedError(
-                        f"{path}: line {n} is not valid {'UTF-8' if encoding == 'utf-8' else encoding} "
-                        f"(byte {e.start}: "
+                        f"{path}: line {n} is not valid "
+                        f"{'UTF-8' if encoding == 'utf-8' else encoding} (byte {e.start}: "
                         f"{raw[e.start:e.start + 1]!r}); give its encoding with --encoding "
                         f"(e.g. latin-1), or --errors replace to replace bad bytes") from None
                 if n == 1:
@@ -136,10 +139,12 @@ def _clean(text):
 
 def _too_long(path, n, max_doc_chars):
     return MinembedError(f"{path}: line {n} is longer than {max_doc_chars:,} characters "
-                         f"(not a document per line? try --format paragraphs, or raise --max-doc-chars)")
+                         "(not a document per line? try --format paragraphs, or raise "
+                         "--max-doc-chars)")
 
 
-def iter_documents(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS, encoding="utf-8", errors="strict"):
+def iter_documents(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS, encoding="utf-8",
+                   errors="strict"):
     """Yield (text, label) for every non-empty document; label is None unless
     the corpus is jsonl with a "label" field."""
     fmt = resolve_format(path, fmt)
@@ -248,8 +253,8 @@ class Corpus:
             return texts, None
         if any(lab is None for lab in labels):
             missing = sum(lab is None for lab in labels)
-            raise MinembedError(f'{self.name}: {missing} of {len(labels)} documents have no "label"; '
-                                f'label all of them or none')
+            raise MinembedError(f'{self.name}: {missing} of {len(labels)} documents have no '
+                                f'"label"; label all of them or none')
         return texts, labels
 
     def labelled(self, purpose="evaluation"):
@@ -257,8 +262,8 @@ class Corpus:
         or fewer than two labels."""
         texts, labels = self.read()
         if labels is None:
-            raise MinembedError(f"{self.name} has no labels: {purpose} needs a .jsonl corpus with a "
-                                f'"label" field on every line')
+            raise MinembedError(f"{self.name} has no labels: {purpose} needs a .jsonl corpus with "
+                                f'a "label" field on every line')
         if len(set(labels)) < 2:
             raise MinembedError(f"{self.name}: every document has the label {labels[0]!r}; "
                                 f"{purpose} needs at least two labels")

@@ -29,7 +29,8 @@ def connect(device="cpu", force=False):
     try:
         from mpi4py import MPI
     except ImportError:
-        raise MinembedError('distributed training needs mpi4py and an MPI: pip install -e ".[mpi]"') from None
+        raise MinembedError('distributed training needs mpi4py and an MPI: pip install -e '
+                            '".[mpi]"') from None
     return Comm(MPI.COMM_WORLD, gpu=device == "gpu")
 
 
@@ -96,7 +97,8 @@ class Comm:
             res, err = _attempt(fn, shared)
         errs = self.mpi.allgather(None if err is None else str(err) or type(err).__name__)
         if any(errs):
-            raise collective(err if isinstance(err, MinembedError) else MinembedError(next(filter(None, errs))))
+            raise collective(err if isinstance(err, MinembedError)
+                             else MinembedError(next(filter(None, errs))))
         return res[0]
 
     def guard(self, fn):
@@ -108,8 +110,10 @@ class Comm:
             if self.size == 1 or getattr(e, "collective", False):
                 e.quiet = self.rank != 0
                 raise
-            print(f"Error: process {self.rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            time.sleep(0.2)  # for mpiexec to pass the line on: the abort ends its I/O forwarding too
+            print(f"Error: process {self.rank}: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+            # for mpiexec to pass the line on: the abort ends its I/O forwarding too
+            time.sleep(0.2)
             self.mpi.Abort(130 if isinstance(e, KeyboardInterrupt) else 1)
 
     def sum_grads(self, grads, params):
@@ -117,9 +121,11 @@ class Comm:
         stays one, over the union of the ranks' rows."""
         dense = [k for k, g in grads.items() if not isinstance(g, RowGrad)]
         if dense:
-            flat = self.allreduce(xp_of(grads[dense[0]]).concatenate([grads[k].ravel() for k in dense]))
+            flat = self.allreduce(xp_of(grads[dense[0]]).concatenate([grads[k].ravel()
+                                                                      for k in dense]))
             at = np.cumsum([0] + [grads[k].size for k in dense])
-            grads.update({k: flat[a:b].reshape(grads[k].shape) for k, a, b in zip(dense, at, at[1:])})
+            grads.update({k: flat[a:b].reshape(grads[k].shape)
+                          for k, a, b in zip(dense, at, at[1:])})
         for k, g in grads.items():
             if isinstance(g, RowGrad):
                 grads[k] = self._sum_rows(g, *params[k].shape)
@@ -128,10 +134,13 @@ class Comm:
     def _sum_rows(self, g, V, D):
         xp, counts = xp_of(g.values), self.mpi.allgather(len(g.rows))
         # bytes a rank receives: the gathered rows (ids and values) vs a ring all-reduce of (V, D+1)
-        if sum(counts) * (D * 4 + 8) <= SPARSE_FACTOR * 2 * V * (D + 1) * 4 * (self.size - 1) / self.size:
-            ids = g.rows.astype(np.int64).view(g.values.dtype).reshape(len(g.rows), -1)  # their bits
+        if (sum(counts) * (D * 4 + 8)
+                <= SPARSE_FACTOR * 2 * V * (D + 1) * 4 * (self.size - 1) / self.size):
+            # their bits
+            ids = g.rows.astype(np.int64).view(g.values.dtype).reshape(len(g.rows), -1)
             got = self.allgather(xp.concatenate([g.values, ids], axis=1), counts)    # one message
-            return merge_rows(xp.ascontiguousarray(got[:, D:]).view(np.int64).ravel(), got[:, :D], V)
+            return merge_rows(xp.ascontiguousarray(got[:, D:]).view(np.int64).ravel(),
+                              got[:, :D], V)
         t = xp.zeros((V, D + 1), g.values.dtype)  # the last column: how many ranks used the row
         t[g.rows, :D], t[g.rows, D] = g.values, 1
         rows = xp.flatnonzero(self.allreduce(t)[:, D])

@@ -27,17 +27,20 @@ def _check(X, labels):
     if len(labels) != X.shape[0]:  # not len(X): sparse TF-IDF matrices have no len
         raise MinembedError(f"{X.shape[0]} embeddings but {len(labels)} labels")
     if len(labels) < 2 * K:
-        raise MinembedError(f"evaluation needs at least {2 * K} labelled documents, got {len(labels)}")
+        raise MinembedError(f"evaluation needs at least {2 * K} labelled documents, got "
+                            f"{len(labels)}")
     return labels
 
 
 def knn_accuracy(X, labels, k=K, metric="euclidean", test_size=TEST_SIZE, seed=SPLIT_SEED):
-    """Accuracy of a k-nearest-neighbour classifier fit on the train part, scored on the test part."""
+    """Accuracy of a k-nearest-neighbour classifier fit on the train part, scored on the test
+    part."""
     from sklearn.neighbors import KNeighborsClassifier
     labels = _check(X, labels)
     X = X.tocsr() if hasattr(X, "tocsr") else np.asarray(X, dtype=np.float32)
     tr, te = split(len(labels), test_size, seed)
-    knn = KNeighborsClassifier(n_neighbors=k, metric=metric, algorithm="brute").fit(X[tr], labels[tr])
+    knn = KNeighborsClassifier(n_neighbors=k, metric=metric,
+                               algorithm="brute").fit(X[tr], labels[tr])
     return float((knn.predict(X[te]) == labels[te]).mean())
 
 
@@ -50,7 +53,8 @@ def linear_probe_accuracy(X, labels, test_size=TEST_SIZE, seed=SPLIT_SEED, max_i
     X = X.tocsr() if sparse else X
     tr, te = split(len(labels), test_size, seed)
     scaler = StandardScaler(with_mean=not sparse).fit(X[tr])
-    clf = LogisticRegression(max_iter=300 if sparse else max_iter).fit(scaler.transform(X[tr]), labels[tr])
+    clf = LogisticRegression(max_iter=300 if sparse else max_iter).fit(scaler.transform(X[tr]),
+                                                                       labels[tr])
     return float((clf.predict(scaler.transform(X[te])) == labels[te]).mean())
 
 
@@ -82,7 +86,8 @@ def tfidf(texts, svd_dim=None, l2=False, seed=0):
     from sklearn.feature_extraction.text import TfidfVectorizer
     X = TfidfVectorizer(sublinear_tf=True, min_df=2 if len(texts) > 50 else 1).fit_transform(texts)
     if svd_dim:
-        X = TruncatedSVD(n_components=min(svd_dim, X.shape[1] - 1), random_state=seed).fit_transform(X)
+        X = TruncatedSVD(n_components=min(svd_dim, X.shape[1] - 1),
+                         random_state=seed).fit_transform(X)
         if l2:
             X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
@@ -157,10 +162,12 @@ def evaluate(model, texts, labels=None, splits=1, quiet=False):
     result = {"documents": len(texts), "k": K, "splits": splits}
     if labels is not None:
         rows = {"model": knn_scores(embed(model, texts, "the corpus"), labels, splits),
-                "untrained": knn_scores(embed(untrained(model), texts, "the corpus (untrained)"), labels, splits),
+                "untrained": knn_scores(embed(untrained(model), texts, "the corpus (untrained)"),
+                                        labels, splits),
                 "tfidf": knn_scores(tfidf(texts), labels, splits),
                 "tfidf_svd_l2": knn_scores(tfidf(texts, svd_dim=100, l2=True), labels, splits)}
-        maj = [majority_accuracy(labels, seed=s) for s in (range(splits) if splits > 1 else [SPLIT_SEED])]
+        maj = [majority_accuracy(labels, seed=s)
+               for s in (range(splits) if splits > 1 else [SPLIT_SEED])]
         rows["majority"] = {"knn_euclidean": float(np.mean(maj)), "knn_cosine": float(np.mean(maj))}
         result.update(labels=len(set(labels)), knn=rows)
     result["retrieval"] = {"model": retrieval(texts, lambda d: embed(model, d, "crops and rests")),
@@ -177,12 +184,14 @@ def report_lines(result):
         lines += [f"{result['documents']:,} documents, {result['labels']} labels; kNN k={K}, {how}",
                   f"{'':16s} {'euclidean':>14s} {'cosine':>14s}"]
         for name, r in result["knn"].items():
-            cells = [f"{100 * r[k]:.1f}" + (f" ± {100 * r[k + '_sd']:.1f}" if k + "_sd" in r else "") + "%"
+            cells = [f"{100 * r[k]:.1f}"
+                     + (f" ± {100 * r[k + '_sd']:.1f}" if k + "_sd" in r else "") + "%"
                      for k in ("knn_euclidean", "knn_cosine")]
             lines.append(f"{name:16s} {cells[0]:>14s} {cells[1]:>14s}")
     r = result["retrieval"]
-    lines.append(f"retrieval of a held-out crop ({r['model']['documents']:,} documents): {'':4s} R@1    R@10   MRR")
+    lines.append(f"retrieval of a held-out crop ({r['model']['documents']:,} documents): {'':4s} "
+                 "R@1    R@10   MRR")
     for name in ("model", "tfidf"):
-        lines.append(f"  {name:10s} {100 * r[name]['recall@1']:6.1f}% {100 * r[name]['recall@10']:6.1f}% "
-                     f"{r[name]['mrr']:6.3f}")
+        lines.append(f"  {name:10s} {100 * r[name]['recall@1']:6.1f}% "
+                     f"{100 * r[name]['recall@10']:6.1f}% {r[name]['mrr']:6.3f}")
     return lines

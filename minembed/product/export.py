@@ -44,23 +44,28 @@ def export(model, to, out_dir, force=False):
         raise MinembedError(f"only the bag model can be exported (both libraries average token "
                             f"vectors); this is a {model.config['model']}")
     if model.config.get("pooling", "mean") != "mean":
-        raise MinembedError("this model pools sublinearly (trained with --pooling sublinear); model2vec and "
-                            "sentence-transformers average every token, so the export would not give its vectors")
+        raise MinembedError("this model pools sublinearly (trained with --pooling sublinear); "
+                            "model2vec and sentence-transformers average every token, so the "
+                            "export would not give its vectors")
     table = np.ascontiguousarray(to_numpy(model.params["tok_emb"]), dtype=np.float32)
     norm, tok = bool(model.config.get("normalize", True)), model.tokenizer.to_str().encode("utf-8")
-    mark = {"exported_from": "minembed", "dim": model.dim, "matryoshka": model.config.get("matryoshka")}
+    mark = {"exported_from": "minembed", "dim": model.dim,
+            "matryoshka": model.config.get("matryoshka")}
     if to == "model2vec":
         files = {"model.safetensors": weights_bytes({"embeddings": table}), "tokenizer.json": tok,
                  "config.json": _json(dict(model_type="model2vec", architectures=["StaticModel"],
                                            hidden_dim=model.dim, normalize=norm, max_length=None,
                                            embedding_dtype="float32", minembed=mark))}
     else:
-        m = [dict(idx=0, name="0", path="0_StaticEmbedding", type="sentence_transformers.models.StaticEmbedding"),
-             dict(idx=1, name="1", path="1_Normalize", type="sentence_transformers.models.Normalize")]
+        m = [dict(idx=0, name="0", path="0_StaticEmbedding",
+                  type="sentence_transformers.models.StaticEmbedding"),
+             dict(idx=1, name="1", path="1_Normalize",
+                  type="sentence_transformers.models.Normalize")]
         files = {"modules.json": _json(m[:1 + norm]), "0_StaticEmbedding/tokenizer.json": tok,
                  "0_StaticEmbedding/model.safetensors": weights_bytes({"embedding.weight": table}),
-                 "config_sentence_transformers.json": _json(dict(similarity_fn_name="cosine", prompts={},
-                                                                 default_prompt_name=None, minembed=mark))}
+                 "config_sentence_transformers.json": _json(dict(
+                     similarity_fn_name="cosine", prompts={}, default_prompt_name=None,
+                     minembed=mark))}
     files["README.md"] = (f"---\nlibrary_name: {to}\ntags: [minembed, static-embeddings]\n---\n\nA "
                           f"minembed bag model: a text's vector is the mean of its token vectors"
                           f"{', L2-normalised' * norm} ({model.dim} dimensions).\n").encode("utf-8")
@@ -83,7 +88,8 @@ def _write_dir(out_dir, files, force):
     config naming the layout last; an earlier export there is removed first (force)."""
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         if not _is_export(out_dir):
-            raise MinembedError(f"{out_dir} exists and is neither an empty directory nor an earlier export")
+            raise MinembedError(f"{out_dir} exists and is neither an empty directory nor an "
+                                "earlier export")
         if not force:
             raise MinembedError(f"{out_dir} holds an earlier export (--force replaces it)")
         shutil.rmtree(out_dir)
@@ -161,18 +167,22 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
         raise MinembedError("int8 output quantises unit vectors: drop --no-normalize")
     scales = int8_scales(model, k) if dtype == "int8" else None
     out = os.path.abspath(out)
-    bar, chars, size = Progress(label="embedding", unit="document", quiet=quiet), 0, corpus.text_bytes
+    bar, chars, size = (Progress(label="embedding", unit="document", quiet=quiet), 0,
+                        corpus.text_bytes)
     with atomic_path(out) as tmp:
         w = NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
         try:
-            with warnings.catch_warnings(), tuned(model.config["model"], threads):  # check_dim said it
+            # check_dim said it
+            with warnings.catch_warnings(), tuned(model.config["model"], threads):
                 warnings.simplefilter("ignore")
                 for chunk in _chunks(corpus.texts()):
-                    w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k), dtype, scales))
+                    w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k),
+                                      dtype, scales))
                     chars += sum(map(len, chunk))
                     bar.update(len(chunk), size and f"~{min(99, 100 * chars // size)}% of the file")
             if not w.count:
-                raise MinembedError(f"{corpus.name}: no documents found (the file is empty or blank)")
+                raise MinembedError(f"{corpus.name}: no documents found (the file is empty or "
+                                    "blank)")
         except BaseException:
             w.f.close()
             raise

@@ -118,7 +118,8 @@ class NpyWriter:
         d = {"descr": self.dtype.str, "fortran_order": False, "shape": (self.count,) + self.row}
         body = repr(d).encode("latin1")
         pad = self.HEADER - 10 - len(body) - 1
-        header = b"\x93NUMPY\x01\x00" + (len(body) + pad + 1).to_bytes(2, "little") + body + b" " * pad + b"\n"
+        header = (b"\x93NUMPY\x01\x00" + (len(body) + pad + 1).to_bytes(2, "little") + body
+                  + b" " * pad + b"\n")
         self.f.seek(0)
         self.f.write(header)
         self.f.flush()
@@ -132,7 +133,8 @@ def map_npy(path):
     unpickled (the format is a Python-literal dict, see NpyWriter)."""
     with open(path, "rb") as f:
         major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        read = (np.lib.format.read_array_header_1_0 if major == 1
+                else np.lib.format.read_array_header_2_0)
         shape, fortran, dtype = read(f)
         if len(shape) != 1 or dtype.hasobject:
             raise ValueError(f"{path}: expected a 1-D numeric array")

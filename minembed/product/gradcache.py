@@ -44,7 +44,8 @@ def make_step(comm=None, micro_batch=0):
         B = (len(offsets) - 1) // 2
         share = [(q + 1) * B // R - q * B // R for q in range(R)]   # pairs lo .. lo+n-1 are ours
         lo, n = r * B // R, share[r]
-        chunks = [(a, min(a + (micro_batch or n), lo + n)) for a in range(lo, lo + n, micro_batch or n)]
+        chunks = [(a, min(a + (micro_batch or n), lo + n))
+                  for a in range(lo, lo + n, micro_batch or n)]
         drop = enc_cfg.get("model") == "transformer" and enc_cfg.get("dropout", 0) > 0
         glay = transformer.layout(ids, offsets, enc_cfg["max_len"], enc_cfg.get(
             "buckets", transformer.BUCKETS)) if drop and xp is np else None
@@ -63,7 +64,8 @@ def make_step(comm=None, micro_batch=0):
         out = [forward(i) if not micro_batch else (forward(i)[0], None)  # micro: no caches kept
                for i in range(len(chunks))]
         half = [(e[:b - a], e[b - a:]) for (e, _), (a, b) in zip(out, chunks)]
-        local = xp.stack([xp.concatenate([h[0] for h in half]), xp.concatenate([h[1] for h in half])], 1)
+        local = xp.stack([xp.concatenate([h[0] for h in half]),
+                          xp.concatenate([h[1] for h in half])], 1)
         both = comm.allgather(local, share) if comm is not None else local  # (B, 2, D): all pairs
         loss, accuracy, demb = contrastive_loss(xp.concatenate([both[:, 0], both[:, 1]]), cfg.scale,
                                                 cfg.symmetric, loss_dims(cfg))  # train_step's loss
@@ -75,8 +77,9 @@ def make_step(comm=None, micro_batch=0):
             g = encoder.backward(xp.concatenate([da[a:b], dp[a:b]]), cache)  # our rows of dL/de
             del cache                                        # before the next chunk's forward
             grads = g if grads is None else {k: merge_rows(
-                xp.concatenate([grads[k].rows, v.rows]), xp.concatenate([grads[k].values, v.values]),
-                params[k].shape[0]) if isinstance(v, RowGrad) else grads[k] + v for k, v in g.items()}
+                xp.concatenate([grads[k].rows, v.rows]),
+                xp.concatenate([grads[k].values, v.values]), params[k].shape[0])
+                if isinstance(v, RowGrad) else grads[k] + v for k, v in g.items()}
         return loss, accuracy, grads if comm is None else comm.sum_grads(grads, params)
     return step
 
@@ -91,16 +94,19 @@ class _Replay:
         c = enc_cfg
         self.state, self.bg = rng.bit_generator.state, np.random.PCG64()
         self.gen, H, D = np.random.Generator(self.bg), c["heads"], c["dim"]
-        lay = transformer.layout(sub_ids, sub_off, c["max_len"], c.get("buckets", transformer.BUCKETS))
+        lay = transformer.layout(sub_ids, sub_off, c["max_len"],
+                                 c.get("buckets", transformer.BUCKETS))
         gN = np.array([km.shape[0] for _, km in glay["grids"]])
         gT = np.array([km.shape[1] for _, km in glay["grids"]])
         gpos = np.argsort(glay["order"])[views[lay["order"]]]   # each local view's packed place
         gb = np.searchsorted(np.cumsum(gN), gpos, side="right")  # and bucket in the whole batch
         att = np.r_[0, np.cumsum(gN * H * gT * gT)]
+        # (offset, T_b) of its attention draw
         self.att = [(att[b] + (p - np.r_[0, np.cumsum(gN)][b]) * H * gT[b] ** 2, gT[b])
-                    for p, b in zip(gpos, gb)]                  # (offset, T_b) of its attention draw
+                    for p, b in zip(gpos, gb)]
         self.rows, self.lens = glay["starts"][gpos] * D, np.diff(lay["starts"])  # and its rows'
-        self.grids, self.H, self.D, self.MD, self.A = lay["grids"], H, D, len(glay["ids"]) * D, att[-1]
+        self.grids, self.H, self.D, self.MD, self.A = (lay["grids"], H, D, len(glay["ids"]) * D,
+                                                       att[-1])
         self.it, self.left = self._draws(c["layers"]), None
 
     def _at(self, k, n):
@@ -109,7 +115,8 @@ class _Replay:
         if k == 0:
             self.bg.state, skip = self.state, 0
         else:
-            (q, skip), self.bg.state = divmod(k - self.state["has_uint32"], 2), dict(self.state, has_uint32=0)
+            (q, skip), self.bg.state = (divmod(k - self.state["has_uint32"], 2),
+                                        dict(self.state, has_uint32=0))
             self.bg.advance(int(q))
         return self.gen.random(n + skip, dtype=np.float32)[skip:]
 
@@ -118,14 +125,16 @@ class _Replay:
         for layer in range(layers):
             base, j = layer * (self.A + 2 * self.MD), 0
             for _, km in self.grids:
-                u = np.ones((km.shape[0], H, km.shape[1], km.shape[1]), np.float32)  # padding: unused
+                # padding: unused
+                u = np.ones((km.shape[0], H, km.shape[1], km.shape[1]), np.float32)
                 for i in range(km.shape[0]):
-                    (o, T), l = self.att[j], L[j]
-                    u[i, :, :l, :l] = self._at(base + o, H * T * T).reshape(H, T, T)[:, :l, :l]
+                    (o, T), n = self.att[j], L[j]
+                    u[i, :, :n, :n] = self._at(base + o, H * T * T).reshape(H, T, T)[:, :n, :n]
                     j += 1
                 yield u
             for o in (base + self.A, base + self.A + self.MD):
-                yield np.concatenate([self._at(o + s, l * D) for s, l in zip(self.rows, L)]).reshape(-1, D)
+                yield np.concatenate([self._at(o + s, n * D)
+                                      for s, n in zip(self.rows, L)]).reshape(-1, D)
 
     def random(self, shape, dtype=None):
         """The next draw; a draw may be asked for in leading slices (attention, a view at a

@@ -82,12 +82,14 @@ class StepHook:
 
     def __call__(self, step, r):
         step += self.offset
-        rec = {"step": step, **({"member": self.member + 1} if self.members > 1 else {}), "epoch": r["epoch"],
+        rec = {"step": step, **({"member": self.member + 1} if self.members > 1 else {}),
+               "epoch": r["epoch"],
                "loss": round(r["loss"], 6), "acc": round(r["acc"], 4), "lr": r["lr"],
                "grad_norm": round(r["grad_norm"], 6),
                "pairs_per_s": round(self.batch_size / r["seconds"], 1),
                "time": round(time.perf_counter() - self.t0, 3)}
-        if self.evaluate is not None and self.eval_every and (step % self.eval_every == 0 or step == self.total):
+        if self.evaluate is not None and self.eval_every and (step % self.eval_every == 0
+                                                              or step == self.total):
             rec.update(self.evaluate())
         self.log.write(json.dumps(rec) + "\n")
         self.log.flush()
@@ -112,8 +114,8 @@ class StepHook:
         if self.dead >= DEAD_STEPS:
             raise collective(MinembedError(  # (every process sees the same gradient norm)
                 f"training is dead: the gradient vanished ({gnorm:.1e}, from {self.peak:.1e}) for "
-                f"{DEAD_STEPS} steps in a row at step {step}; the learning rate {self.lr:g} is probably "
-                f"far too high (try a lower --lr)"))
+                f"{DEAD_STEPS} steps in a row at step {step}; the learning rate {self.lr:g} is "
+                f"probably far too high (try a lower --lr)"))
 
     def _stop_or_save(self, step):
         if self.comm is not None:  # Ctrl-C on any process stops all, after this step

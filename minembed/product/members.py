@@ -27,7 +27,8 @@ class Members:
             self._begin(k, first)
             hook.offset, hook.member = k * self.T, k
             train_loop(encoder, self.current, self.current_adam, sampler,
-                       dataclasses.replace(cfg, seed=cfg.seed + k), member_cfg, self.T, first, hook, step_fn)
+                       dataclasses.replace(cfg, seed=cfg.seed + k), member_cfg, self.T, first,
+                       hook, step_fn)
             self.sync()
 
     def _begin(self, k, first):
@@ -36,7 +37,8 @@ class Members:
             cols, xp = self._columns(), self.xp
             self.current = {"tok_emb": xp.ascontiguousarray(self.params["tok_emb"][:, cols])}
             self.current_adam = {"step": self.adam["step"] if first else 0, **{
-                mv: {"tok_emb": xp.ascontiguousarray(self.adam[mv]["tok_emb"][:, cols])} for mv in "mv"}}
+                mv: {"tok_emb": xp.ascontiguousarray(self.adam[mv]["tok_emb"][:, cols])}
+                for mv in "mv"}}
 
     def _columns(self):
         return slice(self.k * self.width, (self.k + 1) * self.width)
@@ -45,7 +47,8 @@ class Members:
         """The member's weights and moments into its columns of the run's arrays."""
         if self.K > 1:
             cols = self._columns()
-            for arrays, new in ((self.params, self.current), (self.adam["m"], self.current_adam["m"]),
+            for arrays, new in ((self.params, self.current),
+                                (self.adam["m"], self.current_adam["m"]),
                                 (self.adam["v"], self.current_adam["v"])):
                 arrays["tok_emb"][:, cols] = new["tok_emb"]
             self.adam["step"] = self.current_adam["step"]

@@ -67,14 +67,16 @@ class Model:
         model was not trained for vectors cut to that many dimensions (--matryoshka)."""
         if dim is None:
             return self.dim
-        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or not 0 < dim <= self.dim:
-            raise MinembedError(f"dim must be an integer from 1 to {self.dim} (the model's dimension), "
-                                f"got {dim!r}")
+        if (not isinstance(dim, numbers.Integral) or isinstance(dim, bool)
+                or not 0 < dim <= self.dim):
+            raise MinembedError(f"dim must be an integer from 1 to {self.dim} (the model's "
+                                f"dimension), got {dim!r}")
         trained = self.config.get("matryoshka", [self.dim])
         if dim not in trained:
             warnings.warn(f"this model was trained at dimension{'s' * (len(trained) > 1)} "
                           f"{', '.join(map(str, trained))}, not {dim} (train with --matryoshka "
-                          f"{dim}); its vectors cut to {dim} dimensions may be much worse", stacklevel=3)
+                          f"{dim}); its vectors cut to {dim} dimensions may be much worse",
+                          stacklevel=3)
         return int(dim)
 
     def encode(self, texts, batch_size=256, normalize=None, progress=None, dim=None, threads=None):
@@ -99,7 +101,8 @@ class Model:
         texts = list(texts)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
-            raise MinembedError(f"encode(): text {bad} is a {type(texts[bad]).__name__}, not a string")
+            raise MinembedError(f"encode(): text {bad} is a {type(texts[bad]).__name__}, not a "
+                                "string")
         if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise MinembedError(f"batch_size must be a positive integer, got {batch_size!r}")
         if normalize is None:

@@ -51,7 +51,8 @@ def verify_manifest(model_dir):
             entries = json.loads(f.read().decode("utf-8"))["files"]
         entries = {name: (int(want["size"]), str(want["sha256"])) for name, want in entries.items()}
     except FileNotFoundError:
-        raise MinembedError(f"{model_dir}: manifest.json is missing (not a complete minembed model)") from None
+        raise MinembedError(f"{model_dir}: manifest.json is missing (not a complete minembed "
+                            "model)") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise MinembedError(f"{model_dir}: manifest.json is damaged") from None
     for name in MODEL_FILES[:2] + (_weights_file(model_dir),):
@@ -73,7 +74,8 @@ def save_model(model_dir, config, params, tokenizer, extra=None):
     ``extra``: {file name: bytes} written too and listed in the manifest."""
     os.makedirs(model_dir, exist_ok=True)
     atomic_write_json(os.path.join(model_dir, "config.json"), config)
-    atomic_write_bytes(os.path.join(model_dir, "tokenizer.json"), tokenizer.to_str().encode("utf-8"))
+    atomic_write_bytes(os.path.join(model_dir, "tokenizer.json"),
+                       tokenizer.to_str().encode("utf-8"))
     atomic_write_bytes(os.path.join(model_dir, WEIGHTS), weights_bytes(params))
     for name, data in (extra or {}).items():
         atomic_write_bytes(os.path.join(model_dir, name), data)
@@ -118,18 +120,21 @@ def _check_config(path, config):
         raise MinembedError(f"{path}: config.json is unreadable or damaged")
     if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise MinembedError(f"{path} was written by a newer minembed (format version "
-                            f"{config['format_version']}, this one reads {FORMAT_VERSION}); upgrade "
-                            f"minembed")
+                            f"{config['format_version']}, this one reads {FORMAT_VERSION}); "
+                            f"upgrade minembed")
     encoder_module(config["model"])
     keys = ("vocab_size", "dim") + (("layers", "heads", "ffn", "max_len")
                                     if config["model"] == "transformer" else ())
     for k in keys:
         v = config.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2 ** 31:
-            raise MinembedError(f"{path}: config.json has {k} = {v!r}, not a positive integer (damaged)")
+            raise MinembedError(f"{path}: config.json has {k} = {v!r}, not a positive integer "
+                                "(damaged)")
     dims = config.get("matryoshka", [config["dim"]])
-    if not isinstance(dims, list) or not all(type(k) is int and 0 < k <= config["dim"] for k in dims):
-        raise MinembedError(f"{path}: config.json has matryoshka = {dims!r}, not a list of dimensions")
+    if not isinstance(dims, list) or not all(type(k) is int and 0 < k <= config["dim"]
+                                             for k in dims):
+        raise MinembedError(f"{path}: config.json has matryoshka = {dims!r}, not a list of "
+                            "dimensions")
 
 
 def load(path, device="cpu", verify=True):
@@ -158,7 +163,8 @@ def load(path, device="cpu", verify=True):
     except Exception as e:  # zip, safetensors and OS errors alike: the file is bad
         raise MinembedError(f"{path}: {name} is unreadable ({type(e).__name__})") from None
     expected = {k: v.shape for k, v in
-                encoder_module(config["model"]).init_params(config, np.random.default_rng(0)).items()}
+                encoder_module(config["model"]).init_params(config,
+                                                            np.random.default_rng(0)).items()}
     for k, shape in expected.items():
         if k not in params:
             raise MinembedError(f"{path}: {name} has no parameter {k!r}")

@@ -57,13 +57,15 @@ class OutputDir:
         except OSError:
             self._lock.close()
             self._lock = None
-            raise MinembedError(f"{self.path} is being written by another training run (locked)") from None
+            raise MinembedError(f"{self.path} is being written by another training run "
+                                "(locked)") from None
 
     def file(self, name):
         return os.path.join(self.path, name)
 
     def close(self, keep=True):
-        """Unlock; with keep=False remove what this run wrote (all of it if it made the directory)."""
+        """Unlock; with keep=False remove what this run wrote (all of it if it made the
+        directory)."""
         if self._lock is None:
             return
         if not keep:
@@ -71,8 +73,8 @@ class OutputDir:
                 shutil.rmtree(self.path, ignore_errors=True)
             else:
                 for name in ("log.jsonl", ckpt_mod.CHECKPOINT_DIR):
-                    shutil.rmtree(self.file(name), ignore_errors=True) if name == ckpt_mod.CHECKPOINT_DIR \
-                        else unlink_quietly(self.file(name))
+                    shutil.rmtree(self.file(name), ignore_errors=True) \
+                        if name == ckpt_mod.CHECKPOINT_DIR else unlink_quietly(self.file(name))
         unlink_quietly(self.file(".lock"))
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()

@@ -13,12 +13,14 @@ import os
 import sys
 import time
 
-EVERY = float(os.environ.get("MINEMBED_PROGRESS_SECONDS", 10))  # seconds between lines off a terminal
+# seconds between lines off a terminal
+EVERY = float(os.environ.get("MINEMBED_PROGRESS_SECONDS", 10))
 
 
 def _clock(seconds):
     s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return (f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600
+            else f"{s // 60}:{s % 60:02d}")
 
 
 class Progress:
@@ -53,13 +55,15 @@ class Progress:
     def _show(self, now, end=False):
         parts = [f"{self.label}:" if self.label else ""]
         if self.total:
-            parts.append(f"{self.done:,}/{self.total:,} {self.unit}s ({100 * self.done / self.total:.0f}%)")
+            parts.append(f"{self.done:,}/{self.total:,} {self.unit}s "
+                         f"({100 * self.done / self.total:.0f}%)")
         else:
             parts.append(f"{self.done:,} {self.unit}s")
         if self.status:
             parts.append(self.status)
         if self.rate:
-            parts.append(f"{1 / self.rate:,.1f} {self.unit}s/s" if self.rate < 1 else f"{self.rate:.2f} s/{self.unit}")
+            parts.append(f"{1 / self.rate:,.1f} {self.unit}s/s" if self.rate < 1
+                         else f"{self.rate:.2f} s/{self.unit}")
         if self.total and self.rate and not end and self.done < self.total:
             parts.append(f"{_clock((self.total - self.done) * self.rate)} left")
         parts.append(f"{_clock(now - self.t0)} elapsed")

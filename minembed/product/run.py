@@ -53,7 +53,8 @@ class RunOptions:
     threads: int = None               # BLAS threads (None: MINEMBED_THREADS, else runtime.py)
     checkpoint_every: int = None      # steps (None: every 5 minutes; 0: only on Ctrl-C)
     eval_every: int = 0               # steps between kNN accuracies in the log (labelled corpus)
-    eval_fn: object = None            # model -> {name: value}, instead of kNN on the corpus's labels
+    # model -> {name: value}, instead of kNN on the corpus's labels
+    eval_fn: object = None
     micro_batch: int = 0              # encode this many pairs at a time (0: all)
 
 
@@ -111,7 +112,8 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, comm=None, **options)
         keep = getattr(e, "saved", False)  # a diverged run's last good weights
         raise
     finally:
-        setup.out.close(keep=keep or setup.ckpt is not None or ckpt_mod.has_checkpoint(setup.out.path))
+        setup.out.close(keep=keep or setup.ckpt is not None
+                        or ckpt_mod.has_checkpoint(setup.out.path))
 
 
 def _threads(setup, opts, comm):
@@ -146,7 +148,8 @@ def _prepare(ckpt, corpus, out_dir, cfg, opts, lead, say, comm):
         _check_two_documents(source)
     labelled = source.labelled("--eval-every") if eval_every and opts.eval_fn is None else None
     if not opts.resume:
-        tok = load_tokenizer(opts.tokenizer_path) if opts.tokenizer_path else source.tokenizer(cfg.vocab_size, say)
+        tok = (load_tokenizer(opts.tokenizer_path) if opts.tokenizer_path
+               else source.tokenizer(cfg.vocab_size, say))
     data = source.tokenized(tok, say, progress=not opts.quiet)
     sampler = PairSampler(data, cfg, mask_token_id(tok))
     data.release_pages()  # the sampler read whole per-sentence arrays once
@@ -179,10 +182,11 @@ def _fit_to_corpus(cfg, sampler, source, say):
         f"{st['token_spans']:,} with token spans, {st['skipped']:,} skipped (too short)")
     n_usable = len(sampler.usable)
     if n_usable < 2:
-        raise MinembedError(f"{source.name}: only {n_usable} document(s) long enough for two views; "
-                            f"contrastive training needs at least 2 (in-batch negatives)")
+        raise MinembedError(f"{source.name}: only {n_usable} document(s) long enough for two "
+                            f"views; contrastive training needs at least 2 (in-batch negatives)")
     if n_usable < cfg.batch_size:
-        say(f"only {n_usable} usable documents: batch size lowered from {cfg.batch_size} to {n_usable}")
+        say(f"only {n_usable} usable documents: batch size lowered from {cfg.batch_size} to "
+            f"{n_usable}")
         cfg = dataclasses.replace(cfg, batch_size=n_usable)
     return cfg
 
@@ -191,7 +195,8 @@ def _resume_settings(ckpt, corpus):
     """(TrainConfig, Corpus) of the run a checkpoint belongs to; MinembedError
     when the corpus is gone or differs."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{"members": 1, **{k: v for k, v in ckpt.info["training"].items() if k in fields}})
+    cfg = TrainConfig(**{"members": 1,
+                         **{k: v for k, v in ckpt.info["training"].items() if k in fields}})
     cfg = cfg.resolved()  # (a run from before --members: one table)
     c = ckpt.info["corpus"]
     path = c["path"] if corpus is None else corpus
@@ -205,8 +210,8 @@ def _resume_settings(ckpt, corpus):
             (path is not None and (source.identity["size"], source.identity["mtime_ns"]) !=
              (c["size"], c["mtime_ns"])):
         was = c["path"] or "the built-in corpus"
-        raise MinembedError(f"cannot resume: {source.name} is not the corpus this run was trained on "
-                            f"({was}, {c['size']} bytes; its size or modification time differs)")
+        raise MinembedError(f"cannot resume: {source.name} is not the corpus this run was trained "
+                            f"on ({was}, {c['size']} bytes; its size or modification time differs)")
     return cfg, source
 
 
@@ -215,10 +220,12 @@ def _start(setup, enc_cfg, xp, quiet, comm):
     cfg, ckpt = setup.cfg, setup.ckpt
     if ckpt is not None:  # weights, Adam's moments and step: the rest follows from the step number
         params = {k: to_device(v, xp) for k, v in ckpt.params.items()}
-        adam = {"step": int(ckpt.info["adam_step"]), "m": {k: to_device(v, xp) for k, v in ckpt.m.items()},
+        adam = {"step": int(ckpt.info["adam_step"]),
+                "m": {k: to_device(v, xp) for k, v in ckpt.m.items()},
                 "v": {k: to_device(v, xp) for k, v in ckpt.v.items()}}
         return params, adam, ckpt.step, float(ckpt.info.get("elapsed", 0.0))
-    params = {n: to_device(v, xp) for n, v in initial_params(enc_cfg, cfg.seed, cfg.members).items()}
+    params = {n: to_device(v, xp)
+              for n, v in initial_params(enc_cfg, cfg.seed, cfg.members).items()}
     if cfg.model == "transformer" and cfg.bag_init:
         params["tok_emb"] = bag_table(cfg, setup.data, setup.tok, xp, quiet, comm)
         start_as_the_bag(params)
@@ -247,15 +254,20 @@ def _run(setup, opts, xp, say, comm, n_threads):
     T = setup.steps_per_epoch * cfg.epochs if not cfg.max_steps else \
         min(setup.steps_per_epoch * cfg.epochs, cfg.max_steps)  # steps a member
     members = Members(params, adam, cfg.members, T, xp)
-    run_info = {"training": dataclasses.asdict(cfg), "eval_every": setup.eval_every, "blas_threads": n_threads,
-                "corpus": dict(setup.source.identity, stats=dict(setup.sampler.stats, tokens=int(setup.data.n_tokens)))}
-    log = open(out.file("log.jsonl") if lead else os.devnull, "a" if setup.ckpt is not None else "w")
+    run_info = {"training": dataclasses.asdict(cfg), "eval_every": setup.eval_every,
+                "blas_threads": n_threads,
+                "corpus": dict(setup.source.identity,
+                               stats=dict(setup.sampler.stats, tokens=int(setup.data.n_tokens)))}
+    log = open(out.file("log.jsonl") if lead else os.devnull,
+               "a" if setup.ckpt is not None else "w")
     hook = StepHook(cfg.members * T, start, cfg.batch_size, cfg.lr, log,
-                    Progress(cfg.members * T, "training", "step", done=start, quiet=opts.quiet), say,
+                    Progress(cfg.members * T, "training", "step", done=start,
+                             quiet=opts.quiet), say,
                     members=cfg.members, eval_every=setup.eval_every, out_dir=out.path,
                     evaluate=_evaluator(setup, opts, members, dict(enc_cfg, dim=members.width)),
                     checkpoint_every=opts.checkpoint_every, stop=StopSignals(loud=lead), comm=comm,
-                    t0=time.perf_counter() - elapsed)  # "time" in the log counts the run's training time
+                    # "time" in the log counts the run's training time
+                    t0=time.perf_counter() - elapsed)
 
     def save(step):
         members.sync()
@@ -263,7 +275,8 @@ def _run(setup, opts, xp, say, comm, n_threads):
             log.flush()
             os.fsync(log.fileno())  # the log holds every step the checkpoint holds
             ckpt_mod.save_checkpoint(out.path, step, params, adam, tok,
-                                     dict(run_info, elapsed=round(time.perf_counter() - hook.t0, 3)))
+                                     dict(run_info,
+                                          elapsed=round(time.perf_counter() - hook.t0, 3)))
     hook.save = save
     step_fn = make_step(comm, opts.micro_batch) if comm is not None or opts.micro_batch else None
     try:
@@ -272,7 +285,8 @@ def _run(setup, opts, xp, say, comm, n_threads):
         members.sync()
         if lead:
             save_model(out.path, _config(setup, enc_cfg), params, tok)
-        err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower --lr)")
+        err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower "
+                            "--lr)")
         err.saved = err.collective = True  # (every process diverges at this step)
         raise err from None
     finally:
@@ -284,7 +298,8 @@ def _run(setup, opts, xp, say, comm, n_threads):
 
 def _config(setup, enc_cfg):
     """config.json: the encoder's hyper-parameters, how it was trained, on what."""
-    return dict(enc_cfg, format="minembed", format_version=1, training=dataclasses.asdict(setup.cfg),
+    return dict(enc_cfg, format="minembed", format_version=1,
+                training=dataclasses.asdict(setup.cfg),
                 corpus=dict(source=setup.source.name, **setup.sampler.stats))
 
 
@@ -297,5 +312,6 @@ def _finish(setup, enc_cfg, params, hook, n_threads, lead, say):
         return Model(config, params, setup.tok)
     save_model(setup.out.path, config, params, setup.tok)
     ckpt_mod.remove_checkpoint(setup.out.path)
-    say(f"trained {hook.total} steps in {time.perf_counter() - hook.t0:.1f} s; model saved to {setup.out.path}")
+    say(f"trained {hook.total} steps in {time.perf_counter() - hook.t0:.1f} s; model saved to "
+        f"{setup.out.path}")
     return Model(config, params, setup.tok, path=setup.out.path)

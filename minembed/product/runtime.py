@@ -72,11 +72,13 @@ def choose_threads(model=None, threads=None, default=None):
     threads = threads or os.environ.get("MINEMBED_THREADS") or default
     if threads is not None:
         if not str(threads).isdigit() or int(threads) < 1:
-            raise MinembedError(f"--threads / MINEMBED_THREADS must be a positive integer, got {threads!r}")
+            raise MinembedError("--threads / MINEMBED_THREADS must be a positive integer, got "
+                                f"{threads!r}")
         return int(threads)
     if model == "bag":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
     return max(1, min(cores, cores - _busy_elsewhere()))
 
 

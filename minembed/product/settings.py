@@ -40,13 +40,14 @@ def _per_model(name, fmt=str):
 
 def _epochs_help():
     (e, lo, hi), (te, tlo, thi) = AUTO_EPOCHS["bag"], AUTO_EPOCHS["transformer"]
-    return (f"passes over the corpus, a member's [bag: {e // 2} ({lo // 2:,}-{hi // 2:,} steps; one "
-            f"member: {e}, {lo:,}-{hi:,}), transformer: {te} ({tlo:,}-{thi:,} steps)]")
+    return (f"passes over the corpus, a member's [bag: {e // 2} ({lo // 2:,}-{hi // 2:,} steps; "
+            f"one member: {e}, {lo:,}-{hi:,}), transformer: {te} ({tlo:,}-{thi:,} steps)]")
 
 
 def _f(default, help, check=None, must=None, choices=None):
     """A setting: its default, --help text and check (the CLI's options come from these)."""
-    return dataclasses.field(default=default, metadata=dict(help=help, check=check, must=must, choices=choices))
+    return dataclasses.field(default=default,
+                             metadata=dict(help=help, check=check, must=must, choices=choices))
 
 
 POS, NONNEG, NUMBER = (lambda v: v > 0, "positive"), (lambda v: v >= 0, ">= 0"), \
@@ -61,33 +62,42 @@ def at_least(n): return (lambda v: v >= n), f"at least {n}"  # noqa: E704
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer", choices=("bag", "transformer"))
+    model: str = _f("bag", "bag of token embeddings (mean pooled) or a small transformer",
+                    choices=("bag", "transformer"))
     dim: int = _f(None, f"embedding dimension {_per_model('dim')}", *POS)
     epochs: int = _f(None, _epochs_help(), *POS)
-    max_steps: int = _f(0, "stop after this many steps a member (the schedule ends there too); 0: all epochs", *NONNEG)
+    max_steps: int = _f(0, "stop after this many steps a member (the schedule ends there too); 0: "
+                           "all epochs", *NONNEG)
     batch_size: int = _f(None, f"positive pairs per step {_per_model('batch_size')}", *at_least(2))
-    lr: float = _f(None, f"peak learning rate {_per_model('lr', '{:g}'.format)[:-1]}; {BAG_START_LR:g} for a "
-                         "transformer started as a bag model]", *NUMBER)
-    warmup: float = _f(0.1, "linear warm-up, a fraction of the first epoch; then linear decay to 0", *FRAC)
+    lr: float = _f(None, f"peak learning rate {_per_model('lr', '{:g}'.format)[:-1]}; "
+                         f"{BAG_START_LR:g} for a transformer started as a bag model]", *NUMBER)
+    warmup: float = _f(0.1, "linear warm-up, a fraction of the first epoch; then linear decay "
+                            "to 0", *FRAC)
     optimizer: str = _f(None, _per_model("optimizer"), choices=("adam", "adamw"))
-    weight_decay: float = _f(None, f"AdamW decoupled weight decay {_per_model('weight_decay', '{:g}'.format)}", *NONNEG)
+    weight_decay: float = _f(None, "AdamW decoupled weight decay "
+                                   f"{_per_model('weight_decay', '{:g}'.format)}", *NONNEG)
     lazy: bool = _f(True, "Adam on the embedding rows a batch used (lazy) or on every row (dense)")
-    clip: float = _f(None, f"clip the global gradient norm (0: off) {_per_model('clip', '{:g}'.format)}", *NONNEG)
-    scale: float = _f(None, f"cosine similarity scale = 1/temperature {_per_model('scale', '{:g}'.format)}", *NUMBER)
+    clip: float = _f(None, "clip the global gradient norm (0: off) "
+                           f"{_per_model('clip', '{:g}'.format)}", *NONNEG)
+    scale: float = _f(None, "cosine similarity scale = 1/temperature "
+                            f"{_per_model('scale', '{:g}'.format)}", *NUMBER)
     symmetric: bool = _f(False, "InfoNCE in both directions (anchors<->positives)")
     matryoshka: str = _f(None, "Matryoshka: also train these prefix dimensions as embeddings, e.g. "
                                "32,64,128 (the loss is the mean of InfoNCE over them and --dim)")
     seed: int = _f(0, "same seed, same model", *SEED)
-    vocab_size: int = _f(VOCAB_SIZE, "vocabulary of the tokenizer trained on the corpus", *at_least(64))
-    crops: str = _f("auto", "sentence crops, token spans, or auto: sentence crops where a document has two",
+    vocab_size: int = _f(VOCAB_SIZE, "vocabulary of the tokenizer trained on the corpus",
+                         *at_least(64))
+    crops: str = _f("auto",
+                    "sentence crops, token spans, or auto: sentence crops where a document has two",
                     choices=("auto", "sentences", "spans"))
     crop_sentences: int = _f(2, "consecutive sentences per crop", *POS)
     sentence_min: int = _f(100, "shortest kept sentence (characters)", *NONNEG)
     sentence_max: int = _f(250, "longest kept sentence (characters)", *POS)
     span_min: float = _f(0.1, "shortest token span, a fraction of the document", *UNIT)
     span_max: float = _f(0.3, "longest token span, a fraction of the document", *UNIT)
-    positives: str = _f("rest", "a crop and the rest of its document; two crops (the paper's); one crop twice "
-                                "with dropout (SimCSE, transformer only); crops with masked tokens",
+    positives: str = _f("rest", "a crop and the rest of its document; two crops (the paper's); one "
+                                "crop twice with dropout (SimCSE, transformer only); crops with "
+                                "masked tokens",
                         choices=("rest", "crops", "dropout", "mask"))
     mask_frac: float = _f(0.3, "fraction of tokens masked with --positives mask", *OPEN)
     layers: int = _f(2, "transformer blocks", *POS)
@@ -95,15 +105,19 @@ class TrainConfig:
     ffn: int = _f(512, "feed-forward width", *POS)
     max_len: int = _f(64, "transformer: longest view in tokens (longer ones are cut)", *at_least(2))
     dropout: float = _f(0.1, "transformer dropout", lambda v: 0 <= v < 1, "in [0, 1)")
-    pooling: str = _f("mean", "bag: a token n times in a text weighs n (mean) or 1 + log n (sublinear, as in TF-IDF) "
-                              "when encoding; training counts n", choices=("mean", "sublinear"))
-    members: int = _f(None, "bag: K tables of dim/K trained in turn (seeds seed, seed+1, ...), side by side "
-                            f"[{MODEL_DEFAULTS['bag']['members']}]", *POS)
-    bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for dropout positives)")
+    pooling: str = _f("mean", "bag: a token n times in a text weighs n (mean) or 1 + log n "
+                              "(sublinear, as in TF-IDF) when encoding; training counts n",
+                      choices=("mean", "sublinear"))
+    members: int = _f(None, "bag: K tables of dim/K trained in turn (seeds seed, seed+1, ...), "
+                            f"side by side [{MODEL_DEFAULTS['bag']['members']}]", *POS)
+    bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for "
+                              "dropout positives)")
 
     def resolved(self):
-        """A copy with the per-model defaults filled in, checked (MinembedError naming the option)."""
-        c = dataclasses.replace(self, **{k: v for k, v in self._defaults().items() if getattr(self, k) is None})
+        """A copy with the per-model defaults filled in, checked (MinembedError naming the
+        option)."""
+        c = dataclasses.replace(self, **{k: v for k, v in self._defaults().items()
+                                         if getattr(self, k) is None})
         for f in dataclasses.fields(c):
             v, m = getattr(c, f.name), f.metadata
             flag = "--" + f.name.replace("_", "-")
@@ -126,24 +140,30 @@ class TrainConfig:
     def _rules(self):
         """(holds, the message when it does not) for the settings that constrain each other."""
         return ((self.span_min <= self.span_max, "--span-min must not exceed --span-max"),
-                (self.sentence_min <= self.sentence_max, "--sentence-min must not exceed --sentence-max"),
-                (self.model == "bag" or self.pooling == "mean", "--pooling sublinear is for the bag model"),
+                (self.sentence_min <= self.sentence_max,
+                 "--sentence-min must not exceed --sentence-max"),
+                (self.model == "bag" or self.pooling == "mean",
+                 "--pooling sublinear is for the bag model"),
                 (self.members == 1 or self.model == "bag" and not self.matryoshka,
                  "--members is for the bag model (and not with --matryoshka)"),
-                (self.dim % self.members == 0, f"--dim {self.dim} is not a multiple of --members {self.members}"),
+                (self.dim % self.members == 0,
+                 f"--dim {self.dim} is not a multiple of --members {self.members}"),
                 (self.model == "bag" or self.dim % self.heads == 0,
                  f"--dim ({self.dim}) must be a multiple of --heads ({self.heads})"),
                 (self.positives != "dropout" or (self.model == "transformer" and self.dropout > 0),
-                 "--positives dropout needs an encoder with dropout (--model transformer, --dropout > 0)"))
+                 "--positives dropout needs an encoder with dropout (--model transformer, "
+                 "--dropout > 0)"))
 
     def encoder_config(self, vocab_size):
         """The hyper-parameters an encoder needs (stored in config.json)."""
-        cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim,  # encode(): unit vectors
+        # encode(): unit vectors
+        cfg = {"model": self.model, "vocab_size": int(vocab_size), "dim": self.dim,
                "normalize": True, **({"pooling": self.pooling} if self.pooling != "mean" else {})}
         if self.matryoshka:
             cfg["matryoshka"] = matryoshka_dims(self.matryoshka, self.dim)
         if self.model == "transformer":
-            cfg.update(layers=self.layers, heads=self.heads, ffn=self.ffn, max_len=self.max_len, dropout=self.dropout)
+            cfg.update(layers=self.layers, heads=self.heads, ffn=self.ffn, max_len=self.max_len,
+                       dropout=self.dropout)
         return cfg
 
 

@@ -59,7 +59,8 @@ def train_tokenizer(texts, vocab_size=DEFAULT_VOCAB_SIZE, min_frequency=2):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if vocab_size < len(SPECIAL_TOKENS) + 32:
-        raise MinembedError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 32}, got {vocab_size}")
+        raise MinembedError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 32}, got "
+                            f"{vocab_size}")
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True,
                                                 handle_chinese_chars=True)
@@ -82,7 +83,8 @@ def load_tokenizer(path):
     try:
         tok = Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises plain Exceptions
-        raise MinembedError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+        raise MinembedError(f"{path} is not a valid tokenizer.json "
+                            f"({str(e).splitlines()[0]})") from None
     tok.no_truncation()
     tok.no_padding()
     return tok
@@ -94,7 +96,8 @@ def tokenizer_from_str(text, where="tokenizer.json"):
     try:
         tok = Tokenizer.from_str(text)
     except Exception as e:
-        raise MinembedError(f"{where} is not a valid tokenizer ({str(e).splitlines()[0]})") from None
+        raise MinembedError(f"{where} is not a valid tokenizer "
+                            f"({str(e).splitlines()[0]})") from None
     tok.no_truncation()
     tok.no_padding()
     return tok
@@ -118,8 +121,9 @@ def encode_texts(tok, texts):
     encs = tok.encode_batch(list(texts), add_special_tokens=False)
     offsets = np.zeros(len(encs) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, encs), dtype=np.int64, count=len(encs)), out=offsets[1:])
+    # one list at a time: 1.7 us a text, 2-3% of tokenising
     ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32,
-                      count=int(offsets[-1]))  # one list at a time: 1.7 us a text, 2-3% of tokenising
+                      count=int(offsets[-1]))
     return ids, offsets
 
 
@@ -151,7 +155,8 @@ class TokenizedCorpus:
                 setattr(self, name, arr)
                 self._mmaps.append(mm)
         except (OSError, ValueError) as e:
-            raise MinembedError(f"tokenised corpus at {self.path} is unreadable ({e}); delete it to rebuild") from None
+            raise MinembedError(f"tokenised corpus at {self.path} is unreadable ({e}); delete it "
+                                "to rebuild") from None
 
     def release_pages(self):
         """Drop the mapped pages from this process's resident set (MADV_DONTNEED)."""
@@ -178,7 +183,8 @@ class TokenizeProgress:
 
     def __call__(self, n_docs, n_tokens, n_chars=0):
         pct = f"~{min(99, 100 * n_chars // self.total)}% of the file, " if self.total else ""
-        self.bar.update(n_docs - self.bar.done, f"{pct}{n_tokens:,} tokens, {n_chars / 1e6:,.1f} MB of text")
+        self.bar.update(n_docs - self.bar.done,
+                        f"{pct}{n_tokens:,} tokens, {n_chars / 1e6:,.1f} MB of text")
 
     def close(self):
         self.bar.close()

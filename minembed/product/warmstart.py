@@ -25,7 +25,8 @@ def bag_table(cfg, data, tok, xp, quiet, comm):
     bcfg = TrainConfig(dim=cfg.dim, seed=cfg.seed, vocab_size=cfg.vocab_size, crops=cfg.crops,
                        crop_sentences=cfg.crop_sentences, sentence_min=cfg.sentence_min,
                        sentence_max=cfg.sentence_max, span_min=cfg.span_min, span_max=cfg.span_max,
-                       positives=cfg.positives, mask_frac=cfg.mask_frac, members=1)  # rest, crops or mask
+                       # rest, crops or mask
+                       positives=cfg.positives, mask_frac=cfg.mask_frac, members=1)
     bcfg = bcfg.resolved()
     sampler = PairSampler(data, bcfg, mask_token_id(tok))
     bcfg = dataclasses.replace(bcfg, batch_size=min(bcfg.batch_size, len(sampler.usable)))
@@ -33,13 +34,15 @@ def bag_table(cfg, data, tok, xp, quiet, comm):
     bcfg = dataclasses.replace(bcfg, epochs=auto_epochs("bag", spe))
     enc_cfg = bcfg.encoder_config(tok.get_vocab_size())
     bag = encoder_module("bag")
-    params = {k: to_device(v, xp) for k, v in bag.init_params(enc_cfg, np.random.default_rng([cfg.seed, 3])).items()}
+    params = {k: to_device(v, xp)
+              for k, v in bag.init_params(enc_cfg, np.random.default_rng([cfg.seed, 3])).items()}
     bar = Progress(spe * bcfg.epochs, "bag model for the token table", "step", quiet=quiet)
     try:
         train_loop(bag, params, optim.adam_init(params), sampler, bcfg, enc_cfg, spe * bcfg.epochs,
                    on_step=lambda step, r: bar.update(1))
     except Diverged as e:
-        raise MinembedError(f"the bag model for the transformer's token table: {e} (try --no-bag-init)")
+        raise MinembedError(f"the bag model for the transformer's token table: {e} (try "
+                            "--no-bag-init)")
     finally:
         bar.close()
     table = params["tok_emb"]

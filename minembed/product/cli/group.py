@@ -23,7 +23,8 @@ class _Group(click.Group):
         except MemoryError:
             raise click.ClickException("out of memory (try a smaller --batch-size)") from None
         except OSError as e:
-            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+            raise click.ClickException(
+                f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
@@ -53,14 +54,16 @@ def corpus_options(f):
                                              "them with U+FFFD")(f)
     f = click.option("--encoding", default="utf-8", show_default=True,
                      help="the corpus file's text encoding (e.g. latin-1, cp1252)")(f)
-    return click.option("--format", "fmt", type=click.Choice(["auto", "lines", "paragraphs", "jsonl"]),
+    return click.option("--format", "fmt",
+                        type=click.Choice(["auto", "lines", "paragraphs", "jsonl"]),
                         default="auto", show_default=True,
-                        help="one document per line, blank-line separated paragraphs, or JSON lines "
-                             "with a 'text' (and 'label') field; auto = jsonl for .jsonl files, else "
-                             "lines. .gz is read transparently.")(f)
+                        help="one document per line, blank-line separated paragraphs, or JSON "
+                             "lines with a 'text' (and 'label') field; auto = jsonl for .jsonl "
+                             "files, else lines. .gz is read transparently.")(f)
 
 
 DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
                        show_default=True, help="where to compute (gpu needs CuPy)")
 THREADS = click.option("--threads", type=click.IntRange(min=1), envvar="MINEMBEDTHREADS",
-                        help="BLAS threads [MINEMBEDTHREADS, else bag: 1, transformer: the idle cores]")
+                        help="BLAS threads [MINEMBEDTHREADS, else bag: 1, transformer: the idle "
+                             "cores]")

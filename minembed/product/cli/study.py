@@ -13,7 +13,8 @@ from .group import DEVICE, THREADS, corpus_options, main
 @click.argument("corpus", required=False, type=click.Path(dir_okay=False))
 @corpus_options
 @click.option("--splits", type=click.IntRange(1, 100), default=1, show_default=True,
-              help="kNN accuracy over this many random 90/10 splits (mean ± sd); 1: the fixed split")
+              help="kNN accuracy over this many random 90/10 splits (mean ± sd); 1: the fixed "
+                   "split")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @DEVICE
 @THREADS
@@ -51,7 +52,8 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, thr
 @click.option("-o", "--out", "out_dir", default="compare_results", show_default=True,
               help="directory for compare.json/.md (and sweep-NAME.json/.md)")
 @corpus_options
-@click.option("--fast", is_flag=True, help="smoke test: small models on <= 800 documents (~1 minute)")
+@click.option("--fast", is_flag=True,
+              help="smoke test: small models on <= 800 documents (~1 minute)")
 @click.option("--sweep", "sweeps", multiple=True,
               type=click.Choice(["temperature", "crop-sentences", "lr", "mask-frac"]),
               help="also sweep one setting, as in the paper's figures: temperature "
@@ -87,7 +89,8 @@ def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, n
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_comparison(corpus, fast=fast, fmt=fmt, sweeps=sweeps, sweep_model=sweep_model,
                             main=not no_main, max_docs=max_docs, seed=seed, keep_models=keep_models,
-                            say=say, work_dir=os.path.join(out_dir, "models") if keep_models else None)
+                            say=say,
+                            work_dir=os.path.join(out_dir, "models") if keep_models else None)
     args = ([corpus] if corpus else []) + (["--fast"] if fast else []) + \
         [a for s in sweeps for a in ("--sweep", s)] + (["--no-main"] if no_main else []) + \
         (["--max-docs", str(max_docs)] if max_docs else [])

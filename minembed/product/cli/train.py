@@ -9,15 +9,16 @@ from ..settings import TrainConfig
 from .group import DEVICE, THREADS, corpus_options, main
 
 # the options --resume takes beside its directory (the others are the run's own)
-RESUME_OPTIONS = ("corpus", "device", "threads", "quiet", "checkpoint_every", "resume_dir", "distributed",
-                  "micro_batch")
+RESUME_OPTIONS = ("corpus", "device", "threads", "quiet", "checkpoint_every", "resume_dir",
+                  "distributed", "micro_batch")
 
 
 def config_options(f):
     """One option per TrainConfig field: its default, --help and choices come from there."""
     for field in reversed(dataclasses.fields(TrainConfig)):
         m, name = field.metadata, "--" + field.name.replace("_", "-")
-        if field.type is bool:   # --lazy/--dense, --bag-init/--no-bag-init, --symmetric/--no-symmetric
+        # --lazy/--dense, --bag-init/--no-bag-init, --symmetric/--no-symmetric
+        if field.type is bool:
             flag = "--lazy/--dense" if field.name == "lazy" else f"{name}/--no-{name[2:]}"
             f = click.option(flag, default=field.default, show_default=True, help=m["help"])(f)
         else:
@@ -30,7 +31,8 @@ def config_options(f):
 
 @main.command()
 @click.argument("corpus", required=False, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", default="minembed_model", show_default=True, help="output model directory")
+@click.option("-o", "--out", default="minembed_model", show_default=True,
+              help="output model directory")
 @corpus_options
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False),
               help="use this tokenizer.json instead of training one on the corpus")
@@ -82,7 +84,8 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     if resume_dir is not None:
         ctx = click.get_current_context()
         fixed = [max(p.opts, key=len) for p in ctx.command.params if p.name not in RESUME_OPTIONS
-                 and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
+                 and ctx.get_parameter_source(p.name)
+                 not in (click.core.ParameterSource.DEFAULT, None)]
         if fixed:
             raise MinembedError(f"--resume continues a run with its own settings; "
                                 f"{', '.join(fixed)} cannot be given with it")

@@ -17,10 +17,12 @@ from .group import DEVICE, THREADS, corpus_options, main
 @corpus_options
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--normalize/--no-normalize", default=None,
-              help="unit-length vectors (default: as the model's config says; true for trained models)")
+              help="unit-length vectors (default: as the model's config says; true for trained "
+                   "models)")
 @click.option("--dim", type=int, help="keep the first DIM dimensions, renormalised (for a model "
                                       "trained with --matryoshka)")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "int8", "binary"]), default="float32",
+@click.option("--dtype", type=click.Choice(["float32", "float16", "int8", "binary"]),
+              default="float32",
               show_default=True, help="int8: per-dimension scales from  minembed quantize MODEL  "
                                       "(x ~ q * scale / 127); binary: the sign bits, 8 to a byte")
 @DEVICE
@@ -36,10 +38,11 @@ def embed(model_dir, input_path, output, fmt, encoding, errors, batch_size, norm
     from ..modeldir import load
 
     model = load(model_dir, device=device)
-    shape = embed_file(model, Corpus(input_path, fmt, encoding=encoding, errors=errors), output, dim,
-                       dtype, normalize, batch_size, quiet, threads)
-    click.echo(f"wrote {shape[0]} x {shape[1]} {'uint8 (packed bits)' if dtype == 'binary' else dtype} "
-               f"embeddings to {output}", err=True)
+    shape = embed_file(model, Corpus(input_path, fmt, encoding=encoding, errors=errors), output,
+                       dim, dtype, normalize, batch_size, quiet, threads)
+    click.echo(f"wrote {shape[0]} x {shape[1]} "
+               f"{'uint8 (packed bits)' if dtype == 'binary' else dtype} embeddings to "
+               f"{output}", err=True)
 
 
 @main.command()
@@ -74,7 +77,8 @@ def quantize(model_dir, corpus, fmt, encoding, errors, dims, max_docs, device):
 @main.command("export")
 @click.argument("model_dir", type=click.Path())
 @click.argument("out_dir", type=click.Path())
-@click.option("--to", "target", required=True, type=click.Choice(["sentence-transformers", "model2vec"]),
+@click.option("--to", "target", required=True,
+              type=click.Choice(["sentence-transformers", "model2vec"]),
               help="the library that will load OUT_DIR")
 @click.option("--force", is_flag=True, help="replace an earlier export in OUT_DIR")
 def export_(model_dir, out_dir, target, force):

@@ -109,8 +109,8 @@ assert err_wrong > 0.1
 # 4. The encoder interface, on a real batch of crop pairs
 #    bag.init_params / bag.forward / bag.backward are what training calls.
 # ---------------------------------------------------------------------------
-from minembed.core.pairs import PairSampler
-from minembed import Corpus, TrainConfig
+from minembed.core.pairs import PairSampler  # noqa: E402
+from minembed import Corpus, TrainConfig  # noqa: E402
 
 source = Corpus()
 tok = source.tokenizer(2048 if FAST else 8192)

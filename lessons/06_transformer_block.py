@@ -36,7 +36,7 @@ from minembed.core.layers import (attention_backward, attention_forward, gelu_ba
                              softmax_backward, softmax_forward)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-from minembed.core.layers import densify
+from minembed.core.layers import densify  # noqa: E402
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)

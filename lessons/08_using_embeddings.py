@@ -27,12 +27,12 @@ FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 OUT = (sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv
        else tempfile.mkdtemp(prefix="minembed-lesson8-"))
 
-import minembed
-from minembed import TrainConfig
-from minembed.product.evaluate import knn_accuracy
-from minembed.product.run import train
-from minembed.product.search import CorpusIndex
-from minembed.product.viz import map_corpus
+import minembed  # noqa: E402
+from minembed import TrainConfig  # noqa: E402
+from minembed.product.evaluate import knn_accuracy  # noqa: E402
+from minembed.product.run import train  # noqa: E402
+from minembed.product.search import CorpusIndex  # noqa: E402
+from minembed.product.viz import map_corpus  # noqa: E402
 
 texts, labels = minembed.builtin()
 labels = np.asarray(labels)

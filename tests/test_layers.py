@@ -28,7 +28,7 @@ def _assert_grads(f, params, grads, tol=TOL):
 def _ragged(lengths, C, rng):
     """Packed rows (M, C), their grid cells and the key mask of a ragged batch."""
     lengths = np.asarray(lengths)
-    N, T = len(lengths), max(1, lengths.max())
+    T = max(1, lengths.max())
     key_mask = np.arange(T)[None, :] < lengths[:, None]
     index = np.flatnonzero(key_mask.ravel())
     return rng.standard_normal((len(index), C)), index, key_mask
@@ -38,7 +38,7 @@ def test_linear_grad():
     rng = _rng()
     x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
     R = rng.standard_normal((2, 3, 5))
-    f = lambda: float((L.linear_forward(x, w, b)[0] * R).sum())
+    f = lambda: float((L.linear_forward(x, w, b)[0] * R).sum())  # noqa: E731
     y, cache = L.linear_forward(x, w, b)
     np.testing.assert_allclose(y, x @ w + b)
     dx, dw, db = L.linear_backward(R, cache)
@@ -53,7 +53,7 @@ def test_layernorm_forward_and_grad():
     ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
     R = rng.standard_normal(y.shape)
-    f = lambda: float((L.layernorm_forward(x, g, b)[0] * R).sum())
+    f = lambda: float((L.layernorm_forward(x, g, b)[0] * R).sum())  # noqa: E731
     dx, dg, db = L.layernorm_backward(R, cache)
     _assert_grads(f, {"x": x, "g": g, "b": b}, {"x": dx, "g": dg, "b": db})
 
@@ -71,7 +71,7 @@ def test_gelu_grad():
     rng = _rng(2)
     x = rng.standard_normal((4, 7)) * 2
     R = rng.standard_normal(x.shape)
-    f = lambda: float((L.gelu_forward(x)[0] * R).sum())
+    f = lambda: float((L.gelu_forward(x)[0] * R).sum())  # noqa: E731
     dx = L.gelu_backward(R, L.gelu_forward(x)[1])
     _assert_grads(f, {"x": x}, {"x": dx})
 
@@ -98,7 +98,7 @@ def test_masked_softmax_grad():
     z = rng.standard_normal((2, 3, 5))
     mask = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], bool)[:, None, :]
     R = rng.standard_normal(z.shape)
-    f = lambda: float((L.softmax_forward(z, mask)[0] * R).sum())
+    f = lambda: float((L.softmax_forward(z, mask)[0] * R).sum())  # noqa: E731
     dz = L.softmax_backward(R, L.softmax_forward(z, mask)[1])
     _assert_grads(f, {"z": z}, {"z": dz})
 
@@ -127,7 +127,7 @@ def test_dropout_replays_scales_and_is_off_in_eval():
 def test_dropout_grad():
     rng = _rng(9)
     x, R = rng.standard_normal((6, 5)), rng.standard_normal((6, 5))
-    f = lambda: float((L.dropout_forward(x, 0.3, np.random.default_rng(1))[0] * R).sum())
+    f = lambda: float((L.dropout_forward(x, 0.3, np.random.default_rng(1))[0] * R).sum())  # noqa: E731
     dx = L.dropout_backward(R, L.dropout_forward(x, 0.3, np.random.default_rng(1))[1])
     _assert_grads(f, {"x": x}, {"x": dx})
 
@@ -178,7 +178,7 @@ def test_attention_grad(p_drop, buckets):
         return L.attention_forward(x, grids, w["w_qkv"], w["b_qkv"], w["w_out"],
                                    w["b_out"], 2, p_drop, r)
 
-    f = lambda: float((run()[0] * R).sum())
+    f = lambda: float((run()[0] * R).sum())  # noqa: E731
     dx, dwq, dbq, dwo, dbo = L.attention_backward(R, run()[1])
     _assert_grads(f, {"x": x, **w},
                   {"x": dx, "w_qkv": dwq, "b_qkv": dbq, "w_out": dwo, "b_out": dbo})

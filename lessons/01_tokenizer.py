@@ -24,7 +24,7 @@ import numpy as np
 
 import minembed
 from minembed.product.tokenize import (SPECIAL_TOKENS, encode_texts, fingerprint,
-                               split_sentences, tokenize_corpus, train_tokenizer)
+                                       split_sentences, tokenize_corpus, train_tokenizer)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 

@@ -27,10 +27,10 @@ import sys
 
 import numpy as np
 
-from minembed.core.pairs import PairSampler
-from minembed.product.tokenize import mask_token_id
 from minembed import Corpus, TrainConfig
 from minembed.core import transformer
+from minembed.core.pairs import PairSampler
+from minembed.product.tokenize import mask_token_id
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
@@ -59,7 +59,7 @@ def views(ids, offsets):
 #    consecutive kept sentences (a sliding window); a document needs at least
 #    2 different windows, i.e. 3 kept sentences. The rest fall back to token spans.
 # ---------------------------------------------------------------------------
-# the paper's pairs; crops="auto", n_sent=2
+# the paper's pairs, with TrainConfig's defaults crops="auto", crop_sentences=2
 sampler = PairSampler(tc, TrainConfig(positives="crops", span_max=0.5))
 st = sampler.stats
 print(f"\n{st['sentence_crops']:,} documents give sentence crops, {st['token_spans']:,} token "
@@ -84,7 +84,7 @@ for i, (d, kind) in enumerate([(sent_doc, "sentence crops"), (span_doc, "token s
     print(f"   anchor   ({len(v[i]):3d} tokens): {text(v[i])[:150]}...")
     print(f"   positive ({len(v[2 + i]):3d} tokens): {text(v[2 + i])[:150]}...")
 
-# Check the views are what the docstring of crops.py promises.
+# Check the views are what the docstring of minembed/core/pairs.py promises.
 # A sentence-crop view is exactly 2 whole kept sentences of its document, and
 # anchor and positive are different windows.
 so, chars = sent_off, np.asarray(tc.sent_chars)

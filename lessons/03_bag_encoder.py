@@ -8,8 +8,10 @@ What it teaches
     package's functions, and check the backward against finite differences.
 
 What to look at
-    - the forward is a sparse matrix product out = A @ table, where
-      A[i, u] = count(u in view i) / len(view i);
+    - the forward is a weighted sum of table rows (minembed/core/bag.py writes
+      it as a scatter-add), in matrix form a sparse product out = A @ table,
+      where A[i, u] = count(u in view i) / len(view i) (how its fast twin
+      computes it: lesson 9);
     - the backward is A^T @ dout, and it touches only the rows the batch used
       (a RowGrad), which is why one step is cheap even with a huge vocabulary;
     - the finite-difference check: relative error ~1e-10, not ~1.
@@ -22,11 +24,12 @@ import time
 
 import numpy as np
 
+from minembed import Corpus, TrainConfig
 from minembed.core import bag
 from minembed.core.bag import embedding_bag_backward, embedding_bag_forward
 from minembed.core.gradcheck import check_grads
-from minembed.core.layers import RowGrad
-from minembed.core.layers import densify
+from minembed.core.layers import RowGrad, densify
+from minembed.core.pairs import PairSampler
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
@@ -109,9 +112,6 @@ assert err_wrong > 0.1
 # 4. The encoder interface, on a real batch of crop pairs
 #    bag.init_params / bag.forward / bag.backward are what training calls.
 # ---------------------------------------------------------------------------
-from minembed.core.pairs import PairSampler  # noqa: E402
-from minembed import Corpus, TrainConfig  # noqa: E402
-
 source = Corpus()
 tok = source.tokenizer(2048 if FAST else 8192)
 tc = source.tokenized(tok)

@@ -8,7 +8,7 @@ What it teaches
         S_ij = cos(a_i, p_j) / tau                 (B, B) similarity logits
         L    = mean_i [ logsumexp_j S_ij - S_ii ]  cross-entropy, target = diagonal
 
-    We compute it by hand and compare with ``minembed.loss``, derive the
+    We compute it by hand and compare with ``minembed.core.loss``, derive the
     gradient, check it with finite differences, and see why the paper's
     tau = 0.05 (scale 20) works and tau = 0.5 or 5 do not.
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from minembed.core.gradcheck import check_grads
 from minembed.core.loss import (infonce_backward, infonce_forward, l2_normalize_backward,
-                           l2_normalize_forward)
+                                l2_normalize_forward)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 

@@ -3,9 +3,10 @@
 What it teaches
     Lessons 2-4 put together: sample crop pairs, embed them with the bag
     encoder, InfoNCE, backward, Adam. First a few steps written out with the
-    package's functions (what ``minembed.train`` does in its loop), then the
-    real ``train()`` with kNN accuracy measured while it trains, compared
-    with the untrained model and with the paper's strongest baseline, TF-IDF.
+    package's functions (what ``minembed.train``'s loop does each step:
+    ``train_loop`` in minembed/core/train.py), then the real ``train()`` with
+    kNN accuracy measured while it trains, compared with the untrained model
+    and with the paper's strongest baseline, TF-IDF.
 
 What to look at
     - the loss falls from near log B, the in-batch accuracy rises;
@@ -26,13 +27,12 @@ import time
 import numpy as np
 
 import minembed
-from minembed import Corpus, TrainConfig
+from minembed import Corpus, TrainConfig, train
 from minembed.core import bag, optim
 from minembed.core.pairs import PairSampler
-from minembed.product.evaluate import knn_accuracy, tfidf
-from minembed.product.model import Model
-from minembed.product.run import train
 from minembed.core.train import train_step
+from minembed.product.evaluate import knn_accuracy, tfidf
+from minembed.product.model import untrained
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
 
@@ -101,8 +101,7 @@ with tempfile.TemporaryDirectory() as d:
     log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     print(f"\ntrained {len(log)} steps ({EPOCHS} epochs of {steps_per_epoch}) in {seconds:.1f} s "
           f"into {out} (a temporary directory)")
-untrained = Model(enc_cfg, bag.init_params(enc_cfg, np.random.default_rng([cfg.seed, 0])), tok)
-knn0 = knn(untrained)["knn"]
+knn0 = knn(untrained(model))["knn"]                # the weights train() started from
 print(f"   step   loss   acc   kNN (cosine)\n      0                  {knn0:.3f}  (untrained)")
 for r in log:
     if "knn" in r:

@@ -1,17 +1,21 @@
 """Lesson 6: inside a transformer block, every backward derived and checked.
 
 What it teaches
-    The small transformer of ``minembed.transformer`` is a stack of pre-LN blocks
+    The small transformer of ``minembed.core.transformer`` is a stack of pre-LN blocks
 
         x = x + attn(ln1(x))          attention over the tokens of each view
         x = x + mlp(ln2(x))           mlp = linear -> GELU -> linear
 
     and mean pooling at the end. Each layer is a pair of plain functions in
-    ``minembed.layers``: ``x_forward(...) -> (out, cache)`` and
-    ``x_backward(dout, cache) -> (dx, grads)``. We take LayerNorm, GELU,
+    ``minembed.core.layers``: ``x_forward(...) -> (out, cache)`` and
+    ``x_backward(dout, cache)`` -> the gradients of the forward's inputs, in
+    their order. We take LayerNorm, GELU,
     masked softmax and attention one at a time: what it computes, the
     derivative on paper (in the comments, next to the code), and a
     finite-difference check. Then the whole model, loss to every parameter.
+    (These functions are the textbook's references; on NumPy arrays a few of
+    them, GELU and attention's core, hand the work to a faster twin with the
+    same results: lesson 9 shows how.)
 
 What to look at
     - LayerNorm's backward has three terms because the mean and the variance
@@ -31,12 +35,11 @@ import numpy as np
 
 from minembed.core import transformer
 from minembed.core.gradcheck import check_grads
-from minembed.core.layers import (attention_backward, attention_forward, gelu_backward,
-                             gelu_forward, layernorm_backward, layernorm_forward,
-                             softmax_backward, softmax_forward)
+from minembed.core.layers import (attention_backward, attention_forward, densify, gelu_backward,
+                                  gelu_forward, layernorm_backward, layernorm_forward,
+                                  softmax_backward, softmax_forward)
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-from minembed.core.layers import densify  # noqa: E402
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)
@@ -79,7 +82,7 @@ report("finite differences", check_grads(lambda: float((layernorm_forward(x, g, 
                                          {"x": x, "g": g, "b": b}, {"x": dx, "g": dg, "b": db}))
 
 # ---------------------------------------------------------------------------
-# 2. GELU, tanh approximation (GPT-2's, and the CUDA kernel's)
+# 2. GELU, tanh approximation (GPT-2's, and its fast twins': lesson 9)
 #    y = 0.5 x (1 + t),  t = tanh(u),  u = c (x + a x^3),  c = sqrt(2/pi), a = 0.044715
 #    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)
 # ---------------------------------------------------------------------------

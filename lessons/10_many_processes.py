@@ -51,12 +51,12 @@ import tracemalloc
 import numpy as np
 
 from minembed import Corpus, TrainConfig
-from minembed.core.pairs import PairSampler
-from minembed.product.gradcache import make_step
 from minembed.core.gradcheck import check_grads
 from minembed.core.layers import RowGrad
 from minembed.core.loss import (infonce_backward, infonce_forward, l2_normalize_backward,
                                 l2_normalize_forward)
+from minembed.core.pairs import PairSampler
+from minembed.product.gradcache import make_step
 from minembed.product.model import encoder_module
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"

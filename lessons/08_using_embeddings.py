@@ -1,9 +1,10 @@
 """Lesson 8: using the embedding: kNN evaluation, a map, and search.
 
 What it teaches
-    A trained model is a directory (config.json, tokenizer.json, model.npz,
-    manifest.json); ``minembed.load(dir).encode(texts)`` gives one vector per
-    text. This lesson trains a bag model (as in lesson 5), then
+    A trained model is a directory (config.json, tokenizer.json,
+    model.safetensors, manifest.json, ...); ``minembed.load(dir).encode(texts)``
+    gives one vector per text. This lesson trains a bag model (as in lesson 5),
+    then
     - measures kNN accuracy with Euclidean and cosine distance, on raw and on
       unit-length vectors;
     - draws a t-SNE map of the corpus coloured by package, saved as a PNG;
@@ -14,6 +15,11 @@ What to look at
     - the map: packages form islands (scipy.special, scipy.stats, numpy.ma ...);
     - search hits for a query about sparse eigenvalues.
 
+Outputs (the model directory, its search cache, map.png and the map's
+coordinates) go to ``--out DIR`` when given, and stay there. Without it they
+go to a temporary directory that the lesson removes when it ends: pass --out
+to keep the map.
+
 Run:  python lessons/08_using_embeddings.py [--out DIR]   (add --fast for the quick version)
 """
 import os
@@ -22,17 +28,17 @@ import tempfile
 
 import numpy as np
 
+import minembed
+from minembed import TrainConfig, train
+from minembed.product.evaluate import knn_accuracy
+from minembed.product.search import CorpusIndex
+from minembed.product.viz import map_corpus
 
 FAST = "--fast" in sys.argv or os.environ.get("MINEMBED_FAST") == "1"
-OUT = (sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv
-       else tempfile.mkdtemp(prefix="minembed-lesson8-"))
-
-import minembed  # noqa: E402
-from minembed import TrainConfig  # noqa: E402
-from minembed.product.evaluate import knn_accuracy  # noqa: E402
-from minembed.product.run import train  # noqa: E402
-from minembed.product.search import CorpusIndex  # noqa: E402
-from minembed.product.viz import map_corpus  # noqa: E402
+# no --out: a temporary directory, removed at the end (on an error too: its finalizer runs
+# when Python exits)
+tmp = None if "--out" in sys.argv else tempfile.TemporaryDirectory(prefix="minembed-lesson8-")
+OUT = tmp.name if tmp else sys.argv[sys.argv.index("--out") + 1]
 
 texts, labels = minembed.builtin()
 labels = np.asarray(labels)
@@ -105,5 +111,9 @@ same = float((labels[S.argmax(1)] == labels).mean())
 print(f"\nthe nearest other document has the same label for {same:.1%} of the documents "
       f"(largest class: {chance:.1%})")
 assert same > 3 * chance
-print(f"\noutputs are in {OUT}")
+if tmp:
+    tmp.cleanup()
+    print(f"\n{OUT} removed (run with --out DIR to keep the model and the map)")
+else:
+    print(f"\noutputs are in {OUT}")
 print("\nlesson 8 OK")

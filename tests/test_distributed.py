@@ -173,6 +173,9 @@ def test_only_rank_0_writes_and_an_error_stops_every_rank(env):
     assert res.returncode == 1
     assert res.stderr.count("Error:") == 1 and "is not empty" in res.stderr
     assert "Traceback" not in res.stderr and os.listdir(taken) == ["notes.txt"]
+    # a run says that several processes train, once (it said nothing of it)
+    res = mpirun(2, ["train", corpus, "-o", str(d / "said")] + MODELS["bag"], e, timeout=120)
+    assert res.returncode == 0 and res.stderr.count("2 processes train together (MPI)") == 1
     # one rank fails alone (here: rank 1 raises inside a step): every rank ends, none hangs
     code = ("import sys, minembed.product.gradcache as dd\n"
             "f = dd.make_step\n"

@@ -83,10 +83,10 @@ def test_cli(model_dir, topic_jsonl, topic_docs):
     r = CliRunner().invoke(main, ["search", model_dir, topic_jsonl, texts[5], "-k", "3"])
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
-    assert len(lines) == 3 and lines[0].split()[0] == "1." and "#5" in lines[0]
+    assert len(lines) == 3 and lines[0].split()[0] == "1." and "line 6" in lines[0]
     assert f"[{labels[5]}]" in lines[0] and "1.000" in lines[0]
     r = CliRunner().invoke(main, ["search", model_dir, topic_jsonl, "piano drum", "--json"])
     hits = [json.loads(line) for line in r.output.strip().splitlines()]
-    assert len(hits) == 10 and set(hits[0]) == {"rank", "index", "score", "text", "label"}
+    assert len(hits) == 10 and set(hits[0]) == {"rank", "index", "line", "score", "text", "label"}
     r = CliRunner().invoke(main, ["search", model_dir + "-missing", topic_jsonl, "x"])
     assert r.exit_code == 1 and "not found" in r.output

@@ -164,7 +164,7 @@ def test_html_map_is_self_contained(html_map, model_dir, topic_jsonl, topic_docs
     texts, labels = topic_docs
     acc = knn_accuracy(load(model_dir).encode(texts), labels, metric="cosine")
     title = (f"model on topics.jsonl: 240 documents, 4 labels, kNN accuracy {100 * acc:.1f} % "
-             "(k = 10, cosine)")
+             "(k = 10, cosine, one 90/10 split)")
     assert f"<title>{title}</title>" in page
     # the hover text of document 0: its index, label and first lines (JSON-escaped as plotly does)
     hover = f"#0 <b>{labels[0]}</b><br>{viz._snippet(texts[0])}"
@@ -249,9 +249,10 @@ def test_missing_plotly_and_bad_outputs_are_clear_errors(model_dir, topic_txt, t
         return r.output.strip().splitlines()[-1]
 
     svg = tmp_path / "m.svg"
-    assert error("-o", svg) == f"Error: a map is written as .png or .html, not '{svg}'"
-    assert error("-o", tmp_path / "m.png", "--exaggeration", "0") == \
-        "Error: --exaggeration must be positive, got 0.0"
+    assert error("-o", svg) == f"Error: {svg}: the output must end in .png or .html"
+    r = CliRunner().invoke(main, ["map", model_dir, topic_txt, "-o", str(tmp_path / "m.png"),
+                                  "--exaggeration", "0"])
+    assert r.exit_code == 2 and "--exaggeration" in r.output and "Traceback" not in r.output
     for name in [m for m in sys.modules if m == "plotly" or m.startswith("plotly.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "plotly", None)

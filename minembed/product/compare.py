@@ -167,7 +167,7 @@ class Comparison:
 
     def trained_row(self, name, kind, cfg):
         """Train one configuration and measure it: (row, model)."""
-        self.say(f"training {name}: {cfg.max_steps} steps")
+        self.say(f"training {name}" + (f" ({cfg.max_steps} steps)" if cfg.max_steps else ""))
         self.runs += 1
         model = train(self.train_path, os.path.join(self.work_dir, f"run-{self.runs:02d}"),
                       cfg, force=True, quiet=True)

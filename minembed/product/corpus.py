@@ -24,15 +24,19 @@ The built-in corpus (``builtin()``) is package data: the docstrings of numpy,
 scipy and scikit-learn, frozen (minembed/builtin/README.md; rebuilt by
 tools/build_docstrings.py).
 """
+import atexit
 import codecs
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
+import shutil
 import zlib
 
 from ..errors import MinembedError
+from .files import unlink_quietly
 
 FORMATS = ("auto", "lines", "paragraphs", "jsonl")
 MAX_DOC_CHARS = 1_000_000  # a "document" longer than this is almost surely not one
@@ -49,8 +53,8 @@ def cache_dir():
 
 
 def cache_subdir(name):
-    """A directory in the cache, created; a one-line error naming $MINEMBED_CACHE if it cannot
-    be."""
+    """A directory in the cache, created, with what dead processes left half-written there
+    removed; a one-line error naming $MINEMBED_CACHE if it cannot be."""
     path = os.path.join(cache_dir(), name)
     try:
         os.makedirs(path, exist_ok=True)
@@ -59,7 +63,58 @@ def cache_subdir(name):
     except OSError:
         raise MinembedError(f"the cache directory {cache_dir()} is not writable (set "
                             f"MINEMBED_CACHE to a writable directory)") from None
+    remove_stale(path)
     return path
+
+
+# names with a pid: a tokenised corpus being written, an atomic write, a spooled standard input
+_STALE = re.compile(r"\.tmp-(\d+)$|^\..+\.(\d+)\.[^.]+\.tmp$|^(\d+)-stdin")
+
+
+def remove_stale(directory):
+    """Remove the temporary files and directories (a tokenised corpus being written, an atomic
+    write, a spooled standard input) that processes left in ``directory`` and are dead: a
+    process killed (SIGKILL) never cleans up after itself."""
+    for name in os.listdir(directory):
+        m = _STALE.search(name)
+        pid = m and int(next(g for g in m.groups() if g))
+        if pid and pid != os.getpid() and not _alive(pid):
+            path = os.path.join(directory, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else unlink_quietly(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, another user's
+        pass
+    return True
+
+
+def _is_stream(path):
+    """Standard input ("-"), a pipe or a terminal: a file that can be read only once."""
+    return os.fspath(path) == "-" or (os.path.exists(path) and not os.path.isfile(path)
+                                      and not os.path.isdir(path))
+
+
+def _spool(path):
+    """Copy a stream into a file in the cache (it is read several times), removed when this
+    process ends, or by the next run if this one is killed."""
+    spool = os.path.join(cache_subdir("stdin"), f"{os.getpid()}-stdin-{next(_SPOOLED)}")
+    source = open(0, "rb", closefd=False) if os.fspath(path) == "-" else open(path, "rb")
+    try:
+        with source, open(spool, "wb") as dst:
+            shutil.copyfileobj(source, dst, 1 << 20)
+    except OSError as e:
+        unlink_quietly(spool)
+        raise MinembedError(f"cannot read {path}: {e.strerror or e}") from None
+    atexit.register(unlink_quietly, spool)
+    return spool
+
+
+_SPOOLED = itertools.count()
 
 
 def builtin(return_names=False):
@@ -147,6 +202,15 @@ def iter_documents(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS, encoding="utf-
                    errors="strict"):
     """Yield (text, label) for every non-empty document; label is None unless
     the corpus is jsonl with a "label" field."""
+    return ((text, label) for _, text, label in
+            iter_numbered(path, fmt, max_doc_chars, encoding, errors))
+
+
+def iter_numbered(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS, encoding="utf-8",
+                  errors="strict", keep_empty=False):
+    """Yield (line, text, label) for every document, ``line`` the number of its (first) line in
+    the file. Empty documents are skipped unless ``keep_empty``: then every line of a "lines"
+    file, and every record of a jsonl file, is one document (an empty one: "")."""
     fmt = resolve_format(path, fmt)
     lines = _raw_lines(path, max_doc_chars, fmt != "jsonl", encoding, errors)
     if fmt == "lines":
@@ -154,28 +218,34 @@ def iter_documents(path, fmt="auto", max_doc_chars=MAX_DOC_CHARS, encoding="utf-
             text = _clean(line)
             if len(text) > max_doc_chars:
                 raise _too_long(path, n, max_doc_chars)
-            if text:
-                yield text, None
+            if text or keep_empty:
+                yield n, text, None
     elif fmt == "paragraphs":
-        buf, size = [], 0
-        for n, line in lines:
-            if line.strip():
-                buf.append(line)
-                size += len(line)
-                if size > max_doc_chars:
-                    raise MinembedError(f"{path}: the paragraph ending at line {n} is longer than "
-                                        f"{max_doc_chars:,} characters (raise --max-doc-chars)")
-            elif buf:
-                yield _clean(" ".join(buf)), None
-                buf, size = [], 0
-        if buf:
-            yield _clean(" ".join(buf)), None
+        yield from _paragraphs(path, lines, max_doc_chars)
     else:
         for n, line in lines:
             if line.strip():
                 text, label = _json_document(path, n, line, max_doc_chars)
-                if text:
-                    yield text, label
+                if text or keep_empty:
+                    yield n, text, label
+
+
+def _paragraphs(path, lines, max_doc_chars):
+    """(first line, paragraph, None): runs of non-blank lines, joined by spaces."""
+    buf, size, first = [], 0, 0
+    for n, line in lines:
+        if line.strip():
+            size += len(line) + (1 if buf else 0)  # the lines and the spaces that join them
+            first = first if buf else n
+            buf.append(line)
+            if size > max_doc_chars:
+                raise MinembedError(f"{path}: the paragraph ending at line {n} is longer than "
+                                    f"{max_doc_chars:,} characters (raise --max-doc-chars)")
+        elif buf:
+            yield first, _clean(" ".join(buf)), None
+            buf, size = [], 0
+    if buf:
+        yield first, _clean(" ".join(buf)), None
 
 
 def _json_document(path, n, line, max_doc_chars):
@@ -216,12 +286,14 @@ class Corpus:
             self.name, st = BUILTIN_NAME, os.stat(BUILTIN)
             self.text_bytes = None
         else:
-            self.name = os.fspath(path)
+            self.name = "standard input" if os.fspath(path) == "-" else os.fspath(path)
             resolve_format(path, fmt)  # validates the format name
+            if _is_stream(path):   # read once, into a file
+                self.path = path = _spool(path)
             _open_binary(path).close()  # "not found", "a directory": before anything else
             st = os.stat(path)
             if st.st_size == 0:
-                raise MinembedError(f"{path}: no documents found (the file is empty)")
+                raise MinembedError(f"{self.name}: no documents found (the file is empty)")
             # for progress displays (a compressed size says little about the text)
             self.text_bytes = None if self.name.lower().endswith(".gz") else st.st_size
         self.identity = {"path": None if path is None else os.path.abspath(path), "format": fmt,
@@ -241,21 +313,30 @@ class Corpus:
     def texts(self):
         return (t for t, _ in self.documents())
 
-    def read(self):
-        """All documents in memory: (texts, labels), labels None when the corpus has none."""
-        texts, labels = [], []
-        for text, label in self.documents():
+    def numbered(self, keep_empty=False):
+        """(line, text, label) for every document, streamed: its (first) line in the file; with
+        ``keep_empty`` every line of a "lines" file (every record of a jsonl one) is one."""
+        if self.path is None:
+            return ((n, t, lab) for n, (t, lab) in enumerate(zip(*builtin()), 1))
+        return iter_numbered(self.path, self.fmt, self.max_doc_chars, self.encoding, self.errors,
+                             keep_empty)
+
+    def read(self, with_lines=False):
+        """All documents in memory: (texts, labels), labels None when the corpus has none;
+        ``with_lines``: (texts, labels, lines), each document's (first) line in the file."""
+        lines, texts, labels = [], [], []
+        for n, text, label in self.numbered():
+            lines.append(n)
             texts.append(text)
             labels.append(label)
         if not texts:
             raise MinembedError(f"{self.name}: no documents found (the file is empty or blank)")
-        if all(lab is None for lab in labels):
-            return texts, None
-        if any(lab is None for lab in labels):
+        if any(lab is None for lab in labels) and not all(lab is None for lab in labels):
             missing = sum(lab is None for lab in labels)
             raise MinembedError(f'{self.name}: {missing} of {len(labels)} documents have no '
                                 f'"label"; label all of them or none')
-        return texts, labels
+        labels = None if labels[0] is None else labels
+        return (texts, labels, lines) if with_lines else (texts, labels)
 
     def labelled(self, purpose="evaluation"):
         """(texts, labels); a MinembedError naming ``purpose`` when there are no labels,

@@ -6,6 +6,8 @@ document, embed the span and the rest of every document, and see whether the
 span's nearest rest is its own document (Recall@1, Recall@10, mean reciprocal
 rank).
 """
+import sys
+
 import numpy as np
 
 from ..errors import MinembedError
@@ -149,9 +151,13 @@ def tfidf_retrieval(texts, seed=0):
 def evaluate(model, texts, labels=None, splits=1, quiet=False):
     """kNN accuracy (with labels) of the model, its untrained start, TF-IDF, TF-IDF -> SVD(100)
     -> L2 and the majority class; and held-out crop retrieval of the model and TF-IDF. A dict
-    (minembed eval --json); progress on stderr unless ``quiet``."""
+    (minembed eval --json); progress on stderr unless ``quiet``: a line as each part starts."""
     from .model import untrained
     from .progress import Progress
+
+    def say(msg):
+        if not quiet:
+            print(f"eval: {msg}", file=sys.stderr, flush=True)
 
     def embed(m, docs, what):
         bar = Progress(len(docs), f"embedding {what}", "document", quiet=quiet)
@@ -159,17 +165,22 @@ def evaluate(model, texts, labels=None, splits=1, quiet=False):
         bar.close()
         return X
 
+    def knn(X, what):
+        say(f"kNN accuracy of {what}" + (f" over {splits} splits" if splits > 1 else ""))
+        return knn_scores(X, labels, splits)
+
     result = {"documents": len(texts), "k": K, "splits": splits}
     if labels is not None:
-        rows = {"model": knn_scores(embed(model, texts, "the corpus"), labels, splits),
-                "untrained": knn_scores(embed(untrained(model), texts, "the corpus (untrained)"),
-                                        labels, splits),
-                "tfidf": knn_scores(tfidf(texts), labels, splits),
-                "tfidf_svd_l2": knn_scores(tfidf(texts, svd_dim=100, l2=True), labels, splits)}
-        maj = [majority_accuracy(labels, seed=s)
-               for s in (range(splits) if splits > 1 else [SPLIT_SEED])]
+        rows = {"model": knn(embed(model, texts, "the corpus"), "the model"),
+                "untrained": knn(embed(untrained(model), texts, "the corpus (untrained)"),
+                                 "the untrained model"),
+                "tfidf": knn(tfidf(texts), "TF-IDF"),
+                "tfidf_svd_l2": knn(tfidf(texts, svd_dim=100, l2=True), "TF-IDF -> SVD(100) -> L2")}
+        seeds = range(splits) if splits > 1 else [SPLIT_SEED]
+        maj = [majority_accuracy(labels, seed=s) for s in seeds]
         rows["majority"] = {"knn_euclidean": float(np.mean(maj)), "knn_cosine": float(np.mean(maj))}
         result.update(labels=len(set(labels)), knn=rows)
+    say("retrieval of held-out crops")
     result["retrieval"] = {"model": retrieval(texts, lambda d: embed(model, d, "crops and rests")),
                            "tfidf": tfidf_retrieval(texts)}
     return result

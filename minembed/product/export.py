@@ -29,6 +29,7 @@ from .runtime import tuned
 TARGETS = ("sentence-transformers", "model2vec")
 DTYPES = ("float32", "float16", "int8", "binary")
 SCALES = "int8_scales.json"
+MIN_CALIBRATION = 100  # documents: see calibrate
 
 
 def _json(obj):
@@ -117,7 +118,13 @@ def dequantize(Q, dtype, scales=None, dim=None):
 
 def calibrate(model, texts, dims=()):
     """int8 scales from the unit vectors of ``texts`` for each trained dimension of ``model``
-    (its dim, its Matryoshka dims) and ``dims``, stored in its directory; {k: scales}."""
+    (its dim, its Matryoshka dims) and ``dims``, stored in its directory; {k: scales}. At least
+    MIN_CALIBRATION texts: the largest |x_d| of a few documents is one most others exceed."""
+    if len(texts) < MIN_CALIBRATION:
+        raise MinembedError(f"int8 scales need at least {MIN_CALIBRATION} documents to calibrate "
+                            f"on, got {len(texts)}: with fewer, a large share of other documents' "
+                            f"values would be clipped to +-127 (calibrate on text like what you "
+                            f"will embed)")
     X = model.encode(texts, normalize=False)
     scales = {}
     for k in sorted(set(model.config.get("matryoshka", [])) | {model.dim} | set(dims)):
@@ -158,8 +165,10 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
                quiet=False, threads=None):
     """Embed the documents of ``corpus`` (a data.Corpus, read as a stream) into the .npy
     file ``out``, a chunk at a time: memory is bounded whatever the input's size. The
-    file appears under its name only when complete. Returns its shape. ``threads``: BLAS
-    threads (None: MINEMBED_THREADS, else chosen: minembed/runtime.py)."""
+    file appears under its name only when complete: one row per document, an empty line of a
+    "lines" file (a record with an empty text) included: encode("")'s vector. Returns (its
+    shape, how many documents were empty). ``threads``: BLAS threads (None: MINEMBED_THREADS,
+    else chosen: product/runtime.py)."""
     if dtype not in DTYPES:
         raise MinembedError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
     k = model.check_dim(dim)
@@ -169,16 +178,18 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
     out = os.path.abspath(out)
     bar, chars, size = (Progress(label="embedding", unit="document", quiet=quiet), 0,
                         corpus.text_bytes)
+    texts, empty = (text for _, text, _ in corpus.numbered(keep_empty=True)), 0
     with atomic_path(out) as tmp:
         w = NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
         try:
             # check_dim said it
             with warnings.catch_warnings(), tuned(model.config["model"], threads):
                 warnings.simplefilter("ignore")
-                for chunk in _chunks(corpus.texts()):
+                for chunk in _chunks(texts):
                     w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k),
                                       dtype, scales))
                     chars += sum(map(len, chunk))
+                    empty += chunk.count("")
                     bar.update(len(chunk), size and f"~{min(99, 100 * chars // size)}% of the file")
             if not w.count:
                 raise MinembedError(f"{corpus.name}: no documents found (the file is empty or "
@@ -188,4 +199,4 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
             raise
         w.close()
     bar.close()
-    return (w.count,) + w.row
+    return (w.count,) + w.row, empty

@@ -29,7 +29,8 @@ def atomic_path(path):
     removed, and an OSError becomes a MinembedError naming ``path``, not the temporary."""
     d = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+        prefix = f".{os.path.basename(path)}.{os.getpid()}."  # the pid: corpus.remove_stale
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=d)
         os.close(fd)
     except OSError as e:
         raise MinembedError(f"cannot write {path}: {e.strerror}") from None
@@ -151,3 +152,28 @@ def unlink_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def check_output(path, suffixes=None):
+    """Refuse, before any work, an output file that cannot be written: its directory missing or
+    not writable, a directory in its place, or (``suffixes``) a name that says another format."""
+    path = os.fspath(path)
+    where = os.path.dirname(os.path.abspath(path))
+    if suffixes and not path.lower().endswith(tuple(suffixes)):
+        raise MinembedError(f"{path}: the output must end in {' or '.join(suffixes)}")
+    if os.path.isdir(path):
+        raise MinembedError(f"{path} is a directory, not a file name")
+    if not os.path.isdir(where):
+        raise MinembedError(f"cannot write {path}: the directory {where} does not exist")
+    if not os.access(where, os.W_OK):
+        raise MinembedError(f"cannot write {path}: the directory {where} is not writable")
+
+
+def check_output_dir(path):
+    """Create the output directory ``path`` (and its parents) now, before any work, or refuse."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise MinembedError(f"cannot create the directory {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK):
+        raise MinembedError(f"cannot write into the directory {path}")

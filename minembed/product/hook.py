@@ -14,6 +14,14 @@ from .distributed import collective
 DEAD_STEPS = 20  # a vanished gradient for this many steps in a row: the run is dead
 
 
+def failed(message):
+    """The error of a failed run (dead, diverged, its vectors broken), raised by every process
+    at the same step: it leaves no model, and no checkpoint that leads back to the failure."""
+    e = collective(MinembedError(message))
+    e.failed_run = True
+    return e
+
+
 class StopSignals:
     """While training, Ctrl-C (SIGINT) and SIGTERM (a laptop shutting down) only
     ask the loop to stop at the end of the current step, which then saves a
@@ -112,10 +120,10 @@ class StepHook:
         self.peak = max(self.peak, gnorm)
         self.dead = self.dead + 1 if gnorm <= 1e-4 * self.peak else 0
         if self.dead >= DEAD_STEPS:
-            raise collective(MinembedError(  # (every process sees the same gradient norm)
+            raise failed(  # (every process sees the same gradient norm)
                 f"training is dead: the gradient vanished ({gnorm:.1e}, from {self.peak:.1e}) for "
                 f"{DEAD_STEPS} steps in a row at step {step}; the learning rate {self.lr:g} is "
-                f"probably far too high (try a lower --lr)"))
+                f"probably far too high (try a lower --lr); no model was saved")
 
     def _stop_or_save(self, step):
         if self.comm is not None:  # Ctrl-C on any process stops all, after this step

@@ -95,16 +95,11 @@ class Model:
         ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: minembed/runtime.py)."""
         if isinstance(texts, str):
             return self.encode([texts], batch_size, normalize, dim=dim, threads=threads)[0]
-        if texts is None or not hasattr(texts, "__iter__"):
-            raise MinembedError(f"encode() takes a string or a list of strings, got "
-                                f"{type(texts).__name__}")
-        texts = list(texts)
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            raise MinembedError(f"encode(): text {bad} is a {type(texts[bad]).__name__}, not a "
-                                "string")
-        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise MinembedError(f"batch_size must be a positive integer, got {batch_size!r}")
+        texts = _texts(texts)
+        for name, v in (("batch_size", batch_size), ("threads", threads)):
+            if not (v is None and name == "threads" or isinstance(v, numbers.Integral)
+                    and not isinstance(v, bool) and v >= 1):
+                raise MinembedError(f"{name} must be a positive integer, got {v!r}")
         if normalize is None:
             normalize = bool(self.config.get("normalize", True))
         k = self.check_dim(dim)
@@ -115,7 +110,7 @@ class Model:
         chunk = max(batch_size, TOKENIZE_CHUNK)
         with tuned(self.config["model"], threads):
             for c in range(0, len(texts), chunk):
-                ids, offsets = encode_texts(self.tokenizer, [texts[i] for i in order[c:c + chunk]])
+                ids, offsets = _tokens(self.tokenizer, texts, order[c:c + chunk])
                 for b in range(0, len(offsets) - 1, batch_size):
                     o = offsets[b:b + batch_size + 1]
                     emb = to_numpy(self.encoder.encode(self.params, to_device(ids[o[0]:o[-1]], xp),
@@ -126,3 +121,33 @@ class Model:
                     if progress is not None:
                         progress(len(o) - 1)
         return out
+
+
+def _texts(texts):
+    """A list of strings, or a MinembedError that says what ``texts`` holds instead."""
+    if texts is None or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise MinembedError(f"encode() takes a string or a list of strings, got "
+                            f"{type(texts).__name__}")
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        hint = " (decode it first: b.decode('utf-8'))" if isinstance(texts[bad], bytes) else ""
+        raise MinembedError(f"encode(): text {bad} is a {type(texts[bad]).__name__}, not a "
+                            f"string{hint}")
+    return texts
+
+
+def _tokens(tokenizer, texts, which):
+    """encode_texts of texts[i] for i in ``which``; a MinembedError naming a text the tokenizer
+    cannot take (a lone surrogate, \\ud800-\\udfff, is no character)."""
+    try:
+        return encode_texts(tokenizer, [texts[i] for i in which])
+    except Exception:
+        for i in which:
+            try:
+                texts[i].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise MinembedError(f"encode(): text {i} holds a lone surrogate "
+                                    f"({texts[i][e.start]!r} at {e.start}), which is not a "
+                                    f"character") from None
+        raise

@@ -118,6 +118,10 @@ def holds_model(path):
 def _check_config(path, config):
     if not isinstance(config, dict) or not isinstance(config.get("model"), str):
         raise MinembedError(f"{path}: config.json is unreadable or damaged")
+    for key, ok, what in CONFIG_VALUES:
+        if key in config and not ok(config[key]):
+            raise MinembedError(f"{path}: config.json has {key} = {config[key]!r}, not {what} "
+                                f"(damaged)")
     if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise MinembedError(f"{path} was written by a newer minembed (format version "
                             f"{config['format_version']}, this one reads {FORMAT_VERSION}); "
@@ -137,9 +141,24 @@ def _check_config(path, config):
                             "dimensions")
 
 
+# the other values encode() reads: (key, its check, what it must be)
+CONFIG_VALUES = (("normalize", lambda v: isinstance(v, bool), "true or false"),
+                 ("pooling", lambda v: v in ("mean", "sublinear"), '"mean" or "sublinear"'),
+                 ("dropout", lambda v: type(v) in (int, float) and 0 <= v < 1,
+                  "a number in [0, 1)"),
+                 ("format_version", lambda v: type(v) is int, "an integer"),
+                 ("training", lambda v: isinstance(v, dict), "an object"))
+
+
 def load(path, device="cpu", verify=True):
     """Load a model directory written by ``minembed train``."""
-    path = os.fspath(path)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise MinembedError(f"load() takes the path of a model directory, got "
+                            f"{type(path).__name__}")
+    path = os.fsdecode(path)
+    if os.path.isfile(path):
+        raise MinembedError(f"{path} is a file, not a model directory (load takes the directory "
+                            f"minembed train wrote)")
     if not os.path.isdir(path):
         raise MinembedError(f"model directory not found: {path}")
     if not holds_model(path):

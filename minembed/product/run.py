@@ -25,12 +25,13 @@ from ..errors import MinembedError
 from . import checkpoint as ckpt_mod
 from .corpus import MAX_DOC_CHARS, Corpus
 from .gradcache import make_step
-from .hook import StepHook, StopSignals
+from .hook import StepHook, StopSignals, failed
 from .members import Members
 from .model import Model, encoder_module, initial_params
 from .modeldir import save_model
 from .outdir import OutputDir
 from .progress import Progress
+from .quality import check_vitals
 from .runtime import choose_threads, get_xp, tuned
 from .settings import TrainConfig, auto_epochs
 from .tokenize import load_tokenizer, mask_token_id
@@ -99,6 +100,9 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, comm=None, **options)
         setup = comm.lead_first(lambda c: _prepare(c, corpus, out_dir, cfg, opts, lead, say, comm))
         comm.lead_first(lambda _: (setup.out.open() if lead else None, None))
     threads = _threads(setup, opts, comm)
+    if comm is not None:
+        say(f"{comm.size} processes train together (MPI), each encoding its share of every "
+            f"batch; rank 0 writes {setup.out.path}")
     keep = False
     try:
         with tuned(setup.cfg.model, threads):
@@ -109,7 +113,8 @@ def train(corpus=None, out_dir="minembed_model", cfg=None, comm=None, **options)
         keep = True  # a checkpoint was saved
         raise
     except MinembedError as e:
-        keep = getattr(e, "saved", False)  # a diverged run's last good weights
+        if getattr(e, "failed_run", False) and setup.ckpt is None and lead:
+            ckpt_mod.remove_checkpoint(setup.out.path)  # its checkpoints lead back to the failure
         raise
     finally:
         setup.out.close(keep=keep or setup.ckpt is not None
@@ -281,14 +286,8 @@ def _run(setup, opts, xp, say, comm, n_threads):
     step_fn = make_step(comm, opts.micro_batch) if comm is not None or opts.micro_batch else None
     try:
         members.train(encoder_module(cfg.model), setup.sampler, cfg, enc_cfg, start, hook, step_fn)
-    except Diverged as e:  # params are still those of the last good step: keep them
-        members.sync()
-        if lead:
-            save_model(out.path, _config(setup, enc_cfg), params, tok)
-        err = MinembedError(f"{e}; the last good weights were saved to {out.path} (try a lower "
-                            "--lr)")
-        err.saved = err.collective = True  # (every process diverges at this step)
-        raise err from None
+    except Diverged as e:  # a failed run: no model (every process diverges at this step)
+        raise failed(f"{e}; no model was saved (try a lower --lr than {cfg.lr:g})") from None
     finally:
         hook.stop.restore()
         hook.bar.close()
@@ -304,7 +303,9 @@ def _config(setup, enc_cfg):
 
 
 def _finish(setup, enc_cfg, params, hook, n_threads, lead, say):
-    """The model saved (rank 0), the checkpoint removed: the model is all there is to keep."""
+    """The model checked, saved (rank 0), the checkpoint removed: the model is all there is to
+    keep."""
+    check_vitals(Model(_config(setup, enc_cfg), params, setup.tok), setup.source, setup.cfg.lr)
     config = _config(setup, enc_cfg)
     config["training"].update(steps=hook.total, seconds=round(time.perf_counter() - hook.t0, 2),
                               blas_threads=n_threads)

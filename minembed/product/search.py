@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from .corpus import Corpus
+from .corpus import MAX_DOC_CHARS, Corpus
 from ..errors import MinembedError
 from .files import atomic_write_bytes
 from .model import Model
@@ -34,6 +34,7 @@ CACHE_PREFIX = "search-"
 class Hit:
     rank: int      # 1 = nearest
     index: int     # the document's position in the corpus (0-based, file order)
+    line: int      # the line of the file it is on (its first line: a paragraph), from 1
     score: float   # cosine similarity in [-1, 1]
     text: str
     label: str = None
@@ -87,20 +88,21 @@ def _store(path, X):
 class CorpusIndex:
     """A corpus embedded by a model, ready to be searched."""
 
-    def __init__(self, model, texts, labels, embeddings):
+    def __init__(self, model, texts, labels, embeddings, lines=None):
         self.model, self.texts, self.labels = model, texts, labels
+        self.lines = lines if lines is not None else list(range(1, len(texts) + 1))
         self.embeddings = embeddings  # (N, dim) float32, unit rows (zero rows stay zero)
         self.from_cache = False
 
     @classmethod
     def build(cls, model, corpus=None, fmt="auto", cache=True, batch_size=256, encoding="utf-8",
-              errors="strict"):
+              errors="strict", max_doc_chars=MAX_DOC_CHARS):
         """Embed a corpus file (None: the built-in corpus) with a model (a Model or a
         model directory), reusing the cache next to the model when it is up to date."""
         if not isinstance(model, Model):
             model = load(model)
-        source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
-        texts, labels = source.read()
+        source = Corpus(corpus, fmt, max_doc_chars, encoding=encoding, errors=errors)
+        texts, labels, lines = source.read(with_lines=True)
         path = cache_file(model, source) if cache else None
         X = _load_cached(path, len(texts), model.dim) if path and os.path.isfile(path) else None
         hit = X is not None
@@ -108,7 +110,7 @@ class CorpusIndex:
             X = model.encode(texts, batch_size=batch_size, normalize=True)
             if path:
                 _store(path, X)
-        index = cls(model, texts, labels, X)
+        index = cls(model, texts, labels, X, lines)
         index.from_cache = hit
         return index
 
@@ -127,8 +129,8 @@ class CorpusIndex:
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.lexsort((top, -scores[top]))]  # best first; ties in corpus order
-        return [Hit(rank=r + 1, index=int(i), score=float(scores[i]), text=self.texts[i],
-                    label=None if self.labels is None else self.labels[i])
+        return [Hit(rank=r + 1, index=int(i), line=self.lines[i], score=float(scores[i]),
+                    text=self.texts[i], label=None if self.labels is None else self.labels[i])
                 for r, i in enumerate(top)]
 
 

@@ -25,6 +25,7 @@ import textwrap
 import numpy as np
 
 from ..errors import MinembedError
+from .corpus import MAX_DOC_CHARS
 from .files import atomic_write_bytes
 from .modeldir import read_log
 
@@ -59,9 +60,11 @@ def _save_png(fig, path):
 # ---------------------------------------------------------------------------
 # the corpus map
 
-def tsne(X, perplexity=None, seed=0, pca_dim=50, exaggeration=None):
-    """2-D t-SNE coordinates (N, 2) of embeddings X (N, D)."""
+def tsne(X, perplexity=None, seed=0, pca_dim=50, exaggeration=None, quiet=True):
+    """2-D t-SNE coordinates (N, 2) of embeddings X (N, D); progress on stderr unless quiet."""
     from sklearn.decomposition import PCA
+
+    from .progress import Progress
 
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
@@ -79,10 +82,22 @@ def tsne(X, perplexity=None, seed=0, pca_dim=50, exaggeration=None):
         from openTSNE import TSNE
     except ImportError:
         from sklearn.manifold import TSNE
+        if not quiet:
+            print(f"t-SNE of {n:,} documents (scikit-learn's: no progress to show; openTSNE, in "
+                  "the plot extra, is faster and shows it)", file=sys.stderr, flush=True)
         return TSNE(perplexity=perplexity, init="pca", learning_rate="auto",
                     random_state=seed).fit_transform(X).astype(np.float32)
-    return np.asarray(TSNE(perplexity=perplexity, initialization="pca", exaggeration=exaggeration,
-                           n_jobs=os.cpu_count() or 1, random_state=seed).fit(X), dtype=np.float32)
+    early, main, every = 250, 500, 25  # openTSNE's phases (iterations), and a report every 25
+    bar = Progress(early + main, f"t-SNE of {n:,} documents", "iteration", quiet=quiet)
+    if not quiet:  # the nearest neighbours and affinities come first, and take a while
+        print(f"t-SNE of {n:,} documents: nearest neighbours and affinities (perplexity "
+              f"{perplexity:g})", file=sys.stderr, flush=True)
+    step = lambda iteration, error, embedding: bar.update(every, f"KL {error:.3f}")  # noqa: E731
+    Y = TSNE(perplexity=perplexity, initialization="pca", exaggeration=exaggeration,
+             early_exaggeration_iter=early, n_iter=main, n_jobs=os.cpu_count() or 1,
+             random_state=seed, callbacks=step, callbacks_every_iters=every).fit(X)
+    bar.close()
+    return np.asarray(Y, dtype=np.float32)
 
 
 def _oklab(rgb):
@@ -221,53 +236,33 @@ def write_coords(coords, labels, stem):
 
 
 def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, seed=0,
-               max_docs=None, title=None, encoding="utf-8", errors="strict", exaggeration=None):
+               max_docs=None, title=None, encoding="utf-8", errors="strict", exaggeration=None,
+               max_doc_chars=MAX_DOC_CHARS, quiet=False):
     """Embed a corpus (None: the built-in one), t-SNE it, draw it to ``out`` (a path or a
     list: .png a picture, .html an interactive page) and write the coordinates next to
     each (its name without the extension + .npy/.csv). The default title names the model,
-    the corpus and, with labels, the kNN accuracy (k = 10, cosine, the fixed 90/10 split).
+    the corpus and, with labels, the kNN accuracy (k = 10, cosine, one 90/10 split).
 
     ``model``: a Model or a model directory. ``max_docs``: a random subset (seeded)
     for very big corpora. Returns (coords, labels, written paths)."""
-    from sklearn import config_context
-
     from .corpus import Corpus
-    from .evaluate import K, knn_accuracy
     from .model import Model
     from .modeldir import load
     from .progress import Progress
 
-    outs = [out] if isinstance(out, str) else list(out)
-    kinds = [os.path.splitext(o)[1].lower() for o in outs]
-    bad = [o for o, kind in zip(outs, kinds) if kind not in (".png", ".html")]
-    if bad:
-        raise MinembedError(f"a map is written as .png or .html, not {bad[0]!r}")
-    if ".png" in kinds:
-        _figure((1, 1))  # fail early, before the slow part, if a package is missing
-    if ".html" in kinds:
-        _need("plotly.graph_objects", "HTML maps")
+    outs, kinds = _check_map_outputs(out, perplexity, exaggeration, max_docs, seed)
     if not isinstance(model, Model):
         model = load(model)
-    texts, labels = Corpus(corpus, fmt, encoding=encoding, errors=errors).read()
+    texts, labels = Corpus(corpus, fmt, max_doc_chars, encoding, errors).read()
     if max_docs and len(texts) > max_docs:
         keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:max_docs])
         texts = [texts[i] for i in keep]
         labels = None if labels is None else [labels[i] for i in keep]
-    bar = Progress(len(texts), "embedding", "document")
+    bar = Progress(len(texts), "embedding", "document", quiet=quiet)
     X = model.encode(texts, progress=bar.update)
     bar.close()
-    print(f"t-SNE of {len(texts):,} documents ...", file=sys.stderr, flush=True)
-    coords = tsne(X, perplexity=perplexity, seed=seed, exaggeration=exaggeration)
-    if title is None:
-        name = os.path.basename(os.path.normpath(model.path)) if model.path else "model"
-        where = "the built-in corpus" if corpus is None else os.path.basename(corpus)
-        title = f"{name} on {where}: {len(texts):,} documents"
-        if labels is not None:
-            title += f", {len(set(labels))} labels"
-            if len(labels) >= 2 * K and len(set(labels)) > 1:
-                with config_context(working_memory=128):  # not 1 GB of distances
-                    acc = knn_accuracy(X, labels, metric="cosine")
-                title += f", kNN accuracy {100 * acc:.1f} % (k = {K}, cosine)"
+    coords = tsne(X, perplexity=perplexity, seed=seed, exaggeration=exaggeration, quiet=quiet)
+    title = title if title is not None else _map_title(model, corpus, X, labels)
     written = []
     for o, kind in zip(outs, kinds):
         if kind == ".html":
@@ -277,6 +272,43 @@ def map_corpus(model, corpus=None, out="map.png", fmt="auto", perplexity=None, s
         stem = os.path.splitext(o)[0]
         written += [o] + ([] if stem + ".npy" in written else write_coords(coords, labels, stem))
     return coords, labels, written
+
+
+def _check_map_outputs(out, perplexity, exaggeration, max_docs, seed):
+    """The outputs and options of a map, checked before the slow part: (paths, their kinds)."""
+    from .files import check_output
+    outs = [out] if isinstance(out, str) else list(out)
+    for o in outs:
+        check_output(o, (".png", ".html"))
+    for name, v in (("--perplexity", perplexity), ("--exaggeration", exaggeration)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise MinembedError(f"{name} must be a positive number, got {v}")
+    if max_docs is not None and max_docs < 5 or not 0 <= seed < 2 ** 63:
+        raise MinembedError(f"--max-docs must be at least 5 and --seed from 0 to 2^63 - 1, got "
+                            f"{max_docs} and {seed}")
+    kinds = [os.path.splitext(o)[1].lower() for o in outs]
+    if ".png" in kinds:
+        _figure((1, 1))  # fail early, before the slow part, if a package is missing
+    if ".html" in kinds:
+        _need("plotly.graph_objects", "HTML maps")
+    return outs, kinds
+
+
+def _map_title(model, corpus, X, labels):
+    """The model, the corpus, its size and labels, and the kNN accuracy of one split."""
+    from sklearn import config_context
+
+    from .evaluate import K, knn_accuracy
+    name = os.path.basename(os.path.normpath(model.path)) if model.path else "model"
+    where = "the built-in corpus" if corpus is None else os.path.basename(corpus)
+    title = f"{name} on {where}: {len(X):,} documents"
+    if labels is not None:
+        title += f", {len(set(labels))} labels"
+        if len(labels) >= 2 * K and len(set(labels)) > 1:
+            with config_context(working_memory=128):  # not 1 GB of distances
+                acc = knn_accuracy(X, labels, metric="cosine")
+            title += f", kNN accuracy {100 * acc:.1f} % (k = {K}, cosine, one 90/10 split)"
+    return title
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The command group, its one-line errors, and the options the commands share."""
+import functools
 import sys
 import warnings
 
 import click
 
 from ...errors import MinembedError
+from ..corpus import MAX_DOC_CHARS
 
 
 class _Group(click.Group):
@@ -48,22 +50,34 @@ def main():
 
 
 def corpus_options(f):
-    """--format, --encoding, --errors: how a corpus file is read (product/corpus.py)."""
-    f = click.option("--errors", type=click.Choice(["strict", "replace"]), default="strict",
-                     show_default=True, help="undecodable bytes: stop with an error, or replace "
-                                             "them with U+FFFD")(f)
-    f = click.option("--encoding", default="utf-8", show_default=True,
-                     help="the corpus file's text encoding (e.g. latin-1, cp1252)")(f)
-    return click.option("--format", "fmt",
-                        type=click.Choice(["auto", "lines", "paragraphs", "jsonl"]),
-                        default="auto", show_default=True,
-                        help="one document per line, blank-line separated paragraphs, or JSON "
-                             "lines with a 'text' (and 'label') field; auto = jsonl for .jsonl "
-                             "files, else lines. .gz is read transparently.")(f)
+    """--format, --encoding, --errors, --max-doc-chars: how a corpus file is read, given to the
+    command as one keyword, ``reading``: Corpus(path, **reading) (product/corpus.py)."""
+    @functools.wraps(f)
+    def command(*args, fmt, encoding, errors, max_doc_chars, **kwargs):
+        reading = dict(fmt=fmt, encoding=encoding, errors=errors, max_doc_chars=max_doc_chars)
+        return f(*args, reading=reading, **kwargs)
+    for option in reversed(_CORPUS_OPTIONS):
+        command = option(command)
+    return command
 
+
+_CORPUS_OPTIONS = (
+    click.option("--format", "fmt", type=click.Choice(["auto", "lines", "paragraphs", "jsonl"]),
+                 default="auto", show_default=True,
+                 help="one document per line, blank-line separated paragraphs, or JSON lines with "
+                      "a 'text' (and 'label') field; auto = jsonl for .jsonl files, else lines. "
+                      ".gz is read transparently; - (or a pipe) is standard input."),
+    click.option("--encoding", default="utf-8", show_default=True,
+                 help="the corpus file's text encoding (e.g. latin-1, cp1252)"),
+    click.option("--errors", type=click.Choice(["strict", "replace"]), default="strict",
+                 show_default=True,
+                 help="undecodable bytes: stop with an error, or replace them with U+FFFD"),
+    click.option("--max-doc-chars", type=click.IntRange(1), default=MAX_DOC_CHARS,
+                 show_default=True, help="refuse documents longer than this"))
 
 DEVICE = click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
-                       show_default=True, help="where to compute (gpu needs CuPy)")
-THREADS = click.option("--threads", type=click.IntRange(min=1), envvar="MINEMBEDTHREADS",
-                        help="BLAS threads [MINEMBEDTHREADS, else bag: 1, transformer: the idle "
-                             "cores]")
+                      show_default=True, help="where to compute (gpu needs CuPy)")
+THREADS = click.option("--threads", type=click.IntRange(min=1), envvar="MINEMBED_THREADS",
+                       help="BLAS threads [MINEMBED_THREADS, else bag: 1, transformer: the idle "
+                            "cores]")
+SEED = click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)

@@ -5,7 +5,7 @@ import os
 import click
 
 from ...errors import MinembedError
-from .group import DEVICE, THREADS, corpus_options, main
+from .group import DEVICE, SEED, THREADS, corpus_options, main
 
 
 @main.command("eval")
@@ -18,7 +18,7 @@ from .group import DEVICE, THREADS, corpus_options, main
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @DEVICE
 @THREADS
-def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, threads):
+def eval_(model_dir, corpus, reading, splits, as_json, device, threads):
     """Evaluate the model in MODEL_DIR on CORPUS (default: the built-in one).
 
     \b
@@ -34,7 +34,7 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, thr
 
     model = load(model_dir, device=device)
     click.get_current_context().with_resource(tuned(model.config["model"], threads))  # kNN's too
-    source = Corpus(corpus, fmt, encoding=encoding, errors=errors)
+    source = Corpus(corpus, **reading)
     texts, labels = source.read()
     if labels is not None:
         source.labelled("kNN evaluation")  # refuses a single label
@@ -62,11 +62,12 @@ def eval_(model_dir, corpus, fmt, encoding, errors, splits, as_json, device, thr
 @click.option("--sweep-model", type=click.Choice(["bag", "transformer"]), default="bag",
               show_default=True, help="the encoder the sweeps train")
 @click.option("--no-main", is_flag=True, help="only the sweeps, not the main comparison")
-@click.option("--max-docs", type=int, help="use a random subset of this many documents")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-docs", type=click.IntRange(20),
+              help="use a random subset of this many documents")
+@SEED
 @click.option("--keep-models", is_flag=True, help="keep the trained models (in OUT/models)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress messages")
-def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, no_main, max_docs,
+def compare(corpus, out_dir, reading, fast, sweeps, sweep_model, no_main, max_docs,
             seed, keep_models, quiet):
     """Train and evaluate the paper's configurations on a labelled CORPUS (.jsonl
     with "text" and "label"; default: the built-in corpus) and print one table:
@@ -78,14 +79,17 @@ def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, n
     \b
     Each trained row runs a fixed number of steps (bag: train's 40 epochs; transformer 420),
     so the table is the same on any machine; the time is what the transformer
-    rows take on your CPU (about 4 minutes in all on 2 quiet cores for the
-    built-in corpus, twice that on a busy machine; --fast: about a minute).
+    rows take on your CPU (for the built-in corpus 212 s in all on 2 quiet cores,
+    462 s on 2 busy ones; --fast: about a minute).
     """
     import shlex
     from ..compare import format_table, run_comparison, write_tables
+    from ..files import check_output_dir
 
-    if (encoding, errors) != ("utf-8", "strict"):
+    if (reading["encoding"], reading["errors"]) != ("utf-8", "strict"):
         raise MinembedError("compare reads UTF-8 .jsonl corpora (convert the file first)")
+    fmt = reading["fmt"]
+    check_output_dir(out_dir)
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_comparison(corpus, fast=fast, fmt=fmt, sweeps=sweeps, sweep_model=sweep_model,
                             main=not no_main, max_docs=max_docs, seed=seed, keep_models=keep_models,
@@ -114,15 +118,16 @@ def compare(corpus, out_dir, fmt, encoding, errors, fast, sweeps, sweep_model, n
               help="map.png (a picture) or map.html (an interactive page); repeat for both; the "
                    "coordinates go next to it (.npy and .csv)  [default: map.png]")
 @corpus_options
-@click.option("--perplexity", type=float, help="t-SNE perplexity [30, lower for tiny corpora]")
-@click.option("--exaggeration", type=float,
+@click.option("--perplexity", type=click.FloatRange(0, min_open=True),
+              help="t-SNE perplexity [30, lower for tiny corpora]")
+@click.option("--exaggeration", type=click.FloatRange(0, min_open=True),
               help="t-SNE exaggeration after the early phase (openTSNE; e.g. 4: tighter, more "
                    "separated clusters)  [default: 1]")
-@click.option("--max-docs", type=int, help="map a random subset of this many documents")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-docs", type=click.IntRange(5),
+              help="map a random subset of this many documents")
+@SEED
 @click.option("--title", help="the title [model, corpus, documents, labels and kNN accuracy]")
-def map_(model_dir, corpus, out, fmt, encoding, errors, perplexity, exaggeration, max_docs, seed,
-         title):
+def map_(model_dir, corpus, out, reading, perplexity, exaggeration, max_docs, seed, title):
     """A 2-D map of CORPUS (default: the built-in corpus) embedded by the model in
     MODEL_DIR: t-SNE (openTSNE when installed, else scikit-learn's; PCA initialisation)
     of the document embeddings, coloured by label when the corpus has labels (jsonl
@@ -131,9 +136,9 @@ def map_(model_dir, corpus, out, fmt, encoding, errors, perplexity, exaggeration
     extra (in a clone: pip install -e ".[plot]")."""
     from ..viz import map_corpus
 
-    _, _, paths = map_corpus(model_dir, corpus, list(out) or ["map.png"], fmt=fmt,
-                             perplexity=perplexity, seed=seed, max_docs=max_docs, title=title,
-                             encoding=encoding, errors=errors, exaggeration=exaggeration)
+    _, _, paths = map_corpus(model_dir, corpus, list(out) or ["map.png"], perplexity=perplexity,
+                             seed=seed, max_docs=max_docs, title=title, exaggeration=exaggeration,
+                             **reading)
     click.echo(f"wrote {', '.join(paths)}", err=True)
 
 
@@ -145,8 +150,10 @@ def plot_log(model_dir, out):
     """Draw the training curves of the model in MODEL_DIR (its log.jsonl): loss,
     and kNN accuracy when it was recorded (train --eval-every N on a labelled
     corpus), against steps. Needs matplotlib (in a clone: pip install -e ".[plot]")."""
+    from ..files import check_output
     from ..viz import plot_log as draw
 
+    check_output(out, (".png",))
     n = draw(model_dir, out)
     click.echo(f"wrote {out}" + ("" if n else " (no kNN accuracy in the log: train with "
                                              "--eval-every N on a labelled corpus)"), err=True)

@@ -37,14 +37,12 @@ def config_options(f):
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(dir_okay=False),
               help="use this tokenizer.json instead of training one on the corpus")
 @config_options
-@click.option("--max-doc-chars", type=int, default=1_000_000, show_default=True,
-              help="refuse documents longer than this")
-@click.option("--eval-every", type=int, default=0,
+@click.option("--eval-every", type=click.IntRange(0), default=0,
               help="with a labelled corpus: record kNN accuracy in the log every N steps")
 @DEVICE
 @THREADS
 @click.option("--force", is_flag=True, help="overwrite a model already in the output directory")
-@click.option("--checkpoint-every", type=int, default=None,
+@click.option("--checkpoint-every", type=click.IntRange(0), default=None,
               help="save a checkpoint (weights, optimiser state, position) every N steps; "
                    "0: only on Ctrl-C  [default: every 5 minutes]")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
@@ -56,8 +54,8 @@ def config_options(f):
 @click.option("--micro-batch", type=click.IntRange(0), default=0,
               help="encode this many pairs at a time: less memory, the same gradient (0: all)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress or messages")
-def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eval_every, device,
-          threads, force, quiet, checkpoint_every, resume_dir, distributed, micro_batch, **opts):
+def train(corpus, out, reading, tokenizer_path, eval_every, device, threads, force, quiet,
+          checkpoint_every, resume_dir, distributed, micro_batch, **opts):
     """Train an encoder on CORPUS (default: the built-in corpus of numpy, scipy and
     scikit-learn docstrings) and write a model directory.
 
@@ -93,10 +91,10 @@ def train(corpus, out, fmt, encoding, errors, tokenizer_path, max_doc_chars, eva
     else:
         cfg = TrainConfig(**opts)
     comm = connect(device, force=distributed)  # None: one process
-    go = lambda: run(corpus, out, cfg, comm, fmt=fmt, tokenizer_path=tokenizer_path, force=force,  # noqa: E731
-                     quiet=quiet, device=device, max_doc_chars=max_doc_chars, eval_every=eval_every,
+    go = lambda: run(corpus, out, cfg, comm, tokenizer_path=tokenizer_path, force=force,  # noqa: E731
+                     quiet=quiet, device=device, eval_every=eval_every, micro_batch=micro_batch,
                      checkpoint_every=checkpoint_every, resume=resume_dir is not None,
-                     encoding=encoding, errors=errors, micro_batch=micro_batch, threads=threads)
+                     threads=threads, **reading)
     try:
         go() if comm is None else comm.guard(go)
     except TrainingInterrupted as e:

@@ -21,7 +21,9 @@ line's seconds are printed, ``pytest -s`` shows them):
   trains the bag model its table starts from, a few seconds). ``minembed compare`` (3.5
   minutes) is not in the README's blocks for this reason: docs/compare.md has it.
 - A line ending in ``&`` (a server) is started in the background and stopped at the end, so
-  that the lines after it (a client) can reach it; the README's own lines must wait for it.
+  that the lines after it (a client) can reach it; the test waits until it answers /health.
+  ``minembed serve`` gets a free port instead of 8000 (``--port``), and the Python blocks'
+  ``127.0.0.1:8000`` becomes that port: a busy 8000 must not fail the test.
 
 What is checked beside exit status 0, from the command itself: a trained model directory
 holds its files and the settings its line gave; an embedded ``.npy`` has one row per input
@@ -267,6 +269,28 @@ def check_python(code, cwd, env, first_line):
     return claims
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_it_answers(port, proc, where):
+    """A server of the README's, answering GET /health within a minute."""
+    import urllib.request
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        assert proc.poll() is None, f"{where}: the server ended (exit {proc.returncode})"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{where}: no answer on port {port} within a minute")
+
+
 # the tests -----------------------------------------------------------------------
 
 def test_readme_is_short_and_starts_with_the_two_commands():
@@ -302,10 +326,11 @@ def test_every_readme_command_runs_in_order(tmp_path):
     env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg",
                MPLCONFIGDIR=env.get("MPLCONFIGDIR") or matplotlib.get_cachedir())
     cache = home / ".cache" / "minembed"
-    background, ran, python_claims = [], [], 0
+    background, ran, python_claims, port = [], [], 0, free_port()
     try:
         for lang, body, first_line in blocks(text):
             if lang == "python":
+                body = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
                 python_claims += check_python(body, cwd, env, first_line)
                 ran.append("python block")
                 continue
@@ -322,9 +347,12 @@ def test_every_readme_command_runs_in_order(tmp_path):
                         f"{where}: the cache is not where the README says"
                 argv = resolve(capped(tokens), home)
                 if bg:
+                    server = inner(tokens)[:2] == ["minembed", "serve"]
+                    argv += ["--port", str(port)] if server else []
                     background.append(subprocess.Popen(argv, cwd=cwd, env=env,
                                                        stdout=subprocess.DEVNULL,
                                                        stderr=subprocess.DEVNULL))
+                    wait_until_it_answers(port, background[-1], where)
                     ran.append(where)
                     continue
                 t0 = time.perf_counter()

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from ..core.backend import to_device, to_numpy, xp_of
+from ..core.pairs import gather_ranges
 from ..errors import MinembedError
 from .runtime import tuned
 from .tokenize import encode_texts
@@ -96,32 +97,52 @@ class Model:
         if isinstance(texts, str):
             return self.encode([texts], batch_size, normalize, dim=dim, threads=threads)[0]
         texts = _texts(texts)
-        for name, v in (("batch_size", batch_size), ("threads", threads)):
-            if not (v is None and name == "threads" or isinstance(v, numbers.Integral)
-                    and not isinstance(v, bool) and v >= 1):
-                raise MinembedError(f"{name} must be a positive integer, got {v!r}")
-        if normalize is None:
-            normalize = bool(self.config.get("normalize", True))
-        k = self.check_dim(dim)
+        normalize, k = self._checked(batch_size, threads, normalize, dim)
         out = np.zeros((len(texts), k), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
-        xp = xp_of(*self.params.values())
         # the tokenizer's threads want big batches (256 texts: 0.75x the speed of 8,192)
         chunk = max(batch_size, TOKENIZE_CHUNK)
         with tuned(self.config["model"], threads):
             for c in range(0, len(texts), chunk):
                 ids, offsets = _tokens(self.tokenizer, texts, order[c:c + chunk])
-                for b in range(0, len(offsets) - 1, batch_size):
-                    o = offsets[b:b + batch_size + 1]
-                    emb = to_numpy(self.encoder.encode(self.params, to_device(ids[o[0]:o[-1]], xp),
-                                                       to_device(o - o[0], xp), self.config))[:, :k]
-                    if normalize:  # while the batch is in cache
-                        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-                    out[order[c + b:c + b + len(o) - 1]] = emb
-                    if progress is not None:
-                        progress(len(o) - 1)
+                self._embed(ids, offsets, order[c:c + chunk], out, batch_size, normalize, progress)
         return out
 
+    def encode_ids(self, ids, offsets, batch_size=256, normalize=None, dim=None, threads=None):
+        """``encode`` of texts already tokenised: ids (M,), offsets (N+1,), text i =
+        ids[offsets[i]:offsets[i+1]] (tokenize.encode_texts), for a caller that needs the tokens
+        too (the server counts them). Views are batched by their length in tokens."""
+        normalize, k = self._checked(batch_size, threads, normalize, dim)
+        ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)
+        lengths = np.diff(offsets)
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(lengths), k), dtype=np.float32)
+        with tuned(self.config["model"], threads):
+            self._embed(ids[gather_ranges(offsets[order], lengths[order])],
+                        np.r_[0, np.cumsum(lengths[order])], order, out, batch_size, normalize)
+        return out
+
+    def _checked(self, batch_size, threads, normalize, dim):
+        """(normalize, k): the options of encode, checked, with the model's defaults."""
+        for name, v in (("batch_size", batch_size), ("threads", threads)):
+            if not (v is None and name == "threads" or isinstance(v, numbers.Integral)
+                    and not isinstance(v, bool) and v >= 1):
+                raise MinembedError(f"{name} must be a positive integer, got {v!r}")
+        return bool(self.config.get("normalize", True)) if normalize is None else normalize, \
+            self.check_dim(dim)
+
+    def _embed(self, ids, offsets, rows, out, batch_size, normalize, progress=None):
+        """The vectors of the ragged views (ids, offsets) into out[rows], batch_size at a time."""
+        xp, k = xp_of(*self.params.values()), out.shape[1]
+        for b in range(0, len(offsets) - 1, batch_size):
+            o = offsets[b:b + batch_size + 1]
+            emb = to_numpy(self.encoder.encode(self.params, to_device(ids[o[0]:o[-1]], xp),
+                                               to_device(o - o[0], xp), self.config))[:, :k]
+            if normalize:  # while the batch is in cache
+                emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            out[rows[b:b + len(o) - 1]] = emb
+            if progress is not None:
+                progress(len(o) - 1)
 
 def _texts(texts):
     """A list of strings, or a MinembedError that says what ``texts`` holds instead."""

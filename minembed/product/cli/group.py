@@ -43,6 +43,7 @@ def main():
     minembed eval model [labelled.jsonl]   kNN accuracy and retrieval vs TF-IDF
     minembed compare [labelled.jsonl]      the paper's configurations, one table
     minembed search model corpus "query"   nearest documents to a query
+    minembed serve model                   the OpenAI embeddings API on 127.0.0.1:8000
     minembed map model [corpus] -o map.html   t-SNE map of the corpus (.png or .html)
     minembed plot-log model -o curve.png   loss and kNN accuracy against steps
     """

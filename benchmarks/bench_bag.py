@@ -15,7 +15,7 @@ Phases, each the median over steps:
   loss   ours: InfoNCE forward + backward (-> d emb); torch: InfoNCE forward only
   bwd    ours: the bag backward (d emb -> RowGrad); torch: loss.backward() (InfoNCE
          backward + EmbeddingBag backward)
-  Adam   ours: minembed.optim.adam_step (lazy rows or dense); torch: opt.step()
+  Adam   ours: minembed.core.optim.adam_step (lazy rows or dense); torch: opt.step()
          + zero_grad (dense: torch.optim.Adam on sparse=False; sparse:
          torch.optim.SparseAdam on sparse=True)
   step   the whole step

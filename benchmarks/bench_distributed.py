@@ -6,7 +6,7 @@
     python benchmarks/bench_distributed.py --project    (docs/scaling.md's model: 8-64 GPU ranks)
 
 Ranks: each R is one ``mpiexec -n R`` job (the mpich wheel's; ``pip install -e ".[mpi]"``)
-running ``minembed.distributed.make_step`` + Adam on synthetic batches, the same global
+running ``minembed.product.distributed.make_step`` + Adam on synthetic batches, the same global
 batch for every R (each rank encodes B/R pairs):
   bag          B = 256 pairs, 512 views of 32-64 Zipf-like ids, V = 30,000, D = 256 (bench_bag's)
   transformer  B = 64 pairs, views of 32-64 ids, V = 30,000, 2 layers, d = 128, FFN 512, dropout 0.1

@@ -6,7 +6,7 @@ common English words; 2-6 sentences, ~400 characters a document), trains a bag m
 (dim 256) for ``--steps`` steps on it, then, in a fresh process, times each phase of
 ``minembed map MODEL CORPUS -o map.png -o map.html`` and reports the process's peak RSS:
 
-    read      read the corpus (minembed.data.Corpus)
+    read      read the corpus (minembed.product.corpus.Corpus)
     embed     Model.encode (tokenise + mean of token embeddings)
     tsne      viz.tsne: L2-normalise, PCA to 50, openTSNE (FFT gradients, PCA init)
     knn       kNN accuracy for the title (k = 10, cosine, fixed 90/10 split)

@@ -7,8 +7,8 @@
 Workload: B = 64 pairs = 128 views of 64-128 random tokens, vocab 30,000; --size issue (the
 speed issue's, the default here): d 256, 4 layers, 4 heads, FFN 1024, views <= 128 tokens;
 --size default: minembed train's transformer (2 layers, d 128, FFN 512, <= 64 tokens); dropout 0.1,
-an InfoNCE loss on the pooled vectors (minembed.loss when present, else
-sum(emb * R)), Adam (minembed.optim when present, lazy rows for tok_emb; else
+an InfoNCE loss on the pooled vectors (minembed.core.loss when present, else
+sum(emb * R)), Adam (minembed.core.optim when present, lazy rows for tok_emb; else
 an inline dense Adam). Times forward (+ loss), backward, Adam separately,
 median over steps; encode throughput (train=False); peak RSS.
 
@@ -254,9 +254,9 @@ def main():
     print(f"B={B} pairs ({2 * B} views), {LO}-{HI} tokens/view, vocab {VOCAB}, --size {args.size}: "
           f"{CFG}")
     print(common.machine(args, ours_threads, torch_threads))
-    print(f"loss: {'minembed.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
+    print(f"loss: {'minembed.core.loss.infonce' if infonce_forward else 'sum(emb*R)'}; "
           "adam: "
-          f"{'minembed.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
+          f"{'minembed.core.optim.adam_step (lazy tok_emb rows)' if adam_step else 'inline dense'}")
 
     settings = [int(b) for b in args.buckets.split(",")]
     variants = {nb: Ours(buckets=nb) for nb in settings}

@@ -11,7 +11,7 @@ from minembed.product import runtime  # noqa: E402
 def add_options(ap):
     ap.add_argument("--threads", type=int, default=None,
                     help="NumPy's BLAS threads [minembed's choice for the model: "
-                         "minembed/runtime.py]")
+                         "minembed/product/runtime.py]")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="PyTorch's threads [the idle cores: its best on a quiet machine]")
     ap.add_argument("--load", type=int, default=0,

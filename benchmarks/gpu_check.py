@@ -165,7 +165,7 @@ def kernel_errors():
 # training steps
 # ---------------------------------------------------------------------------
 def loop_step(encoder, params, state, ids, offsets, enc_cfg, lr=1e-3, clip=0.0, seed=0):
-    """One step as minembed.train's loop takes it: train_step, clip_grads, adam_step."""
+    """One step as minembed.core.train's loop takes it: train_step, clip_grads, adam_step."""
     from minembed.core import optim
     from minembed.core.train import train_step
     cfg = types.SimpleNamespace(scale=20.0, symmetric=False)

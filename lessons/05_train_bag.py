@@ -3,7 +3,7 @@
 What it teaches
     Lessons 2-4 put together: sample crop pairs, embed them with the bag
     encoder, InfoNCE, backward, Adam. First a few steps written out with the
-    package's functions (what ``minembed.train``'s loop does each step:
+    package's functions (what ``minembed.core.train``'s loop does each step:
     ``train_loop`` in minembed/core/train.py), then the real ``train()`` with
     kNN accuracy measured while it trains, compared with the untrained model
     and with the paper's strongest baseline, TF-IDF.

@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py as ``mpiexec -n R python tests/mpi_checks.py``: the
-collectives of minembed.distributed.Comm and the gather's backward, asserted on every
+collectives of minembed.product.distributed.Comm and the gather's backward, asserted on every
 rank; rank 0 prints "collectives OK"."""
 import numpy as np
 from mpi4py import MPI

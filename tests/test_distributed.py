@@ -1,4 +1,4 @@
-"""Past one process (minembed/distributed.py): R MPI ranks train the model one process
+"""Past one process (minembed/product/distributed.py): R MPI ranks train the model one process
 trains, with the same global batch and seed (loss curve and weights within float32
 tolerance; one rank: bit for bit), for the bag model and the transformer with dropout;
 gradient caching gives the full batch's gradient; rank 0 alone writes; an error or a
@@ -33,7 +33,7 @@ MPIEXEC = shutil.which("mpiexec", path=sysconfig.get_path("scripts")) or shutil.
 HERE = Path(__file__).resolve().parent
 
 MODELS = {  # tiny: every test launches several processes on 2 shared cores; one BLAS thread each,
-    # as the count can change a product's last bits (minembed/runtime.py)
+    # as the count can change a product's last bits (minembed/product/runtime.py)
     "bag": ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "24",
             "--max-steps", "5", "--threads", "1"],
     "bag-members": ["--dim", "16", "--vocab-size", "300", "--batch-size", "24", "--max-steps", "3",

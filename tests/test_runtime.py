@@ -1,4 +1,4 @@
-"""BLAS threads chosen for the work (minembed/runtime.py): --threads, MINEMBED_THREADS, the
+"""BLAS threads chosen for the work (minembed/product/runtime.py): --threads, MINEMBED_THREADS, the
 choice per model, the limits inside and after, and the same numbers for any count."""
 import numpy as np
 import pytest

@@ -119,7 +119,7 @@ def _adam_scalars(step, lr, beta1, beta2, eps, weight_decay):
 def _check_inplace(*arrays):
     for a in arrays:
         if a.dtype != np.float32 or not a.flags.c_contiguous:
-            raise TypeError("minembed.cuda Adam updates in place: p, m, v must be "
+            raise TypeError("minembed.fast.cuda Adam updates in place: p, m, v must be "
                             "C-contiguous float32 CuPy arrays")
 
 

@@ -5,7 +5,7 @@
              bag model + crops (the paper's), + a crop and the rest of its document (minembed's)
              transformer from scratch + crops / + dropout positives / + masking
     each  -> kNN accuracy (k = 10, Euclidean and cosine) and a linear probe on the
-             fixed 90/10 split of `minembed.evaluate`; training steps and time
+             fixed 90/10 split of `minembed.product.evaluate`; training steps and time
 
 Every trained row runs a number of steps fixed by the corpus (the bag model's
 40 epochs, the transformer's 420 steps), so the table is the same on any machine;

@@ -93,7 +93,7 @@ class Model:
         ``dim=k`` keeps the first k dimensions (then normalises): a model trained
         with ``--matryoshka`` has those prefixes trained as embeddings on their own.
         ``progress(n)`` is called with the number of texts of each batch done.
-        ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: minembed/runtime.py)."""
+        ``threads``: BLAS threads (None: MINEMBED_THREADS, else chosen: product/runtime.py)."""
         if isinstance(texts, str):
             return self.encode([texts], batch_size, normalize, dim=dim, threads=threads)[0]
         texts = _texts(texts)

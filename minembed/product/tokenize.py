@@ -175,7 +175,7 @@ class TokenizedCorpus:
 
 class TokenizeProgress:
     """``progress`` for tokenize_corpus: documents, tokens and text read (with the
-    file's size, roughly how far), on stderr (minembed.progress.Progress)."""
+    file's size, roughly how far), on stderr (minembed.product.progress.Progress)."""
 
     def __init__(self, total_bytes=None, file=None):
         from .progress import Progress

@@ -23,6 +23,8 @@ log() { echo; echo "### $*"; }
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
 } 2>&1 | tee "$OUT/env.txt"
 
+# the CUDA kernels against their references, and the CPU twins, on this machine's GPU
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast.py 2>&1 | tee "$OUT/tests.log"
 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" "$@" 2>&1 | tee "$OUT/gpu_check.log"
 
 {
@@ -44,8 +46,9 @@ python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" "$@" 2>&1 | tee "$O
   log "same weights? bag gpu vs cpu"
   python3 - "$WORK" <<'EOF'
 import sys, numpy as np
-a = np.load(f"{sys.argv[1]}/bag-gpu/model.npz")["tok_emb"]
-b = np.load(f"{sys.argv[1]}/bag-cpu/model.npz")["tok_emb"]
+from minembed.product.files import load_weights
+a = load_weights(f"{sys.argv[1]}/bag-gpu/model.safetensors")["tok_emb"]
+b = load_weights(f"{sys.argv[1]}/bag-cpu/model.safetensors")["tok_emb"]
 print("max |w_gpu - w_cpu| =", float(np.abs(a - b).max()), " max |w| =", float(np.abs(b).max()))
 EOF
   log "lesson 9 (its GPU section)"

@@ -74,7 +74,7 @@ _ZIPF_CDF = np.cumsum(zipf_probs(V))
 class Ours:
     def __init__(self, lazy, seed=0):
         self.lazy = lazy
-        self.cfg = dict(bag.DEFAULTS, vocab_size=V, dim=D)
+        self.cfg = dict(model="bag", vocab_size=V, dim=D)
         self.params = bag.init_params(self.cfg, np.random.default_rng(seed))
         self.state = optim.adam_init(self.params)
 

@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import common  # noqa: E402
 from minembed.core import transformer as tr  # noqa: E402
+from minembed.product.settings import TrainConfig  # noqa: E402
 
 try:
     from minembed.core.loss import infonce_forward, infonce_backward
@@ -58,7 +59,8 @@ def peak_rss_mb():
 
 
 SIZES = {"issue": dict(dim=256, layers=4, heads=4, ffn=1024, max_len=128, dropout=0.1),
-         "default": dict(tr.DEFAULTS)}
+         "default": {k: v for k, v in TrainConfig(model="transformer").resolved().encoder_config(1)
+                     .items() if k in ("dim", "layers", "heads", "ffn", "max_len", "dropout")}}
 CFG = dict(SIZES["issue"])  # the size measured (main sets it from --size)
 
 

@@ -173,11 +173,9 @@ class Comparison:
                       cfg, force=True, quiet=True)
         log = read_log(model.path)
         X = model.encode(self.texts, normalize=False)  # raw vectors: Euclidean differs from cosine
-        t, st = model.config["training"], model.config["corpus"]
-        # steps per epoch
-        spe = max(1, (st["sentence_crops"] + st["token_spans"]) // t["batch_size"])
+        t = model.config["training"]
         row = dict(configuration=name, model=kind, settings=_settings(cfg), steps=t["steps"],
-                   epochs=round(t["steps"] / spe, 2),
+                   epochs=round(t["steps"] / t["members"] / t["steps_per_epoch"], 2),
                    train_seconds=t["seconds"],
                    final_loss=round(float(np.mean([r["loss"] for r in log[-5:]])), 4),
                    **measure(X, self.labels))

@@ -378,7 +378,8 @@ class Corpus:
     def tokenized(self, tok, say=None, progress=False):
         """The corpus tokenised with ``tok`` (a TokenizedCorpus, memory-mapped), from
         the cache or made now; ``progress`` shows how far it is on stderr."""
-        from .tokenize import TokenizedCorpus, TokenizeProgress, fingerprint, tokenize_corpus
+        from .progress import TokenizeProgress
+        from .tokenize import TokenizedCorpus, fingerprint, tokenize_corpus
         path = self._cache_path("corpora", fingerprint(tok))
         if os.path.isfile(os.path.join(path, "meta.json")):
             return TokenizedCorpus(path)

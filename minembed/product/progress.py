@@ -34,7 +34,6 @@ class Progress:
         self.rate = None          # smoothed seconds per unit
         self.n_since = 0
         self.status = ""
-        self.shown = False
 
     def update(self, n=1, status=None):
         if self.quiet:
@@ -73,8 +72,23 @@ class Progress:
         else:
             self.file.write(line + "\n")
         self.file.flush()
-        self.shown = True
 
     def close(self):
         if not self.quiet:
             self._show(time.perf_counter(), end=True)
+
+
+class TokenizeProgress:
+    """``progress`` for tokenize.tokenize_corpus: documents, tokens and text read (with the
+    file's size, roughly how far), on stderr."""
+
+    def __init__(self, total_bytes=None):
+        self.bar, self.total = Progress(label="tokenising", unit="document"), total_bytes
+
+    def __call__(self, n_docs, n_tokens, n_chars=0):
+        pct = f"~{min(99, 100 * n_chars // self.total)}% of the file, " if self.total else ""
+        self.bar.update(n_docs - self.bar.done,
+                        f"{pct}{n_tokens:,} tokens, {n_chars / 1e6:,.1f} MB of text")
+
+    def close(self):
+        self.bar.close()

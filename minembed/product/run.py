@@ -307,7 +307,8 @@ def _finish(setup, enc_cfg, params, hook, n_threads, lead, say):
     keep."""
     check_vitals(Model(_config(setup, enc_cfg), params, setup.tok), setup.source, setup.cfg.lr)
     config = _config(setup, enc_cfg)
-    config["training"].update(steps=hook.total, seconds=round(time.perf_counter() - hook.t0, 2),
+    config["training"].update(steps=hook.total, steps_per_epoch=setup.steps_per_epoch,
+                              seconds=round(time.perf_counter() - hook.t0, 2),
                               blas_threads=n_threads)
     if not lead:
         return Model(config, params, setup.tok)

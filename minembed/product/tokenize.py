@@ -32,7 +32,6 @@ from ..errors import MinembedError
 from .files import NpyWriter, map_npy
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[MASK]"]
-DEFAULT_VOCAB_SIZE = 8192
 # a sentence ends at . ! ? (possibly followed by closing quotes/brackets) and whitespace
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
 
@@ -46,7 +45,7 @@ def split_sentences(text):
 # ---------------------------------------------------------------------------
 # tokenizers
 
-def train_tokenizer(texts, vocab_size=DEFAULT_VOCAB_SIZE, min_frequency=2):
+def train_tokenizer(texts, vocab_size, min_frequency=2):
     """A lower-cased subword tokenizer trained on an iterable of strings.
 
     BPE over words marked SentencePiece-style ("▁" starts a word), with BERT's
@@ -171,23 +170,6 @@ class TokenizedCorpus:
     @property
     def n_tokens(self):
         return len(self.ids)
-
-
-class TokenizeProgress:
-    """``progress`` for tokenize_corpus: documents, tokens and text read (with the
-    file's size, roughly how far), on stderr (minembed.product.progress.Progress)."""
-
-    def __init__(self, total_bytes=None, file=None):
-        from .progress import Progress
-        self.bar, self.total = Progress(label="tokenising", unit="document", file=file), total_bytes
-
-    def __call__(self, n_docs, n_tokens, n_chars=0):
-        pct = f"~{min(99, 100 * n_chars // self.total)}% of the file, " if self.total else ""
-        self.bar.update(n_docs - self.bar.done,
-                        f"{pct}{n_tokens:,} tokens, {n_chars / 1e6:,.1f} MB of text")
-
-    def close(self):
-        self.bar.close()
 
 
 def tokenize_corpus(tok, docs, out_dir, chunk_docs=8192, progress=None):

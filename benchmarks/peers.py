@@ -263,6 +263,6 @@ PEERS = {  # row name -> (what it is, function)
     "fasttext": ("fastText skip-gram 256 d, 20 epochs: get_sentence_vector", fasttext),
     "static-mnrl": ("sentence-transformers StaticEmbedding 256 d + MNRL, minembed's pairs and "
                     "steps, trainer defaults (lr 5e-5)", static_mnrl),
-    "static-mnrl-lr0.1": ("  the same, lr 0.1 (minembed's; best of 0.01-0.5 on the built-in corpus)",
-                          functools.partial(static_mnrl, lr=0.1)),
+    "static-mnrl-lr0.1": ("  the same, lr 0.1 (minembed's; best of 0.01-0.5 on the built-in "
+                          "corpus)", functools.partial(static_mnrl, lr=0.1)),
 }

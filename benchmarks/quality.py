@@ -189,9 +189,10 @@ def main():
     ap.add_argument("--corpora", help="directory of NAME.jsonl.gz labelled corpora (tools/corpora.py)")
     ap.add_argument("--only", help="comma-separated corpus names (builtin, wordnet, ...)")
     ap.add_argument("--rows", default="default", help=f"comma-separated rows: {', '.join(ROWS)}")
-    ap.add_argument("--peers", default="", help="comma-separated peer methods (benchmarks/peers.py: "
-                    "tfidf-min_df1, bm25, doc2vec, word2vec-mean, word2vec-sif, fasttext, static-mnrl, "
-                    "...) or 'all'; they need the bench extra")
+    ap.add_argument("--peers", default="",
+                    help="comma-separated peer methods (benchmarks/peers.py: tfidf-min_df1, bm25, "
+                         "doc2vec, word2vec-mean, word2vec-sif, fasttext, static-mnrl, ...) or "
+                         "'all'; they need the bench extra")
     ap.add_argument("--work", default="/tmp/minembed-quality", help="where trained models are kept")
     ap.add_argument("-o", "--out", help="write the tables as Markdown (and .json beside)")
     args = ap.parse_args()

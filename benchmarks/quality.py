@@ -133,7 +133,23 @@ def corpora(directory):
     return out
 
 
-def measure(name, path, rows, work):
+def measure_peer(name, path, peer, texts, labels, work):
+    """A peer method's row (benchmarks/peers.py), kept in --work as PEER.json and reused."""
+    import peers  # only when asked: its libraries are the bench extra
+    cache = os.path.join(work, f"{name}-peer-{peer}.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return json.load(f)
+    fn = peers.PEERS[peer][1]
+    X, seconds = fn(texts, 0, corpus=path) if peer.startswith("static-") else fn(texts, 0)
+    res = dict(knn=knn10(X, labels), seconds=round(seconds, 1))
+    os.makedirs(work, exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump(res, f)
+    return res
+
+
+def measure(name, path, rows, work, peer_rows=()):
     texts, labels = Corpus(path).labelled("quality")
     res = {}
     for what, X in (("TF-IDF", lambda: tfidf(texts)),
@@ -141,7 +157,8 @@ def measure(name, path, rows, work):
                     ("TF-IDF + SVD(256) + L2", lambda: tfidf(texts, 256, True))):
         t = time.perf_counter()
         E = X()
-        res[what] = dict(knn=knn10(E, labels), seconds=round(time.perf_counter() - t, 1))
+        seconds = round(time.perf_counter() - t, 1)  # the vectors' alone, not the 10 kNN splits
+        res[what] = dict(knn=knn10(E, labels), seconds=seconds)
         print(name, what, res[what], flush=True)
     for row in rows:
         what, settings = ROWS[row]
@@ -158,11 +175,18 @@ def measure(name, path, rows, work):
                               model.tokenizer)
             res["untrained"] = dict(knn=knn10(untrained.encode(texts), labels), seconds=0.0)
         print(name, row, res[row], flush=True)
+    for peer in peer_rows:
+        res["peer:" + peer] = measure_peer(name, path, peer, texts, labels, work)
+        print(name, peer, res["peer:" + peer], flush=True)
     return dict(documents=len(texts), labels=len(set(labels)), rows=res)
 
 
 def markdown(results, command):
-    names = dict(ROWS, **{"TF-IDF": ("TF-IDF (sublinear tf)", None),
+    peer_names = {}
+    if any(k.startswith("peer:") for r in results.values() for k in r["rows"]):
+        import peers
+        peer_names = {"peer:" + k: v for k, v in peers.PEERS.items()}
+    names = dict(ROWS, **peer_names, **{"TF-IDF": ("TF-IDF (sublinear tf)", None),
                           "TF-IDF + SVD(100) + L2": ("TF-IDF → SVD(100) → L2", None),
                           "TF-IDF + SVD(256) + L2": ("TF-IDF → SVD(256) → L2 (the bag model's "
                                                      "dimension)", None),
@@ -185,14 +209,26 @@ def main():
                     help="directory of NAME.jsonl.gz labelled corpora (tools/corpora.py)")
     ap.add_argument("--only", help="comma-separated corpus names (builtin, wordnet, ...)")
     ap.add_argument("--rows", default="default", help=f"comma-separated rows: {', '.join(ROWS)}")
+    ap.add_argument("--peers", default="",
+                    help="comma-separated peer methods (benchmarks/peers.py: tfidf-min_df1, bm25, "
+                         "doc2vec, word2vec-mean, word2vec-sif, fasttext, static-mnrl, ...) or "
+                         "'all'; they need the bench extra")
     ap.add_argument("--work", default="/tmp/minembed-quality", help="where trained models are kept")
     ap.add_argument("-o", "--out", help="write the tables as Markdown (and .json beside)")
     args = ap.parse_args()
-    rows = args.rows.split(",")
+    rows = [r for r in args.rows.split(",") if r]
+    peer_rows = [p for p in args.peers.split(",") if p]
+    if peer_rows:
+        import peers
+        peer_rows = list(peers.PEERS) if peer_rows == ["all"] else peer_rows
+        unknown = [p for p in peer_rows if p not in peers.PEERS]
+        if unknown:
+            ap.error(f"unknown peers {unknown}: {', '.join(peers.PEERS)}")
     chosen = corpora(args.corpora)
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
-    results = {name: measure(name, path, rows, args.work) for name, path in chosen.items()}
+    results = {name: measure(name, path, rows, args.work, peer_rows)
+               for name, path in chosen.items()}
     if args.out:
         command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
         with open(args.out, "w") as f:

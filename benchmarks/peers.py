@@ -45,7 +45,7 @@ def tfidf_min_df1(texts, seed=0):
 
 
 def tfidf_min_df2(texts, seed=0):
-    """TF-IDF, sublinear tf, words of two documents or more (minembed.evaluate.tfidf)."""
+    """TF-IDF, sublinear tf, words of two documents or more (minembed.product.evaluate.tfidf)."""
     return _tfidf(texts, 2)
 
 
@@ -168,17 +168,17 @@ def _list_array(ids, starts, lengths):
 
 def minembed_pairs(corpus=None, seed=0):
     """The pairs `minembed train --members 1 --seed SEED` trains on, batch by batch in its order
-    (minembed.train.train_loop's draws): (tokenizer, anchors, positives, steps, batch size), the
+    (minembed.core.train.train_loop's draws): (tokenizer, anchors, positives, steps, batch size), the
     views as pyarrow lists of token ids, step s's pairs at rows (s-1)B .. sB-1."""
     from minembed import Corpus, TrainConfig
-    from minembed.crops import PairSampler
-    from minembed.run import auto_epochs
+    from minembed.core.pairs import PairSampler
+    from minembed.product.settings import auto_epochs
     cfg = TrainConfig(members=1, seed=seed).resolved()
     source = Corpus(corpus)
     tok = source.tokenizer(cfg.vocab_size)
     sampler = PairSampler(source.tokenized(tok), cfg)
     B = min(cfg.batch_size, len(sampler.usable))
-    spe = len(sampler.usable) // B
+    spe = sampler.steps_per_epoch(B)
     steps = spe * auto_epochs("bag", spe, 1)
     ids, lengths = [], []
     for step in range(1, steps + 1):

@@ -25,7 +25,7 @@ import minembed  # noqa: E402
 from minembed import Corpus, TrainConfig  # noqa: E402
 from minembed.product.compare import CROPS  # noqa: E402  (the paper's pairs: two crops, spans of 10-50 %)
 from minembed.product.evaluate import knn_accuracy, tfidf  # noqa: E402
-from minembed.product.model import Model  # noqa: E402
+from minembed.product.model import untrained  # noqa: E402
 from minembed.product.run import train  # noqa: E402
 
 SPLITS = 10
@@ -170,10 +170,7 @@ def measure(name, path, rows, work, peer_rows=()):
                         seconds=model.config["training"]["seconds"],
                         steps=model.config["training"]["steps"])
         if row == "default":
-            cfg = model.config
-            untrained = Model(cfg, model.encoder.init_params(cfg, np.random.default_rng([0, 0])),
-                              model.tokenizer)
-            res["untrained"] = dict(knn=knn10(untrained.encode(texts), labels), seconds=0.0)
+            res["untrained"] = dict(knn=knn10(untrained(model).encode(texts), labels), seconds=0.0)
         print(name, row, res[row], flush=True)
     for peer in peer_rows:
         res["peer:" + peer] = measure_peer(name, path, peer, texts, labels, work)

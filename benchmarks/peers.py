@@ -168,7 +168,7 @@ def _list_array(ids, starts, lengths):
 
 def minembed_pairs(corpus=None, seed=0):
     """The pairs `minembed train --members 1 --seed SEED` trains on, batch by batch in its order
-    (minembed.core.train.train_loop's draws): (tokenizer, anchors, positives, steps, batch size), the
+    (core/train.py train_loop's draws): (tokenizer, anchors, positives, steps, batch size), the
     views as pyarrow lists of token ids, step s's pairs at rows (s-1)B .. sB-1."""
     from minembed import Corpus, TrainConfig
     from minembed.core.pairs import PairSampler

@@ -201,3 +201,26 @@ def test_search_shows_line_numbers(tmp_path, model_dir):
     r = run("search", model_dir, tmp_path / "c.txt", "guitar melody chord", "--no-cache")
     assert r.exit_code == 0, r.output
     assert "line 5" in r.output.splitlines()[0] and "line 3" in r.output.splitlines()[1]
+
+
+def test_eval_works_on_one_line_texts(tmp_path, model_dir, topic_docs):
+    """A corpus of short texts: kNN is reported (it was thrown away: "retrieval needs at least 2
+    documents of 8 words or more"), and the retrieval takes crops of short documents; a corpus
+    with no document of two words skips retrieval with a note."""
+    texts, labels = topic_docs
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": " ".join(t.split()[:5]), "label": lab}) + "\n"
+                             for t, lab in zip(texts, labels)))
+    r = run("eval", model_dir, short, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert set(res["knn"]) >= {"model", "untrained", "tfidf"}
+    assert res["retrieval"]["crops"].startswith("short documents")
+    assert res["retrieval"]["model"]["documents"] == 240
+    single = tmp_path / "single.jsonl"
+    single.write_text("".join(json.dumps({"text": t.split()[0], "label": lab}) + "\n"
+                              for t, lab in zip(texts, labels)))
+    r = run("eval", model_dir, single)
+    assert r.exit_code == 0, r.output
+    assert "retrieval skipped: 0 document(s) of 2 words or more" in r.output
+    assert "untrained" in r.output

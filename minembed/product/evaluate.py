@@ -98,9 +98,9 @@ def tfidf(texts, svd_dim=None, l2=False, seed=0):
 # ---------------------------------------------------------------------------
 # retrieval of held-out crops (no labels needed)
 
-def held_out_crops(texts, frac=0.25, min_words=8, seed=0):
+def held_out_crops(texts, frac=0.25, min_words=8, seed=0, min_crop=3):
     """(doc index, crop, rest) for each document of at least ``min_words`` words:
-    the crop is a random run of ~frac of its words (at least 3), the rest is the
+    the crop is a random run of ~frac of its words (at least ``min_crop``), the rest is the
     document without it."""
     rng = np.random.default_rng(seed)
     out = []
@@ -108,10 +108,22 @@ def held_out_crops(texts, frac=0.25, min_words=8, seed=0):
         words = t.split()
         if len(words) < min_words:
             continue
-        n = max(3, int(round(frac * len(words))))
+        n = max(min_crop, int(round(frac * len(words))))
         s = int(rng.integers(0, len(words) - n + 1))
         out.append((i, " ".join(words[s:s + n]), " ".join(words[:s] + words[s + n:])))
     return out
+
+
+def retrieval_task(texts, seed=0):
+    """The held-out crops retrieval is scored on, and what they are: a quarter of the words (at
+    least 3) of each document of 8 words or more when those are at least half the corpus; on a
+    corpus of short texts (titles, one-line summaries), a quarter (at least one word) of each
+    document of 2 words or more."""
+    triples = held_out_crops(texts, seed=seed)
+    if len(triples) >= max(2, len(texts) / 2):
+        return triples, "a quarter of each document's words"
+    return (held_out_crops(texts, min_words=2, seed=seed, min_crop=1),
+            "short documents: a quarter of each one's words, at least one")
 
 
 def retrieval_scores(Q, D):
@@ -128,21 +140,19 @@ def retrieval_scores(Q, D):
 
 
 def retrieval(texts, embed, seed=0):
-    """Held-out crop retrieval with ``embed(list of texts) -> (N, d) unit rows``."""
-    triples = held_out_crops(texts, seed=seed)
-    if len(triples) < 2:
-        raise MinembedError("retrieval needs at least 2 documents of 8 words or more")
-    crops, rests = [c for _, c, _ in triples], [r for _, _, r in triples]
-    return dict(retrieval_scores(embed(crops), embed(rests)), documents=len(triples))
-
-
-def tfidf_retrieval(texts, seed=0):
-    """The same task with TF-IDF fit on the rests (sublinear tf, L2 rows)."""
+    """Held-out crop retrieval with ``embed(list of texts) -> (N, d) unit rows``, and TF-IDF's
+    on the same task (fit on the rests: sublinear tf, L2 rows): {"model", "tfidf", "crops"}, or
+    {"skipped": why} when fewer than 2 documents have 2 words."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    triples = held_out_crops(texts, seed=seed)
-    vec = TfidfVectorizer(sublinear_tf=True).fit([r for _, _, r in triples])
-    return dict(retrieval_scores(vec.transform([c for _, c, _ in triples]),
-                                 vec.transform([r for _, _, r in triples])), documents=len(triples))
+    triples, what = retrieval_task(texts, seed)
+    if len(triples) < 2:
+        return {"skipped": f"retrieval skipped: {len(triples)} document(s) of 2 words or more"}
+    crops, rests = [c for _, c, _ in triples], [r for _, _, r in triples]
+    vec = TfidfVectorizer(sublinear_tf=True).fit(rests)
+    return {"model": dict(retrieval_scores(embed(crops), embed(rests)), documents=len(triples)),
+            "tfidf": dict(retrieval_scores(vec.transform(crops), vec.transform(rests)),
+                          documents=len(triples)),
+            "crops": what}
 
 
 # ---------------------------------------------------------------------------
@@ -181,8 +191,7 @@ def evaluate(model, texts, labels=None, splits=1, quiet=False):
         rows["majority"] = {"knn_euclidean": float(np.mean(maj)), "knn_cosine": float(np.mean(maj))}
         result.update(labels=len(set(labels)), knn=rows)
     say("retrieval of held-out crops")
-    result["retrieval"] = {"model": retrieval(texts, lambda d: embed(model, d, "crops and rests")),
-                           "tfidf": tfidf_retrieval(texts)}
+    result["retrieval"] = retrieval(texts, lambda d: embed(model, d, "crops and rests"))
     return result
 
 
@@ -200,8 +209,10 @@ def report_lines(result):
                      for k in ("knn_euclidean", "knn_cosine")]
             lines.append(f"{name:16s} {cells[0]:>14s} {cells[1]:>14s}")
     r = result["retrieval"]
-    lines.append(f"retrieval of a held-out crop ({r['model']['documents']:,} documents): {'':4s} "
-                 "R@1    R@10   MRR")
+    if "skipped" in r:
+        return lines + [r["skipped"]]
+    lines.append(f"retrieval of a held-out crop ({r['model']['documents']:,} documents; "
+                 f"{r['crops']}): {'':4s} R@1    R@10   MRR")
     for name in ("model", "tfidf"):
         lines.append(f"  {name:10s} {100 * r[name]['recall@1']:6.1f}% "
                      f"{100 * r[name]['recall@10']:6.1f}% {r[name]['mrr']:6.3f}")

@@ -30,6 +30,28 @@ docstrings) and from each other:
             ecosystem (python, perl, rust, ...), a desktop (gnome, kde, ...) or
             a catch-all (utils, misc) are left out.
 
+One-line corpora (short texts: titles, summaries, definitions), for issue 28:
+
+  synopses  Software one-liners: the short description (synopsis) of each
+            package of the same bookworm indexes, the same sections and the
+            same one package per source package as `debian`, without the
+            long description ("Synchronize IMAP mailboxes", mail).
+  glosses   One-line definitions: the gloss of each WordNet noun and verb
+            synset, without its lemmas and example sentences ("a small cube
+            of artificial ice", noun.artifact), labelled like `wordnet`.
+  pkgkinds  A reproduction of issue 28's failure case, not a topical corpus: the
+            synopses of every binary package (not one per source) of the 12 largest
+            sections, libs, libdevel, python, doc, perl, devel, utils, haskell, net,
+            rust, golang, javascript -- mostly kinds of package, told apart by a few
+            frequent words ("development files", "Rust source code",
+            "(documentation)") -- 250 documents each.
+  apisums   API one-liners: the summary sentence of each documented function and
+            class of SciPy, scikit-learn, SymPy and NetworkX (Debian bookworm's
+            python3-* packages, parsed, not imported: "Return a Hamming window.",
+            scipy.signal), labelled by the public subpackage that defines it
+            (scipy.signal, sklearn.cluster, sympy.polys, networkx.algorithms,
+            ...; catch-alls such as utils, base and top-level modules left out).
+
 Inputs come through apt: `apt-get download` of pinned package versions (apt checks
 their hashes against the signed archive index), and for `debian` the bookworm main
 indexes, fetched with a private apt state (own sources.list and lists directory) into
@@ -70,6 +92,10 @@ PINNED = {   # the package versions the corpora are built from (bookworm)
     "wordnet-base": "1:3.0-37",
     "fortunes": "1:1.99.1-7.3",
     "fortunes-min": "1:1.99.1-7.3",
+    "python3-scipy": "1.10.1-2",
+    "python3-sklearn": "1.2.1+dfsg-1",
+    "python3-sympy": "1.11.1-1",
+    "python3-networkx": "2.8.8-1",
 }
 
 
@@ -183,7 +209,8 @@ def unpacked(package, cache):
     subprocess.run(["apt-get", "download", "-q", f"{package}={PINNED[package]}"] +
                    apt_options(cache), check=True, cwd=debs)
     version = PINNED[package].replace(":", "%3a")
-    deb = os.path.join(debs, f"{package}_{version}_all.deb")
+    deb = next(os.path.join(debs, f"{package}_{version}_{arch}.deb") for arch in ("all", "amd64")
+               if os.path.isfile(os.path.join(debs, f"{package}_{version}_{arch}.deb")))
     tmp = root + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.dirname(root), exist_ok=True)
@@ -224,6 +251,72 @@ def wordnet(cache):
             if label != "noun.Tops":
                 docs.append((f"{', '.join(lemmas)}: {gloss}", label))
     return finish(docs, max_docs=15_000)
+
+
+def gloss_only(gloss):
+    """The definition part of a WordNet gloss: the text before its first quoted example."""
+    return re.split(r';\s*"', gloss)[0].strip().rstrip(";").strip()
+
+
+def glosses(cache):
+    root = unpacked("wordnet-base", cache)
+    names = lexnames(root)
+    docs = []
+    for pos in ("noun", "verb"):
+        data = os.path.join(root, "usr/share/wordnet", f"data.{pos}")
+        for lexfile, lemmas, gloss in synsets(data):
+            if names[lexfile] != "noun.Tops":
+                docs.append((gloss_only(gloss), names[lexfile]))
+    return finish(docs, max_docs=15_000)
+
+
+# --- apisums --------------------------------------------------------------------------
+
+API_PACKAGES = ("python3-scipy", "python3-sklearn", "python3-sympy", "python3-networkx")
+API_CATCHALLS = {"utils", "utilities", "base", "external", "externals", "testing", "conftest",
+                 "misc", "strategies", "compat", "version", "setup"}
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)`'\]])\.(\s|$)")
+
+
+def summary_sentence(docstring):
+    """The first sentence of a docstring's first paragraph, as one line."""
+    first = " ".join(docstring.strip().split("\n\n")[0].split())
+    m = _SENTENCE_END.search(first)
+    return first[:m.start() + 1] if m else first
+
+
+def api_label(parts):
+    """library.subpackage of a module path (['scipy', 'signal', '_windows']), or None for
+    private, test and catch-all modules and for modules at the top of a library."""
+    if len(parts) < 2 or parts[1].startswith("_") or parts[1] in API_CATCHALLS:
+        return None
+    if any(p in ("tests", "testing", "benchmarks") or p.startswith("test") for p in parts):
+        return None
+    return f"{parts[0]}.{parts[1]}"
+
+
+def apisums(cache):
+    import ast
+    docs = []
+    for package in API_PACKAGES:
+        base = os.path.join(unpacked(package, cache), "usr/lib/python3/dist-packages")
+        for folder, dirs, files in os.walk(base):
+            dirs.sort()
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                parts = os.path.relpath(os.path.join(folder, name), base)[:-3].split(os.sep)
+                label = api_label(parts[:-1] if name == "__init__.py" else parts)
+                if label is None:
+                    continue
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                for node in ast.walk(tree):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                        doc = ast.get_docstring(node)
+                        if doc and doc.strip():
+                            docs.append((summary_sentence(doc), label))
+    return finish(docs)
 
 
 # --- fortunes --------------------------------------------------------------------------
@@ -285,7 +378,8 @@ def description_text(description):
     return short.strip() + ". " + " ".join(line for line in lines if line != ".")
 
 
-def debian(cache):
+def _one_per_source(cache, text_of):
+    """(text_of(Description-en), section) of one package per source package in DEBIAN_SECTIONS."""
     lists = apt_update(cache)
     descriptions = {(s["Package"], s["Description-md5"]): s["Description-en"]
                     for s in stanzas(read_index(lists, "Translation-en"))}
@@ -294,18 +388,42 @@ def debian(cache):
         text = descriptions.get((s["Package"], s.get("Description-md5")))
         if text and s.get("Section") in DEBIAN_SECTIONS:
             source = s.get("Source", s["Package"]).split()[0]
-            by_source[source].append((s["Package"], s["Section"], description_text(text)))
+            by_source[source].append((s["Package"], s["Section"], text_of(text)))
     docs = []
     # the package named like its source, else the shortest name
     for source, packages in sorted(by_source.items()):
         name, section, text = min(packages, key=lambda p: (p[0] != source, len(p[0]), p[0]))
         docs.append((text, section))
-    return finish(docs, max_docs=10_000)
+    return docs
+
+
+def debian(cache):
+    return finish(_one_per_source(cache, description_text), max_docs=10_000)
+
+
+def pkgkinds(cache):
+    lists = apt_update(cache)
+    descriptions = {(s["Package"], s["Description-md5"]): s["Description-en"]
+                    for s in stanzas(read_index(lists, "Translation-en"))}
+    docs = []
+    for s in stanzas(read_index(lists, "Packages")):
+        text = descriptions.get((s["Package"], s.get("Description-md5")))
+        if text and s.get("Section"):
+            docs.append((text.partition("\n")[0].strip(), s["Section"]))
+    sizes = collections.Counter(section for _, section in docs)
+    largest = {section for section, _ in sorted(sizes.items(), key=lambda x: (-x[1], x[0]))[:12]}
+    return finish([d for d in docs if d[1] in largest], max_docs=3_000)
+
+
+def synopses(cache):
+    """The short description alone (the first line of Description-en)."""
+    return finish(_one_per_source(cache, lambda d: d.partition("\n")[0].strip()), max_docs=20_000)
 
 
 # --- writing ---------------------------------------------------------------------------
 
-CORPORA = {"wordnet": wordnet, "fortunes": fortunes, "debian": debian}
+CORPORA = {"wordnet": wordnet, "fortunes": fortunes, "debian": debian, "synopses": synopses,
+           "glosses": glosses, "apisums": apisums, "pkgkinds": pkgkinds}
 
 
 def write_jsonl_gz(path, docs):
@@ -324,7 +442,8 @@ def stats(docs):
             "min_per_label": min(counts.values()),
             "median_per_label": statistics.median(counts.values()),
             "max_per_label": max(counts.values()),
-            "median_chars": statistics.median(len(t) for t, _ in docs)}
+            "median_chars": statistics.median(len(t) for t, _ in docs),
+            "median_words": statistics.median(len(t.split()) for t, _ in docs)}
 
 
 def main(argv=None):
@@ -349,9 +468,10 @@ def main(argv=None):
         write_jsonl_gz(path, docs)
         s = stats(docs)
         print(f"{name}: {s['documents']} documents, {s['labels']} labels, per label "
-              f"min {s['min_per_label']} median {s['median_per_label']:g} max "
-              f"{s['max_per_label']}, median {s['median_chars']:g} chars -> {path}")
-        if name == "debian":
+              f"min {s['min_per_label']} median {s['median_per_label']:g} "
+              f"max {s['max_per_label']}, "
+              f"median {s['median_chars']:g} chars, {s['median_words']:g} words -> {path}")
+        if name in ("debian", "synopses", "pkgkinds"):
             print(f"  from the indexes of {release(os.path.join(cache, 'lists'))}")
         if args.labels:
             counts = collections.Counter(label for _, label in docs)

@@ -32,9 +32,20 @@ SPLITS = 10
 # row name -> (what it is, TrainConfig settings); "default" is `minembed train` as shipped
 ROWS = {
     "default": ("bag: minembed train as shipped (four 64-wide tables side by side, 20 epochs each; "
-                "a crop and the rest of its document, scale 10, vocabulary 16k)", {}),
+                "a crop and the rest of its document, scale 10; words seen twice or more, 16k)",
+                {}),
     "default-s1": ("  the default, training seed 1", dict(seed=1)),
     "default-s2": ("  the default, training seed 2", dict(seed=2)),
+    "all-docs": ("  the default with --no-held-out (trained on every document)",
+                 dict(held_out=False)),
+    "all-docs-s1": ("  --no-held-out, training seed 1", dict(held_out=False, seed=1)),
+    "all-docs-s2": ("  --no-held-out, training seed 2", dict(held_out=False, seed=2)),
+    "v2": ("  the default until 2026-12-06: --tokens subwords (BPE, 16k) --no-held-out",
+           dict(tokens="subwords", held_out=False)),
+    "v2-s1": ("  the default until 2026-12-06, training seed 1",
+              dict(tokens="subwords", held_out=False, seed=1)),
+    "v2-s2": ("  the default until 2026-12-06, training seed 2",
+              dict(tokens="subwords", held_out=False, seed=2)),
     "default-sublinear": ("  the default + --pooling sublinear", dict(pooling="sublinear")),
     "default-sublinear-s1": ("  the default + --pooling sublinear, training seed 1",
                              dict(pooling="sublinear", seed=1)),
@@ -119,6 +130,11 @@ ROWS = {
 FOUR = list(ROWS)[:list(ROWS).index("one")]
 ROWS.update({k: (what, dict(s, members=s.get("members", 1))) for k, (what, s) in ROWS.items()
              if k not in FOUR and s.get("model", "bag") == "bag"})
+# every row but the default's was measured with the subword tokenizer and every document
+# trained on (the defaults until 2026-12-06): so it still is
+ROWS.update({k: (what, dict(s, tokens=s.get("tokens", "subwords"), held_out=False))
+             for k, (what, s) in ROWS.items()
+             if k not in {r + s for r in ("default", "all-docs") for s in ("", "-s1", "-s2")}})
 
 
 def knn10(X, labels):
@@ -169,8 +185,9 @@ def measure(name, path, rows, work, peer_rows=()):
         res[row] = dict(knn=knn10(model.encode(texts), labels),
                         seconds=model.config["training"]["seconds"],
                         steps=model.config["training"]["steps"])
-        if row == "default":
-            res["untrained"] = dict(knn=knn10(untrained(model).encode(texts), labels), seconds=0.0)
+        if row.startswith("default") and row[len("default"):] in ("", "-s1", "-s2"):
+            res["untrained" + row[len("default"):]] = dict(
+                knn=knn10(untrained(model).encode(texts), labels), seconds=0.0)
         print(name, row, res[row], flush=True)
     for peer in peer_rows:
         res["peer:" + peer] = measure_peer(name, path, peer, texts, labels, work)
@@ -187,7 +204,9 @@ def markdown(results, command):
                           "TF-IDF + SVD(100) + L2": ("TF-IDF → SVD(100) → L2", None),
                           "TF-IDF + SVD(256) + L2": ("TF-IDF → SVD(256) → L2 (the bag model's "
                                                      "dimension)", None),
-                          "untrained": ("untrained bag model (random table)", None)})
+                          "untrained": ("untrained bag model (the default's random start)", None),
+                          "untrained-s1": ("  untrained, seed 1", None),
+                          "untrained-s2": ("  untrained, seed 2", None)})
     lines = [f"Command: `{command}`", ""]
     for corpus, r in results.items():
         lines += [f"### {corpus}: {r['documents']:,} documents, {r['labels']} labels", "",

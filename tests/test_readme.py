@@ -59,13 +59,18 @@ CAP = ["--max-steps", "5"]
 SKIPPED = (["pip", "install"], ["python", "-m", "pytest"])  # the install and the suite itself
 
 
+SEARCHED = ("A sparse matrix factorisation, and the factorisation of a sparse matrix: the first "
+            "text, the second text, one text, a text.")  # (the words README's examples look for)
+
+
 def _inputs():
     """The input files README lines name: name -> bytes."""
     texts, labels = make_docs(n_per_topic=60, seed=0)
     jsonl = "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in zip(texts, labels))
     paragraphs = "\n\n".join(t.replace(". ", ".\n") for t in texts) + "\n"
     return {
-        "corpus.txt": ("\n".join(texts) + "\n").encode(),
+        # (a user's corpus has the words the README's search looks for)
+        "corpus.txt": ("\n".join(texts + [SEARCHED] * 2) + "\n").encode(),
         "texts.txt": ("\n".join(texts[::40]) + "\n").encode(),  # 6 documents of the four topics
         "notes.txt": paragraphs.encode(),
         "data.jsonl.gz": gzip.compress(jsonl.encode()),

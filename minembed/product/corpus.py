@@ -356,12 +356,13 @@ class Corpus:
         h = hashlib.sha1("\n".join(map(str, (self.key,) + parts)).encode("utf-8")).hexdigest()[:20]
         return os.path.join(cache_subdir(kind), h)
 
-    def tokenizer(self, vocab_size, say=None):
-        """A tokenizer trained on (up to TOKENIZER_SAMPLE_DOCS documents of) the corpus,
-        cached: training one is deterministic."""
+    def tokenizer(self, vocab_size, say=None, tokens="subwords"):
+        """A tokenizer (``tokens``: words or subwords) trained on (up to TOKENIZER_SAMPLE_DOCS
+        documents of) the corpus, cached: training one is deterministic."""
         from .files import atomic_write_bytes
-        from .tokenize import tokenizer_from_str, train_tokenizer
-        path = self._cache_path("tokenizers", vocab_size) + ".json"
+        from .tokenize import tokenizer_from_str, train_tokenizer, train_word_tokenizer
+        path = self._cache_path("tokenizers", vocab_size, *(["words"] if tokens == "words" else
+                                                            [])) + ".json"
         if os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
@@ -369,9 +370,10 @@ class Corpus:
             except (OSError, MinembedError):
                 pass  # a damaged cache entry: train again
         if say:
-            say(f"training a tokenizer (vocabulary {vocab_size:,}) on {self.name}")
+            say(f"training a tokenizer ({tokens}, vocabulary {vocab_size:,}) on {self.name}")
         texts = (t for _, t in zip(range(TOKENIZER_SAMPLE_DOCS), self.texts()))
-        tok = train_tokenizer(texts, vocab_size=vocab_size)
+        trainer = train_word_tokenizer if tokens == "words" else train_tokenizer
+        tok = trainer(texts, vocab_size=vocab_size)
         atomic_write_bytes(path, tok.to_str().encode("utf-8"))
         return tok
 

@@ -172,8 +172,9 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
     file ``out``, a chunk at a time: memory is bounded whatever the input's size. The
     file appears under its name only when complete: one row per document, an empty line of a
     "lines" file (a record with an empty text) included: encode("")'s vector. Returns (its
-    shape, how many documents were empty). ``threads``: BLAS threads (None: MINEMBED_THREADS,
-    else chosen: product/runtime.py)."""
+    shape, how many documents were empty, how many others got zeros: no token the model knows,
+    e.g. words a model of words never saw twice in training). ``threads``: BLAS threads (None:
+    MINEMBED_THREADS, else chosen: product/runtime.py)."""
     if dtype not in DTYPES:
         raise MinembedError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
     k = model.check_dim(dim)
@@ -183,7 +184,7 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
     out = os.path.abspath(out)
     bar, chars, size = (Progress(label="embedding", unit="document", quiet=quiet), 0,
                         corpus.text_bytes)
-    texts, empty = (text for _, text, _ in corpus.numbered(keep_empty=True)), 0
+    texts, empty, unknown = (text for _, text, _ in corpus.numbered(keep_empty=True)), 0, 0
     with atomic_path(out) as tmp:
         w = NpyWriter(tmp, *((np.uint8, (-(-k // 8),)) if dtype == "binary" else (dtype, (k,))))
         try:
@@ -191,10 +192,11 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
             with warnings.catch_warnings(), tuned(model.config["model"], threads):
                 warnings.simplefilter("ignore")
                 for chunk in _chunks(texts):
-                    w.append(quantize(model.encode(chunk, batch_size, normalize, dim=k),
-                                      dtype, scales))
+                    X = model.encode(chunk, batch_size, normalize, dim=k)
+                    w.append(quantize(X, dtype, scales))
                     chars += sum(map(len, chunk))
                     empty += chunk.count("")
+                    unknown += int((~X.any(axis=1)).sum()) - chunk.count("")
                     bar.update(len(chunk), size and f"~{min(99, 100 * chars // size)}% of the file")
             if not w.count:
                 raise MinembedError(f"{corpus.name}: no documents found (the file is empty or "
@@ -204,4 +206,4 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
             raise
         w.close()
     bar.close()
-    return (w.count,) + w.row, empty
+    return (w.count,) + w.row, empty, unknown

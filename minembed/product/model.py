@@ -15,7 +15,7 @@ from ..core.backend import to_device, to_numpy, xp_of
 from ..core.pairs import gather_ranges
 from ..errors import MinembedError
 from .runtime import tuned
-from .tokenize import encode_texts
+from .tokenize import encode_texts, is_word_level
 
 TOKENIZE_CHUNK = 8192  # texts per call of the tokenizer in encode()
 
@@ -46,7 +46,19 @@ def untrained(model):
     training = model.config.get("training", {})
     params = initial_params(model.config, training.get("seed", 0), training.get("members", 1))
     xp = xp_of(*model.params.values())
-    return Model(model.config, {k: to_device(v, xp) for k, v in params.items()}, model.tokenizer)
+    params = unknown_weighs_nothing({k: to_device(v, xp) for k, v in params.items()},
+                                    model.config, model.tokenizer)
+    return Model(model.config, params, model.tokenizer)
+
+
+def unknown_weighs_nothing(params, config, tok):
+    """``params`` with the [UNK] row of a bag model of words set to zeros (in place): a word seen
+    fewer than twice in the training corpus adds nothing to a text's vector (a TF-IDF of min_df
+    2 drops it too), where one shared random or trained row would pull unrelated texts together."""
+    unk = tok.token_to_id("[UNK]")
+    if config["model"] == "bag" and unk is not None and is_word_level(tok):
+        params["tok_emb"][unk] = 0
+    return params
 
 
 class Model:

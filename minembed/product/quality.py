@@ -1,16 +1,29 @@
-"""Is the trained model any good? Checked before a run saves it.
+"""Is the trained model any good? Checked before a run saves it, and said when it ends.
 
 ``check_vitals``: a run whose weights or vectors are no longer finite and distinct (a learning
 rate far too high makes weights of 1e30, whose squared norms overflow float32: every vector then
 normalises to zero) is a failed run, not a model.
+
+``held_out_documents`` / ``assess``: a run keeps a few documents out of training and, at its
+end, scores the model on them against its untrained start and TF-IDF -- the retrieval of a
+held-out crop of each (no labels needed; minembed eval's task) -- and, when the corpus has
+labels, kNN accuracy on one 90/10 split. ``quality_line`` is the line ``minembed train`` ends
+with. The label-free score says whether training taught the model the corpus's words; it cannot
+tell a model whose neighbours are worse for the user's labels (docs/quality.md, "Never silently
+worse"): only labels can, so give them when you have them.
 """
 import itertools
 
 import numpy as np
 
 from .hook import failed
+from .model import untrained
 
 VITALS_DOCS = 256  # documents encoded to check a model's vectors
+# documents kept out of training: a share of those the pairs can use, at most MOST; none when
+# fewer than FEWEST are usable (a tiny corpus needs every document)
+HELD_OUT_SHARE, HELD_OUT_MOST, HELD_OUT_FEWEST = 0.05, 1000, 200
+KNN_DOCS = 10_000  # labelled documents (a random sample of them) the kNN accuracy is taken on
 
 
 def check_vitals(model, source, lr):
@@ -22,9 +35,91 @@ def check_vitals(model, source, lr):
     why = f"its weights {', '.join(bad)} are not finite" if bad else \
         "its vectors are not finite" if not np.isfinite(X).all() else \
         "its vectors have no length" if (np.linalg.norm(X, axis=1) < 0.5).mean() > 0.5 else \
-        "its vectors are all the same" if np.ptp(X, axis=0).max() < 1e-6 else None
+        "its vectors are all the same" if _all_one(X) and not _all_one(
+            untrained(model).encode(texts)) else None  # (not when the texts are: every word rare)
     if why is not None:
         weights = [np.asarray(v) for v in model.params.values()]
         largest = max(float(np.abs(w[np.isfinite(w)]).max(initial=0.0)) for w in weights)
         raise failed(f"training failed: {why} (finite weights up to {largest:.1e}); the learning "
                      f"rate {lr:g} is probably far too high (try a lower --lr); no model was saved")
+
+
+def _all_one(X):
+    return np.ptp(X, axis=0).max() < 1e-6
+
+
+def held_out_documents(usable):
+    """The documents (indices, sorted) a run keeps out of training, drawn from ``usable`` (those
+    the pairs can use); the same for every seed (a run's --members are the runs of their seeds,
+    and runs of two seeds are scored on the same documents)."""
+    usable = np.asarray(usable)
+    if len(usable) < HELD_OUT_FEWEST:
+        return usable[:0]
+    n = min(HELD_OUT_MOST, int(round(HELD_OUT_SHARE * len(usable))))
+    return np.sort(np.random.default_rng(11).choice(usable, n, replace=False))
+
+
+def assess(model, source, held, seed=0):
+    """{"retrieval": {"documents", "crops", "model", "untrained", "tfidf"} (MRR of each), and with
+    labels "knn": {"documents", "model", "untrained", "tfidf"} (accuracy)} for a trained model,
+    ``held`` the documents its run kept out (indices into source.texts())."""
+    from .evaluate import knn_accuracy, retrieval, tfidf
+    start, out = untrained(model), {}
+    wanted, texts = set(int(i) for i in held), []
+    for i, t in enumerate(source.texts()):
+        if i in wanted:
+            texts.append(t)
+    if len(texts) >= 2:
+        r = retrieval(texts, model.encode)
+        if "skipped" not in r:
+            base = retrieval(texts, start.encode)["model"]
+            out["retrieval"] = {"documents": r["model"]["documents"], "crops": r["crops"],
+                                "model": r["model"]["mrr"], "untrained": base["mrr"],
+                                "tfidf": r["tfidf"]["mrr"]}
+    texts, labels = _labelled_sample(source, seed)
+    if labels is not None:
+        out["knn"] = {"documents": len(texts),
+                      **{name: knn_accuracy(X, labels, metric="cosine") for name, X in
+                         (("model", model.encode(texts)), ("untrained", start.encode(texts)),
+                          ("tfidf", tfidf(texts)))}}
+    return out
+
+
+def _labelled_sample(source, seed):
+    """(texts, labels) of at most KNN_DOCS random documents, or (None, None) when the corpus has
+    no labels (or not two, or one document without)."""
+    docs = list(source.documents())
+    if any(label is None for _, label in docs) or len({label for _, label in docs}) < 2:
+        return None, None
+    if len(docs) > KNN_DOCS:
+        pick = np.sort(np.random.default_rng([seed, 12]).choice(len(docs), KNN_DOCS, replace=False))
+        docs = [docs[i] for i in pick]
+    return [t for t, _ in docs], [str(label) for _, label in docs]
+
+
+def quality_line(q):
+    """The line a run ends with (q: assess()'s result); a warning line after it when the model
+    scores below its untrained start."""
+    parts, worse = [], []
+    r, k = q.get("retrieval"), q.get("knn")
+    if r:
+        parts.append(f"held-out crop retrieval MRR {r['model']:.3f} (untrained {r['untrained']:.3f}"
+                     f", TF-IDF {r['tfidf']:.3f}; {r['documents']:,} documents kept out of "
+                     f"training)")
+        if r["model"] < r["untrained"]:
+            worse.append("held-out retrieval")
+    if k:
+        parts.append(f"kNN {100 * k['model']:.1f} % (untrained {100 * k['untrained']:.1f} %, "
+                     f"TF-IDF {100 * k['tfidf']:.1f} %; labels of {k['documents']:,} documents)")
+        if k["model"] < k["untrained"]:
+            worse.append("kNN on the labels")
+    if not parts:
+        return "quality: not measured (too few documents to keep some out of training; " \
+               "minembed eval scores a model)"
+    line = "quality: " + "; ".join(parts)
+    if worse:
+        line += ("\nwarning: the trained model scores below its untrained start on "
+                 f"{' and '.join(worse)}: training made it worse for this corpus "
+                 "(docs/quality.md, \"Never silently worse\"). Try fewer --epochs (it helps on "
+                 "some such corpora), or TF-IDF (minembed eval compares them)")
+    return line

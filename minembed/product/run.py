@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from ..core import optim
 from ..core.backend import to_device
 from ..core.pairs import PairSampler
@@ -27,11 +29,11 @@ from .corpus import MAX_DOC_CHARS, Corpus
 from .gradcache import make_step
 from .hook import StepHook, StopSignals, failed
 from .members import Members
-from .model import Model, encoder_module, initial_params
+from .model import Model, encoder_module, initial_params, unknown_weighs_nothing
 from .modeldir import save_model
 from .outdir import OutputDir
 from .progress import Progress
-from .quality import check_vitals
+from .quality import assess, check_vitals, held_out_documents, quality_line
 from .runtime import choose_threads, get_xp, tuned
 from .settings import TrainConfig, auto_epochs
 from .tokenize import load_tokenizer, mask_token_id
@@ -72,6 +74,7 @@ class Setup:
     steps_per_epoch: int
     eval_every: int                   # the option's, or a resumed run's own
     labelled: tuple = None            # (texts, labels) for kNN in the log
+    held: object = None               # the documents kept out of training (quality.py)
 
 
 def train(corpus=None, out_dir="minembed_model", cfg=None, comm=None, **options):
@@ -154,10 +157,12 @@ def _prepare(ckpt, corpus, out_dir, cfg, opts, lead, say, comm):
     labelled = source.labelled("--eval-every") if eval_every and opts.eval_fn is None else None
     if not opts.resume:
         tok = (load_tokenizer(opts.tokenizer_path) if opts.tokenizer_path
-               else source.tokenizer(cfg.vocab_size, say))
+               else source.tokenizer(cfg.vocab_size, say, cfg.tokens))
     data = source.tokenized(tok, say, progress=not opts.quiet)
     sampler = PairSampler(data, cfg, mask_token_id(tok))
     data.release_pages()  # the sampler read whole per-sentence arrays once
+    held = held_out_documents(sampler.usable) if cfg.held_out else sampler.usable[:0]
+    sampler.usable = np.setdiff1d(sampler.usable, held)
     cfg = _fit_to_corpus(cfg, sampler, source, say)
     st = sampler.stats
     if ckpt is not None and ckpt.info["corpus"]["stats"] != dict(st, tokens=int(data.n_tokens)):
@@ -169,7 +174,8 @@ def _prepare(ckpt, corpus, out_dir, cfg, opts, lead, say, comm):
     spe = sampler.steps_per_epoch(cfg.batch_size)
     if cfg.epochs is None:
         cfg = dataclasses.replace(cfg, epochs=auto_epochs(cfg.model, spe, cfg.members))
-    return Setup(out, ckpt, cfg, source, tok, data, sampler, spe, eval_every, labelled), ckpt
+    return Setup(out, ckpt, cfg, source, tok, data, sampler, spe, eval_every, labelled,
+                 held), ckpt
 
 
 def _check_two_documents(source):
@@ -200,7 +206,7 @@ def _resume_settings(ckpt, corpus):
     """(TrainConfig, Corpus) of the run a checkpoint belongs to; MinembedError
     when the corpus is gone or differs."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{"members": 1,
+    cfg = TrainConfig(**{"members": 1, "held_out": False,  # (runs from before they came)
                          **{k: v for k, v in ckpt.info["training"].items() if k in fields}})
     cfg = cfg.resolved()  # (a run from before --members: one table)
     c = ckpt.info["corpus"]
@@ -232,7 +238,8 @@ def _start(setup, enc_cfg, xp, quiet, comm):
     params = {n: to_device(v, xp)
               for n, v in initial_params(enc_cfg, cfg.seed, cfg.members).items()}
     if cfg.model == "transformer" and cfg.bag_init:
-        params["tok_emb"] = bag_table(cfg, setup.data, setup.tok, xp, quiet, comm)
+        params["tok_emb"] = bag_table(cfg, setup.data, setup.tok, xp, quiet, comm,
+                                      setup.sampler.usable)
         start_as_the_bag(params)
     return params, optim.adam_init(params), 0, 0.0
 
@@ -305,6 +312,7 @@ def _config(setup, enc_cfg):
 def _finish(setup, enc_cfg, params, hook, n_threads, lead, say):
     """The model checked, saved (rank 0), the checkpoint removed: the model is all there is to
     keep."""
+    unknown_weighs_nothing(params, enc_cfg, setup.tok)
     check_vitals(Model(_config(setup, enc_cfg), params, setup.tok), setup.source, setup.cfg.lr)
     config = _config(setup, enc_cfg)
     config["training"].update(steps=hook.total, steps_per_epoch=setup.steps_per_epoch,
@@ -312,8 +320,11 @@ def _finish(setup, enc_cfg, params, hook, n_threads, lead, say):
                               blas_threads=n_threads)
     if not lead:
         return Model(config, params, setup.tok)
+    say(f"trained {hook.total} steps in {time.perf_counter() - hook.t0:.1f} s")
+    config["quality"] = assess(Model(config, params, setup.tok), setup.source, setup.held,
+                               setup.cfg.seed)
     save_model(setup.out.path, config, params, setup.tok)
     ckpt_mod.remove_checkpoint(setup.out.path)
-    say(f"trained {hook.total} steps in {time.perf_counter() - hook.t0:.1f} s; model saved to "
-        f"{setup.out.path}")
+    say(f"model saved to {setup.out.path}")
+    say(quality_line(config["quality"]))
     return Model(config, params, setup.tok, path=setup.out.path)

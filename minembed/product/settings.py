@@ -15,9 +15,9 @@ from ..errors import MinembedError
 # other's negatives), and is four narrower tables trained in turn (members: product/members.py).
 MODEL_DEFAULTS = {
     "bag": dict(lr=0.1, batch_size=128, optimizer="adam", weight_decay=0.0, clip=0.0, dim=256,
-                scale=10.0, members=4),
+                scale=10.0, members=4, tokens="words"),
     "transformer": dict(lr=5e-4, batch_size=64, optimizer="adamw", weight_decay=0.01, clip=1.0,
-                        dim=128, scale=20.0, members=1),
+                        dim=128, scale=20.0, members=1, tokens="subwords"),
 }
 BAG_START_LR = 3e-5  # a transformer that starts as a bag model (product/warmstart.py) refines it
 # no --epochs: (epochs, fewest steps, most steps) a run; members share them (auto_epochs)
@@ -87,6 +87,10 @@ class TrainConfig:
     seed: int = _f(0, "same seed, same model", *SEED)
     vocab_size: int = _f(VOCAB_SIZE, "vocabulary of the tokenizer trained on the corpus",
                          *at_least(64))
+    tokens: str = _f(None, "the tokenizer trained on the corpus: words (lower-cased words and "
+                           "punctuation seen twice or more; the rest is [UNK], which weighs "
+                           "nothing in a bag model) or subwords (BPE: every word is pieces) "
+                           f"{_per_model('tokens')}", choices=("words", "subwords"))
     crops: str = _f("auto",
                     "sentence crops, token spans, or auto: sentence crops where a document has two",
                     choices=("auto", "sentences", "spans"))
@@ -110,6 +114,8 @@ class TrainConfig:
                       choices=("mean", "sublinear"))
     members: int = _f(None, "bag: K tables of dim/K trained in turn (seeds seed, seed+1, ...), "
                             f"side by side [{MODEL_DEFAULTS['bag']['members']}]", *POS)
+    held_out: bool = _f(True, "keep a few documents out of training (5 %, at most 1,000; none "
+                              "under 200) and score the model on them at the end")
     bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for "
                               "dropout positives)")
 

@@ -57,9 +57,7 @@ def train_tokenizer(texts, vocab_size, min_frequency=2):
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    if vocab_size < len(SPECIAL_TOKENS) + 32:
-        raise MinembedError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 32}, got "
-                            f"{vocab_size}")
+    _check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True,
                                                 handle_chinese_chars=True)
@@ -70,6 +68,42 @@ def train_tokenizer(texts, vocab_size, min_frequency=2):
                                   special_tokens=SPECIAL_TOKENS, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
+
+
+def train_word_tokenizer(texts, vocab_size, min_frequency=None):
+    """A lower-cased word tokenizer trained on an iterable of strings: every word and punctuation
+    mark seen ``min_frequency`` times or more is a token (the ``vocab_size`` most frequent), any
+    other is [UNK] -- the vocabulary of TF-IDF with min_df 2 (None: 2, or 1 for 50 texts or
+    fewer, as minembed eval's TF-IDF). On short texts (titles, one-line summaries) a bag of words
+    beats a bag of subword pieces (docs/quality.md). Same normalisation as train_tokenizer; the
+    trainer orders words by count, then by the word: deterministic."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    _check_vocab_size(vocab_size)
+    texts = iter(texts)
+    first = list(itertools.islice(texts, 51))
+    if min_frequency is None:
+        min_frequency = 2 if len(first) > 50 else 1
+    texts = itertools.chain(first, texts)
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True,
+                                                handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def is_word_level(tok):
+    """Whether ``tok`` tokenises into whole words (train_word_tokenizer), not subword pieces."""
+    return json.loads(tok.to_str())["model"]["type"] == "WordLevel"
+
+
+def _check_vocab_size(vocab_size):
+    if vocab_size < len(SPECIAL_TOKENS) + 32:
+        raise MinembedError(f"--vocab-size must be at least {len(SPECIAL_TOKENS) + 32}, got "
+                            f"{vocab_size}")
 
 
 def load_tokenizer(path):

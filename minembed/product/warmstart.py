@@ -16,7 +16,7 @@ from .settings import TrainConfig, auto_epochs
 from .tokenize import mask_token_id
 
 
-def bag_table(cfg, data, tok, xp, quiet, comm):
+def bag_table(cfg, data, tok, xp, quiet, comm, usable=None):
     """The transformer's first token table: a bag model of its dimension trained first on the
     same corpus (the transformer's pairs and crops, the bag model's other defaults), its rows
     rescaled to a fresh table's std (0.02). From scratch the transformer learns what tokens mean
@@ -29,6 +29,8 @@ def bag_table(cfg, data, tok, xp, quiet, comm):
                        positives=cfg.positives, mask_frac=cfg.mask_frac, members=1)
     bcfg = bcfg.resolved()
     sampler = PairSampler(data, bcfg, mask_token_id(tok))
+    if usable is not None:  # the run's documents (not those it keeps out)
+        sampler.usable = usable
     bcfg = dataclasses.replace(bcfg, batch_size=min(bcfg.batch_size, len(sampler.usable)))
     spe = sampler.steps_per_epoch(bcfg.batch_size)
     bcfg = dataclasses.replace(bcfg, epochs=auto_epochs("bag", spe))

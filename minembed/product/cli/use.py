@@ -40,10 +40,11 @@ def embed(model_dir, input_path, output, reading, batch_size, normalize, dim, dt
 
     check_output(output, (".npy",))
     model = load(model_dir, device=device)
-    shape, empty = embed_file(model, Corpus(input_path, **reading), output, dim, dtype, normalize,
-                              batch_size, quiet, threads)
+    shape, empty, unknown = embed_file(model, Corpus(input_path, **reading), output, dim, dtype,
+                                       normalize, batch_size, quiet, threads)
     kind = "uint8 (packed bits)" if dtype == "binary" else dtype
     note = f"; {empty:,} empty, given encode(\"\")'s vector (zeros)" if empty else ""
+    note += f"; {unknown:,} with no word the model knows, zeros too" if unknown else ""
     click.echo(f"wrote {shape[0]:,} x {shape[1]} {kind} embeddings to {output} (a row per "
                f"document, in order{note})", err=True)
 

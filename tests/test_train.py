@@ -200,9 +200,10 @@ def test_matryoshka_training_makes_prefixes_embeddings(tmp_path, topic_txt, topi
     as the full vectors do, and clearly better than the first 4 of a model trained at
     32 alone (same seed); config.json records the trained dimensions."""
     texts, labels = topic_docs
-    # crops at scale 20: with rest positives or at scale 10 every 4-dim prefix of this easy
-    # corpus works
-    cfg = dict(FAST, epochs=6, seed=1, scale=20.0, positives="crops", span_max=0.5)
+    # crops at scale 20, subword tokens: with rest positives, at scale 10 or with words as
+    # tokens every 4-dim prefix of this easy corpus works
+    cfg = dict(FAST, epochs=6, seed=1, scale=20.0, positives="crops", span_max=0.5,
+               tokens="subwords")
     # one 32-wide table
     plain = train(topic_txt, tmp_path / "plain", TrainConfig(members=1, **cfg), quiet=True)
     mat = train(topic_txt, tmp_path / "mat", TrainConfig(matryoshka="4", **cfg), quiet=True)

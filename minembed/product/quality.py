@@ -21,8 +21,9 @@ from .model import untrained
 
 VITALS_DOCS = 256  # documents encoded to check a model's vectors
 # documents kept out of training: a share of those the pairs can use, at most MOST; none when
-# fewer than FEWEST are usable (a tiny corpus needs every document)
-HELD_OUT_SHARE, HELD_OUT_MOST, HELD_OUT_FEWEST = 0.05, 1000, 200
+# that is fewer than FEWEST (under 2,500 usable documents). Small: a document trained on embeds
+# better than one kept out, on short texts by enough to show (docs/quality.md, "Short texts").
+HELD_OUT_SHARE, HELD_OUT_MOST, HELD_OUT_FEWEST = 0.02, 500, 50
 KNN_DOCS = 10_000  # labelled documents (a random sample of them) the kNN accuracy is taken on
 
 
@@ -53,9 +54,9 @@ def held_out_documents(usable):
     the pairs can use); the same for every seed (a run's --members are the runs of their seeds,
     and runs of two seeds are scored on the same documents)."""
     usable = np.asarray(usable)
-    if len(usable) < HELD_OUT_FEWEST:
-        return usable[:0]
     n = min(HELD_OUT_MOST, int(round(HELD_OUT_SHARE * len(usable))))
+    if n < HELD_OUT_FEWEST:
+        return usable[:0]
     return np.sort(np.random.default_rng(11).choice(usable, n, replace=False))
 
 
@@ -114,8 +115,8 @@ def quality_line(q):
         if k["model"] < k["untrained"]:
             worse.append("kNN on the labels")
     if not parts:
-        return "quality: not measured (too few documents to keep some out of training; " \
-               "minembed eval scores a model)"
+        return f"quality: not measured (fewer than {HELD_OUT_FEWEST / HELD_OUT_SHARE:,.0f} " \
+               "documents: too few to keep some out of training; minembed eval scores a model)"
     line = "quality: " + "; ".join(parts)
     if worse:
         line += ("\nwarning: the trained model scores below its untrained start on "

@@ -114,8 +114,8 @@ class TrainConfig:
                       choices=("mean", "sublinear"))
     members: int = _f(None, "bag: K tables of dim/K trained in turn (seeds seed, seed+1, ...), "
                             f"side by side [{MODEL_DEFAULTS['bag']['members']}]", *POS)
-    held_out: bool = _f(True, "keep a few documents out of training (5 %, at most 1,000; none "
-                              "under 200) and score the model on them at the end")
+    held_out: bool = _f(True, "keep a few documents out of training (2 %, at most 500; none "
+                              "under 2,500) and score the model on them at the end")
     bag_init: bool = _f(True, "transformer: token table from a bag model trained first (not for "
                               "dropout positives)")
 

@@ -79,12 +79,30 @@ def test_the_transformer_keeps_subwords(tmp_path, topic_txt):
 
 def test_held_out_documents_are_a_fixed_share_kept_out_of_training(tmp_path):
     usable = np.arange(3, 5003)
-    held = held_out_documents(usable)
+    held = held_out_documents(usable, 0)
     assert len(held) == 100 and np.all(np.diff(held) > 0) and np.isin(held, usable).all()
-    np.testing.assert_array_equal(held, held_out_documents(usable))
-    assert len(held_out_documents(np.arange(2400))) == 0  # 48 < HELD_OUT_FEWEST
-    assert len(held_out_documents(np.arange(2500))) == HELD_OUT_FEWEST
-    assert len(held_out_documents(np.arange(100_000))) == 500
+    np.testing.assert_array_equal(held, held_out_documents(usable, 0))
+    assert len(np.intersect1d(held, held_out_documents(usable, 1))) < 10  # another seed's
+    assert len(held_out_documents(np.arange(2400), 0)) == 0  # 48 < HELD_OUT_FEWEST
+    assert len(held_out_documents(np.arange(2500), 0)) == HELD_OUT_FEWEST
+    assert len(held_out_documents(np.arange(100_000), 0)) == 500
+
+
+def test_members_keep_out_their_seeds_documents_and_are_still_the_runs_of_their_seeds(tmp_path):
+    """--members 2 --seed 1 on the built-in corpus: member k keeps out the documents of seed
+    1 + k, so its table is the run of that seed, bit for bit; the quality line scores each table
+    on its own held-out documents."""
+    from minembed.product.run import train
+    from minembed.product.settings import TrainConfig
+    cfg = TrainConfig(members=2, dim=16, vocab_size=300, batch_size=16, max_steps=6, seed=1)
+    both = train(None, tmp_path / "both", cfg, quiet=True)
+    singles = [train(None, tmp_path / f"s{s}", TrainConfig(**dict(
+        cfg.__dict__, members=1, dim=8, seed=s)), quiet=True) for s in (1, 2)]
+    np.testing.assert_array_equal(both.params["tok_emb"], np.concatenate(
+        [m.params["tok_emb"] for m in singles], axis=1))
+    r = both.config["quality"]["retrieval"]
+    assert r["members"] == 2 and r["documents"] == 54 and 0 < r["model"] <= 1
+    assert singles[0].config["quality"]["retrieval"]["members"] == 1
 
 
 def test_a_run_ends_with_its_quality_line(tmp_path, topic_jsonl, topic_txt):

@@ -3,6 +3,8 @@ after another, member k exactly the run with seed + k, and keeps them side by si
 (V, dim) table, a bag model of dim dimensions (an ensemble of bag models is a bag model; four
 tables of 64 beat one of 256 at the same cost: docs/quality.md). Steps, the log and checkpoints
 count through the members; a member starts with fresh Adam moments. With K = 1 it is the run.
+Member k keeps out of training the documents the run of seed + k would (product/quality.py):
+each document is trained on by the other members.
 """
 import dataclasses
 
@@ -14,8 +16,9 @@ class Members:
     time: member k trains copies of its columns (``current``, ``current_adam``; the arrays
     themselves when K = 1), which ``sync()`` puts back."""
 
-    def __init__(self, params, adam, members, steps, xp):
+    def __init__(self, params, adam, members, steps, xp, usable=None):
         self.params, self.adam, self.K, self.T, self.xp = params, adam, members, steps, xp
+        self.usable = usable  # the documents member k trains on: usable[k] (or usable[0] for all)
         self.width = params["tok_emb"].shape[1] // members
         self.k, self.current, self.current_adam = 0, params, adam
 
@@ -26,6 +29,8 @@ class Members:
             first = max(0, start - k * self.T)          # steps this member has done already
             self._begin(k, first)
             hook.offset, hook.member = k * self.T, k
+            if self.usable is not None:  # (as many for each: the same steps an epoch)
+                sampler.usable = self.usable[min(k, len(self.usable) - 1)]
             train_loop(encoder, self.current, self.current_adam, sampler,
                        dataclasses.replace(cfg, seed=cfg.seed + k), member_cfg, self.T, first,
                        hook, step_fn)

@@ -49,34 +49,29 @@ def _all_one(X):
     return np.ptp(X, axis=0).max() < 1e-6
 
 
-def held_out_documents(usable):
-    """The documents (indices, sorted) a run keeps out of training, drawn from ``usable`` (those
-    the pairs can use); the same for every seed (a run's --members are the runs of their seeds,
-    and runs of two seeds are scored on the same documents)."""
+def held_out_documents(usable, seed):
+    """The documents (indices, sorted) the run with this ``seed`` keeps out of training, drawn
+    from ``usable`` (those the pairs can use). With --members K, member k keeps out those of seed
+    + k (it is the run of that seed): every document is trained on by most members, which costs
+    the model far less than keeping the same documents from all of them."""
     usable = np.asarray(usable)
     n = min(HELD_OUT_MOST, int(round(HELD_OUT_SHARE * len(usable))))
     if n < HELD_OUT_FEWEST:
         return usable[:0]
-    return np.sort(np.random.default_rng(11).choice(usable, n, replace=False))
+    return np.sort(np.random.default_rng([11, seed]).choice(usable, n, replace=False))
 
 
 def assess(model, source, held, seed=0):
-    """{"retrieval": {"documents", "crops", "model", "untrained", "tfidf"} (MRR of each), and with
-    labels "knn": {"documents", "model", "untrained", "tfidf"} (accuracy)} for a trained model,
-    ``held`` the documents its run kept out (indices into source.texts())."""
-    from .evaluate import knn_accuracy, retrieval, tfidf
+    """{"retrieval": {"documents", "members", "crops", "model", "untrained", "tfidf"} (MRR of
+    each), and with labels "knn": {"documents", "model", "untrained", "tfidf"} (accuracy)} for a
+    trained model; ``held``: the documents each of its members kept out (a list of index arrays
+    into source.texts()), on which that member's table is scored, the means reported."""
+    from .evaluate import knn_accuracy, tfidf
     start, out = untrained(model), {}
-    wanted, texts = set(int(i) for i in held), []
-    for i, t in enumerate(source.texts()):
-        if i in wanted:
-            texts.append(t)
-    if len(texts) >= 2:
-        r = retrieval(texts, model.encode)
-        if "skipped" not in r:
-            base = retrieval(texts, start.encode)["model"]
-            out["retrieval"] = {"documents": r["model"]["documents"], "crops": r["crops"],
-                                "model": r["model"]["mrr"], "untrained": base["mrr"],
-                                "tfidf": r["tfidf"]["mrr"]}
+    r = _held_out_retrieval(model, start, source, held) if len(held) and len(held[0]) >= 2 \
+        else None
+    if r is not None:
+        out["retrieval"] = r
     texts, labels = _labelled_sample(source, seed)
     if labels is not None:
         out["knn"] = {"documents": len(texts),
@@ -84,6 +79,32 @@ def assess(model, source, held, seed=0):
                          (("model", model.encode(texts)), ("untrained", start.encode(texts)),
                           ("tfidf", tfidf(texts)))}}
     return out
+
+
+def _held_out_retrieval(model, start, source, held):
+    """Each member's table (its columns, a bag model of its own) against its untrained start and
+    TF-IDF on the documents it kept out: the mean MRRs."""
+    from .evaluate import retrieval
+    wanted = set(int(i) for h in held for i in h)
+    text = {i: t for i, t in enumerate(source.texts()) if i in wanted}
+    width, rows = model.dim // len(held), []
+    for k, docs in enumerate(held):
+        texts, cols = [text[int(i)] for i in docs], slice(k * width, (k + 1) * width)
+        trained, base = (_member(m, cols, width) if len(held) > 1 else m for m in (model, start))
+        r = retrieval(texts, trained.encode)
+        if "skipped" in r:
+            return None
+        rows.append((r["model"]["mrr"], retrieval(texts, base.encode)["model"]["mrr"],
+                     r["tfidf"]["mrr"]))
+    mean = np.mean(rows, axis=0)
+    return {"documents": len(held[0]), "members": len(held), "crops": r["crops"],
+            "model": float(mean[0]), "untrained": float(mean[1]), "tfidf": float(mean[2])}
+
+
+def _member(model, cols, width):
+    from .model import Model
+    return Model(dict(model.config, dim=width), {"tok_emb": model.params["tok_emb"][:, cols]},
+                 model.tokenizer)
 
 
 def _labelled_sample(source, seed):
@@ -104,9 +125,11 @@ def quality_line(q):
     parts, worse = [], []
     r, k = q.get("retrieval"), q.get("knn")
     if r:
+        who = f"each of its {r['members']} tables on the {r['documents']:,} documents it was not " \
+            "trained on, the mean" if r.get("members", 1) > 1 else \
+            f"{r['documents']:,} documents kept out of training"
         parts.append(f"held-out crop retrieval MRR {r['model']:.3f} (untrained {r['untrained']:.3f}"
-                     f", TF-IDF {r['tfidf']:.3f}; {r['documents']:,} documents kept out of "
-                     f"training)")
+                     f", TF-IDF {r['tfidf']:.3f}; {who})")
         if r["model"] < r["untrained"]:
             worse.append("held-out retrieval")
     if k:

@@ -74,7 +74,8 @@ class Setup:
     steps_per_epoch: int
     eval_every: int                   # the option's, or a resumed run's own
     labelled: tuple = None            # (texts, labels) for kNN in the log
-    held: object = None               # the documents kept out of training (quality.py)
+    held: list = None                 # the documents each member keeps out of training (quality.py)
+    kept: list = None                 # and those it trains on (one array: every member's)
 
 
 def train(corpus=None, out_dir="minembed_model", cfg=None, comm=None, **options):
@@ -161,8 +162,10 @@ def _prepare(ckpt, corpus, out_dir, cfg, opts, lead, say, comm):
     data = source.tokenized(tok, say, progress=not opts.quiet)
     sampler = PairSampler(data, cfg, mask_token_id(tok))
     data.release_pages()  # the sampler read whole per-sentence arrays once
-    held = held_out_documents(sampler.usable) if cfg.held_out else sampler.usable[:0]
-    sampler.usable = np.setdiff1d(sampler.usable, held)
+    held = [held_out_documents(sampler.usable, cfg.seed + k) for k in range(cfg.members)] \
+        if cfg.held_out else []
+    kept = [np.setdiff1d(sampler.usable, h) for h in held] or [sampler.usable]  # each member's
+    sampler.usable = kept[0]
     cfg = _fit_to_corpus(cfg, sampler, source, say)
     st = sampler.stats
     if ckpt is not None and ckpt.info["corpus"]["stats"] != dict(st, tokens=int(data.n_tokens)):
@@ -175,7 +178,7 @@ def _prepare(ckpt, corpus, out_dir, cfg, opts, lead, say, comm):
     if cfg.epochs is None:
         cfg = dataclasses.replace(cfg, epochs=auto_epochs(cfg.model, spe, cfg.members))
     return Setup(out, ckpt, cfg, source, tok, data, sampler, spe, eval_every, labelled,
-                 held), ckpt
+                 held, kept), ckpt
 
 
 def _check_two_documents(source):
@@ -265,7 +268,7 @@ def _run(setup, opts, xp, say, comm, n_threads):
         ckpt_mod.truncate_log(out.file("log.jsonl"), start)
     T = setup.steps_per_epoch * cfg.epochs if not cfg.max_steps else \
         min(setup.steps_per_epoch * cfg.epochs, cfg.max_steps)  # steps a member
-    members = Members(params, adam, cfg.members, T, xp)
+    members = Members(params, adam, cfg.members, T, xp, setup.kept)
     run_info = {"training": dataclasses.asdict(cfg), "eval_every": setup.eval_every,
                 "blas_threads": n_threads,
                 "corpus": dict(setup.source.identity,

@@ -52,8 +52,7 @@ def _all_one(X):
 def held_out_documents(usable, seed):
     """The documents (indices, sorted) the run with this ``seed`` keeps out of training, drawn
     from ``usable`` (those the pairs can use). With --members K, member k keeps out those of seed
-    + k (it is the run of that seed): every document is trained on by most members, which costs
-    the model far less than keeping the same documents from all of them."""
+    + k (it is the run of that seed): every document is trained on by most members."""
     usable = np.asarray(usable)
     n = min(HELD_OUT_MOST, int(round(HELD_OUT_SHARE * len(usable))))
     if n < HELD_OUT_FEWEST:

@@ -209,7 +209,7 @@ def _resume_settings(ckpt, corpus):
     """(TrainConfig, Corpus) of the run a checkpoint belongs to; MinembedError
     when the corpus is gone or differs."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{"members": 1, "held_out": False,  # (runs from before they came)
+    cfg = TrainConfig(**{"members": 1, "held_out": False, "tokens": "subwords",  # (older runs)
                          **{k: v for k, v in ckpt.info["training"].items() if k in fields}})
     cfg = cfg.resolved()  # (a run from before --members: one table)
     c = ckpt.info["corpus"]

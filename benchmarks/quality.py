@@ -40,7 +40,8 @@ ROWS = {
                  dict(held_out=False)),
     "all-docs-s1": ("  --no-held-out, training seed 1", dict(held_out=False, seed=1)),
     "all-docs-s2": ("  --no-held-out, training seed 2", dict(held_out=False, seed=2)),
-    "v2": ("  the default until 2026-12-06: --tokens subwords (BPE, 16k) --no-held-out",
+    "v2": ("  the default until 2026-12-06: --tokens subwords (BPE, 16k) --no-held-out, "
+           "--span-min 0.1 --span-max 0.3",
            dict(tokens="subwords", held_out=False)),
     "v2-s1": ("  the default until 2026-12-06, training seed 1",
               dict(tokens="subwords", held_out=False, seed=1)),
@@ -130,9 +131,10 @@ ROWS = {
 FOUR = list(ROWS)[:list(ROWS).index("one")]
 ROWS.update({k: (what, dict(s, members=s.get("members", 1))) for k, (what, s) in ROWS.items()
              if k not in FOUR and s.get("model", "bag") == "bag"})
-# every row but the default's was measured with the subword tokenizer and every document
-# trained on (the defaults until 2026-12-06): so it still is
-ROWS.update({k: (what, dict(s, tokens=s.get("tokens", "subwords"), held_out=False))
+# every row but the default's was measured with the subword tokenizer, every document trained
+# on and token spans of 10-30 % (the defaults until 2026-12-06): so it still is
+ROWS.update({k: (what, dict(s, tokens=s.get("tokens", "subwords"), held_out=False,
+                            span_min=s.get("span_min", 0.1), span_max=s.get("span_max", 0.3)))
              for k, (what, s) in ROWS.items()
              if k not in {r + s for r in ("default", "all-docs") for s in ("", "-s1", "-s2")}})
 

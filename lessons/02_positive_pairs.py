@@ -9,7 +9,7 @@ What it teaches
       of 100-250 characters; documents with too few such sentences fall back
       to two random token spans (each 10-50 % of the document);
     - rest (minembed's default): one crop, and the rest of its document, every
-      token before and after the crop (spans of 10-30 %): the positive looks like
+      token before and after the crop (spans of 5-20 %): the positive looks like
       the whole documents that will be embedded later;
     - dropout (SimCSE): the *same* crop twice; only the encoder's dropout masks
       make the two embeddings differ;
@@ -130,7 +130,7 @@ assert pos > neg + 0.03, "views of one document should share more tokens than vi
 #    after it. Crop + rest = the document (for a sentence crop, up to short
 #    sentences between its two kept ones).
 # ---------------------------------------------------------------------------
-rest = PairSampler(tc, TrainConfig())  # the defaults: positives="rest", spans of 10-30 %
+rest = PairSampler(tc, TrainConfig())  # the defaults: positives="rest", spans of 5-20 %
 ids, offsets = rest.sample([span_doc], np.random.default_rng(2))
 crop, rest_view = views(ids, offsets)
 doc = np.asarray(tc.ids[doc_off[span_doc]:doc_off[span_doc + 1]]).tolist()

@@ -48,7 +48,8 @@ FAST = dict(  # a smoke test: small models, a subset of the corpus, ~1 minute on
     transformer=dict(model="transformer", dim=64, layers=1, heads=2, ffn=128, max_len=64,
                      batch_size=32, lr=1e-3, max_steps=25, epochs=100, bag_init=False),
 )
-CROPS = dict(positives="crops", span_max=0.5)  # the paper's pairs: two crops (spans of 10-50 %)
+# the paper's pairs: two crops (spans of 10-50 %)
+CROPS = dict(positives="crops", span_min=0.1, span_max=0.5)
 MAIN_RUNS = [  # (configuration name, model kind, TrainConfig overrides)
     ("bag + crops", "bag", CROPS),
     ("bag + crop and rest", "bag", dict(positives="rest")),  # minembed train's pairs

@@ -97,8 +97,8 @@ class TrainConfig:
     crop_sentences: int = _f(2, "consecutive sentences per crop", *POS)
     sentence_min: int = _f(100, "shortest kept sentence (characters)", *NONNEG)
     sentence_max: int = _f(250, "longest kept sentence (characters)", *POS)
-    span_min: float = _f(0.1, "shortest token span, a fraction of the document", *UNIT)
-    span_max: float = _f(0.3, "longest token span, a fraction of the document", *UNIT)
+    span_min: float = _f(0.05, "shortest token span, a fraction of the document", *UNIT)
+    span_max: float = _f(0.2, "longest token span, a fraction of the document", *UNIT)
     positives: str = _f("rest", "a crop and the rest of its document; two crops (the paper's); one "
                                 "crop twice with dropout (SimCSE, transformer only); crops with "
                                 "masked tokens",

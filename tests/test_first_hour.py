@@ -28,9 +28,12 @@ def run(*args, **kw):
 
 
 def one_line_error(r, *fragments):
-    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    err = [line for line in r.output.splitlines() if line.startswith("Error: ")]
-    assert len(err) == 1 and r.output.strip().splitlines()[-1] == err[0], r.output
+    """r: a CliRunner result or a subprocess's (its stderr)."""
+    out = r.output if hasattr(r, "output") else r.stderr
+    code = r.exit_code if hasattr(r, "exit_code") else r.returncode
+    assert code == 1 and "Traceback" not in out, out
+    err = [line for line in out.splitlines() if line.startswith("Error: ")]
+    assert len(err) == 1 and out.strip().splitlines()[-1] == err[0], out
     for f in fragments:
         assert f in err[0], (f, err[0])
     return err[0]

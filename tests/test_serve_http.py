@@ -15,22 +15,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import minembed
 from minembed.product.cli import main
 from minembed.product.serve import Batcher, Limits
-from test_serve import TEXTS, client, raw, request, running, serving, trained
+import test_serve
+from test_serve import TEXTS, client, raw, request, running, serving
+
+model_dir, model = test_serve.model_dir, test_serve.model  # its fixtures, for this module too
 
 openai = pytest.importorskip("openai")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, topic_txt):
-    return trained(tmp_path_factory, topic_txt, "topics")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return minembed.load(model_dir)
 
 
 @pytest.fixture(scope="module")

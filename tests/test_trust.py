@@ -16,6 +16,7 @@ import minembed
 from minembed.product.cli import main
 from minembed.product.corpus import cache_subdir, remove_stale
 from minembed.product.modeldir import write_manifest
+from test_first_hour import one_line_error
 
 TINY = ["--members", "1", "--dim", "16", "--vocab-size", "300", "--batch-size", "16"]
 
@@ -28,17 +29,6 @@ def cli(*args, env=None, **kw):
     """The CLI in a subprocess (stderr a pipe, not a terminal)."""
     return subprocess.run([sys.executable, "-m", "minembed", *map(str, args)], capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, **(env or {})), **kw)
-
-
-def one_line_error(r, *fragments):
-    out = r.output if hasattr(r, "output") else r.stderr
-    code = r.exit_code if hasattr(r, "exit_code") else r.returncode
-    assert code == 1 and "Traceback" not in out, out
-    err = [line for line in out.splitlines() if line.startswith("Error: ")]
-    assert len(err) == 1, out
-    for f in fragments:
-        assert f in err[0], (f, err[0])
-    return err[0]
 
 
 @pytest.fixture(scope="module")

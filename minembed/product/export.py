@@ -196,7 +196,7 @@ def embed_file(model, corpus, out, dim=None, dtype="float32", normalize=None, ba
                     w.append(quantize(X, dtype, scales))
                     chars += sum(map(len, chunk))
                     empty += chunk.count("")
-                    unknown += int((~X.any(axis=1)).sum()) - chunk.count("")
+                    unknown += sum(1 for t, x in zip(chunk, X) if t and not x.any())
                     bar.update(len(chunk), size and f"~{min(99, 100 * chars // size)}% of the file")
             if not w.count:
                 raise MinembedError(f"{corpus.name}: no documents found (the file is empty or "

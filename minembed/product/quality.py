@@ -16,8 +16,9 @@ import itertools
 
 import numpy as np
 
+from ..errors import MinembedError
 from .hook import failed
-from .model import untrained
+from .model import Model, untrained
 
 VITALS_DOCS = 256  # documents encoded to check a model's vectors
 # documents kept out of training: a share of those the pairs can use, at most MOST; none when
@@ -101,7 +102,6 @@ def _held_out_retrieval(model, start, source, held):
 
 
 def _member(model, cols, width):
-    from .model import Model
     return Model(dict(model.config, dim=width), {"tok_emb": model.params["tok_emb"][:, cols]},
                  model.tokenizer)
 
@@ -109,9 +109,13 @@ def _member(model, cols, width):
 def _labelled_sample(source, seed):
     """(texts, labels) of at most KNN_DOCS random documents, or (None, None) when the corpus has
     no labels (or not two, or one document without)."""
-    docs = list(source.documents())
-    if any(label is None for _, label in docs) or len({label for _, label in docs}) < 2:
+    try:
+        texts, labels = source.read()
+    except MinembedError:  # some documents without a label
         return None, None
+    if labels is None or len(set(labels)) < 2:
+        return None, None
+    docs = list(zip(texts, labels))
     if len(docs) > KNN_DOCS:
         pick = np.sort(np.random.default_rng([seed, 12]).choice(len(docs), KNN_DOCS, replace=False))
         docs = [docs[i] for i in pick]

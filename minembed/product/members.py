@@ -22,7 +22,7 @@ class Members:
         self.width = params["tok_emb"].shape[1] // members
         self.k, self.current, self.current_adam = 0, params, adam
 
-    def train(self, encoder, sampler, cfg, enc_cfg, start, hook, step_fn=None):
+    def train(self, encoder, sampler, cfg, enc_cfg, start, hook, step_fn=None, ahead=None):
         """Train the members from the run's step ``start`` on (a member's steps: T each)."""
         member_cfg = dict(enc_cfg, dim=self.width)
         for k in range(min(start // self.T, self.K - 1), self.K):
@@ -33,7 +33,7 @@ class Members:
                 sampler.usable = self.usable[min(k, len(self.usable) - 1)]
             train_loop(encoder, self.current, self.current_adam, sampler,
                        dataclasses.replace(cfg, seed=cfg.seed + k), member_cfg, self.T, first,
-                       hook, step_fn)
+                       hook, step_fn, ahead)
             self.sync()
 
     def _begin(self, k, first):

@@ -24,6 +24,7 @@ from ..core.backend import to_device
 from ..core.pairs import PairSampler
 from ..core.train import Diverged
 from ..errors import MinembedError
+from ..fast import prefetch
 from . import checkpoint as ckpt_mod
 from .corpus import MAX_DOC_CHARS, Corpus
 from .gradcache import make_step
@@ -34,7 +35,7 @@ from .modeldir import save_model
 from .outdir import OutputDir
 from .progress import Progress
 from .quality import assess, check_vitals, held_out_documents, quality_line
-from .runtime import choose_threads, get_xp, tuned
+from .runtime import choose_threads, get_xp, prefetch_batches, tuned
 from .settings import TrainConfig, auto_epochs
 from .tokenize import load_tokenizer, mask_token_id
 from .warmstart import bag_table, start_as_the_bag
@@ -295,7 +296,8 @@ def _run(setup, opts, xp, say, comm, n_threads):
     hook.save = save
     step_fn = make_step(comm, opts.micro_batch) if comm is not None or opts.micro_batch else None
     try:
-        members.train(encoder_module(cfg.model), setup.sampler, cfg, enc_cfg, start, hook, step_fn)
+        members.train(encoder_module(cfg.model), setup.sampler, cfg, enc_cfg, start, hook, step_fn,
+                      prefetch.ahead if prefetch_batches(opts.device) else None)
     except Diverged as e:  # a failed run: no model (every process diverges at this step)
         raise failed(f"{e}; no model was saved (try a lower --lr than {cfg.lr:g})") from None
     finally:

@@ -65,6 +65,14 @@ _active = []  # the thread counts of the contexts we are inside
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
+def prefetch_batches(device):
+    """Whether training draws each step's pairs ahead, on a thread (minembed/fast/prefetch.py):
+    on a GPU, where the host would otherwise sample while the device waits.
+    MINEMBED_PREFETCH=1 or 0 decides instead (benchmarks compare the two)."""
+    chosen = os.environ.get("MINEMBED_PREFETCH", "")
+    return chosen == "1" if chosen in ("0", "1") else device == "gpu"
+
+
 def choose_threads(model=None, threads=None, default=None):
     """How many BLAS threads ``model`` ("bag", "transformer"; None: other work) gets: ``threads``,
     else MINEMBED_THREADS, else ``default`` (a count to keep: a resumed run's, a process's share

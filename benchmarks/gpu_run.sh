@@ -43,6 +43,10 @@ python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" "$@" 2>&1 | tee "$O
       awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "wall: %.1f s\n", b - a }'
     done
   done
+  log "bag on the GPU with batches drawn in turn (MINEMBED_PREFETCH=0; the default draws them ahead)"
+  MINEMBED_PREFETCH=0 python3 -m minembed train -o "$WORK/bag-gpu-inturn" --device gpu --force \
+    2>&1 | tr '\r' '\n' | grep -v '^training *\[' | tail -n 3
+  python3 -c "import json,sys; print('training seconds: ahead', *(json.load(open(f'{sys.argv[1]}/{d}/config.json'))['training']['seconds'] for d in ('bag-gpu', 'bag-gpu-inturn')), '(in turn)')" "$WORK"
   log "same weights? bag gpu vs cpu"
   python3 - "$WORK" <<'EOF'
 import sys, numpy as np
@@ -50,6 +54,8 @@ from minembed.product.files import load_weights
 a = load_weights(f"{sys.argv[1]}/bag-gpu/model.safetensors")["tok_emb"]
 b = load_weights(f"{sys.argv[1]}/bag-cpu/model.safetensors")["tok_emb"]
 print("max |w_gpu - w_cpu| =", float(np.abs(a - b).max()), " max |w| =", float(np.abs(b).max()))
+c = load_weights(f"{sys.argv[1]}/bag-gpu-inturn/model.safetensors")["tok_emb"]
+print("drawn ahead and in turn, bit for bit the same:", bool(np.array_equal(a, c)))
 EOF
   log "lesson 9 (its GPU section)"
   python3 lessons/09_making_it_fast.py 2>&1

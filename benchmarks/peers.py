@@ -168,10 +168,13 @@ def _list_array(ids, starts, lengths):
 
 def minembed_pairs(corpus=None, seed=0):
     """The pairs `minembed train --members 1 --seed SEED` trains on, batch by batch in its order
-    (core/train.py train_loop's draws): (tokenizer, anchors, positives, steps, batch size), the
-    views as pyarrow lists of token ids, step s's pairs at rows (s-1)B .. sB-1."""
+    (core/train.py's batches(), as train_loop draws them): (tokenizer, anchors, positives, steps,
+    batch size), the views as pyarrow lists of token ids, step s's pairs at rows (s-1)B .. sB-1."""
+    import dataclasses
+
     from minembed import Corpus, TrainConfig
     from minembed.core.pairs import PairSampler
+    from minembed.core.train import batches
     from minembed.product.settings import auto_epochs
     cfg = TrainConfig(members=1, seed=seed).resolved()
     source = Corpus(corpus)
@@ -181,12 +184,7 @@ def minembed_pairs(corpus=None, seed=0):
     spe = sampler.steps_per_epoch(B)
     steps = spe * auto_epochs("bag", spe, 1)
     ids, lengths = [], []
-    for step in range(1, steps + 1):
-        e, i = divmod(step - 1, spe)
-        if i == 0:
-            order = np.random.default_rng([cfg.seed, 1, e]).permutation(sampler.usable)
-        rng = np.random.default_rng([cfg.seed, 2, step])
-        v, offsets = sampler.sample(order[i * B:(i + 1) * B], rng)
+    for _, _, v, offsets, _ in batches(sampler, dataclasses.replace(cfg, batch_size=B), 0, steps):
         ids.append(v)
         lengths.append(np.diff(offsets))  # B anchors, then their B positives
     ids, lengths = np.concatenate(ids), np.concatenate(lengths)

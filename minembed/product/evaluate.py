@@ -139,20 +139,20 @@ def retrieval_scores(Q, D):
             "mrr": float((1.0 / rank).mean())}
 
 
-def retrieval(texts, embed, seed=0):
-    """Held-out crop retrieval with ``embed(list of texts) -> (N, d) unit rows``, and TF-IDF's
-    on the same task (fit on the rests: sublinear tf, L2 rows): {"model", "tfidf", "crops"}, or
-    {"skipped": why} when fewer than 2 documents have 2 words."""
+def retrieval(texts, embeds, seed=0):
+    """Held-out crop retrieval with each of ``embeds`` ({name: embed(list of texts) -> (N, d)
+    unit rows}), and TF-IDF's on the same task (fit on the rests: sublinear tf, L2 rows):
+    {name, ..., "tfidf", "crops"}, or {"skipped": why} when fewer than 2 documents have 2 words."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     triples, what = retrieval_task(texts, seed)
     if len(triples) < 2:
         return {"skipped": f"retrieval skipped: {len(triples)} document(s) of 2 words or more"}
     crops, rests = [c for _, c, _ in triples], [r for _, _, r in triples]
     vec = TfidfVectorizer(sublinear_tf=True).fit(rests)
-    return {"model": dict(retrieval_scores(embed(crops), embed(rests)), documents=len(triples)),
-            "tfidf": dict(retrieval_scores(vec.transform(crops), vec.transform(rests)),
-                          documents=len(triples)),
-            "crops": what}
+    out = {name: dict(retrieval_scores(embed(crops), embed(rests)), documents=len(triples))
+           for name, embed in embeds.items()}
+    return dict(out, tfidf=dict(retrieval_scores(vec.transform(crops), vec.transform(rests)),
+                                documents=len(triples)), crops=what)
 
 
 # ---------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def evaluate(model, texts, labels=None, splits=1, quiet=False):
         rows["majority"] = {"knn_euclidean": float(np.mean(maj)), "knn_cosine": float(np.mean(maj))}
         result.update(labels=len(set(labels)), knn=rows)
     say("retrieval of held-out crops")
-    result["retrieval"] = retrieval(texts, lambda d: embed(model, d, "crops and rests"))
+    result["retrieval"] = retrieval(texts, {"model": lambda d: embed(model, d, "crops and rests")})
     return result
 
 

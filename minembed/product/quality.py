@@ -91,11 +91,10 @@ def _held_out_retrieval(model, start, source, held):
     for k, docs in enumerate(held):
         texts, cols = [text[int(i)] for i in docs], slice(k * width, (k + 1) * width)
         trained, base = (_member(m, cols, width) if len(held) > 1 else m for m in (model, start))
-        r = retrieval(texts, trained.encode)
+        r = retrieval(texts, {"model": trained.encode, "untrained": base.encode})
         if "skipped" in r:
             return None
-        rows.append((r["model"]["mrr"], retrieval(texts, base.encode)["model"]["mrr"],
-                     r["tfidf"]["mrr"]))
+        rows.append([r[name]["mrr"] for name in ("model", "untrained", "tfidf")])
     mean = np.mean(rows, axis=0)
     return {"documents": len(held[0]), "members": len(held), "crops": r["crops"],
             "model": float(mean[0]), "untrained": float(mean[1]), "tfidf": float(mean[2])}
